@@ -1,0 +1,156 @@
+"""Every engine option in one frozen dataclass.
+
+The defaults here are the single source of truth: the CLI builds its flags from them, the server validates proto
+requests against :data:`LIMITS` and publishes the defaults in ``GetServerInfo``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import OptionError
+
+__all__ = ["CHOICES", "LIMITS", "STYLE_LAYERS", "StylizeOptions"]
+
+STYLE_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
+#: Inclusive numeric ranges, by option name.
+LIMITS: dict[str, tuple[float, float]] = {
+    "size": (16, 8192),
+    "min_size": (16, 8192),
+    "iterations": (1, 10000),
+    "coarse_iterations": (0, 10000),
+    "scale_step": (1.05, 4.0),
+    "learning_rate": (1e-5, 1.0),
+    "ema_decay": (0.0, 0.9999),
+    "content_weight": (0.0, 1e6),
+    "style_weight": (0.0, 1e6),
+    "tv_weight": (0.0, 1e6),
+    "style_scale": (0.05, 8.0),
+    "seed": (0, 2**63 - 1),
+    "preview_every": (0, 10000),
+    "variation_strength": (0.0, 1.0),
+}
+
+#: Allowed values of the string options, by option name.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer": ("lbfgs", "adam"),
+    "init": ("content", "noise", "style"),
+    "model": ("vgg19", "vgg16"),
+    "pooling": ("max", "avg"),
+    "style_loss": ("gram", "w2"),
+    "preserve_color": ("none", "luminance", "histogram"),
+    "precision": ("auto", "fp32", "bf16"),
+}
+
+_KNOWN_LAYERS = frozenset(
+    f"relu{block}_{i}" for block, n in ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4)) for i in range(1, n + 1)
+)
+
+
+@dataclass(frozen=True)
+class StylizeOptions:
+    """Parameters of one stylisation. Sizes are the long side in pixels."""
+
+    size: int = 512
+    """Long side of the output image."""
+    min_size: int = 128
+    """Long side of the first (coarsest) scale; scales grow by ``scale_step`` up to ``size``."""
+    scale_step: float = math.sqrt(2)
+    iterations: int = 50
+    """Iterations at the final scale."""
+    coarse_iterations: int = 50
+    """Iterations at each coarser scale (cheap: a scale of half the side costs a quarter)."""
+    optimizer: str = "lbfgs"
+    learning_rate: float = 0.02
+    """Adam step size, in units of the 0–1 image range."""
+    ema_decay: float = 0.9
+    """Adam only: decay of the iterate average that is returned instead of the raw last iterate."""
+    init: str = "content"
+    model: str = "vgg19"
+    pooling: str = "max"
+    content_weight: float = 1.0
+    style_weight: float = 1.0
+    tv_weight: float = 1.0
+    content_layers: tuple[str, ...] = ("relu4_2",)
+    style_layers: tuple[str, ...] = STYLE_LAYERS
+    style_layer_weights: tuple[float, ...] | None = None
+    """Relative weight per style layer; ``None`` weighs every layer equally."""
+    style_loss: str = "gram"
+    style_blend_weights: tuple[float, ...] | None = None
+    """Relative weight per style image; ``None`` blends them equally."""
+    style_scale: float = 1.0
+    """Style image long side relative to the output's: larger values give larger brush strokes."""
+    preserve_color: str = "none"
+    seed: int | None = None
+    """``None`` draws a seed; the result reports the one used so that any run can be repeated."""
+    precision: str = "auto"
+    preview_every: int = 0
+    """Offer a preview image every N iterations (0: never)."""
+    variation_strength: float = 0.5
+    """Only for :meth:`StyleTransfer.variations`: how strongly each variation is randomised."""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """Test-only switches (fault injection); never set from a request."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`OptionError` naming the first option that is out of range."""
+        for name, (low, high) in LIMITS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise OptionError(name, f"must be a number, got {type(value).__name__}")
+            if not math.isfinite(value) or not low <= value <= high:
+                raise OptionError(name, f"must be between {low:g} and {high:g}, got {value!r}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise OptionError(name, f"must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        self._validate_layers()
+        self._validate_weights("style_layer_weights", self.style_layer_weights, len(self.style_layers))
+        if self.style_blend_weights is not None:
+            self._validate_weights("style_blend_weights", self.style_blend_weights, None)
+        if self.min_size > self.size:
+            object.__setattr__(self, "min_size", self.size)
+
+    def _validate_layers(self) -> None:
+        for name in ("content_layers", "style_layers"):
+            layers = getattr(self, name)
+            if not layers:
+                raise OptionError(name, "needs at least one layer")
+            unknown = [layer for layer in layers if layer not in _KNOWN_LAYERS]
+            if unknown:
+                raise OptionError(name, f"unknown layer(s) {unknown}; known: {sorted(_KNOWN_LAYERS)}")
+
+    @staticmethod
+    def _validate_weights(name: str, weights: tuple[float, ...] | None, count: int | None) -> None:
+        if weights is None:
+            return
+        if count is not None and len(weights) != count:
+            raise OptionError(name, f"needs {count} values, got {len(weights)}")
+        if any(not math.isfinite(w) or w < 0 for w in weights) or not any(w > 0 for w in weights):
+            raise OptionError(name, "values must be finite, non-negative and not all zero")
+
+    def replace(self, **changes: Any) -> StylizeOptions:
+        """A copy with some options changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def scales(self) -> list[int]:
+        """Long sides of the coarse-to-fine schedule, ending exactly at ``size``.
+
+        Gatys et al. optimise at one size; growing from ``min_size`` in √2 steps gets the large structures of the
+        style right cheaply at low resolution (as crowsonkb/style-transfer-pytorch does).
+        """
+        sizes = [self.size]
+        while sizes[-1] / self.scale_step >= self.min_size:
+            sizes.append(round(sizes[-1] / self.scale_step))
+        return sizes[::-1]
+
+    def public_dict(self) -> dict[str, Any]:
+        """Options as plain values, without test-only switches."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}

@@ -1,0 +1,55 @@
+"""What the optimisation loop reports on each step, and what it returns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+__all__ = ["Callback", "Iterate", "StylizeResult"]
+
+
+@dataclass
+class Iterate:
+    """One optimisation step, passed to the ``callback`` of :meth:`StyleTransfer.stylize`.
+
+    A callback may raise :class:`~styletx_core.errors.Cancelled` to stop the run between iterations.
+    """
+
+    iteration: int
+    """Iterations done so far over all scales (1-based)."""
+    total_iterations: int
+    scale_index: int
+    """0-based index into the scale schedule."""
+    scale_count: int
+    width: int
+    height: int
+    loss: float
+    losses: dict[str, float]
+    """Per-term losses: ``content``, ``style``, ``tv`` (weighted, as optimised)."""
+    elapsed: float
+    """Seconds since the run started (targets included)."""
+    eta: float
+    """Seconds still expected, from the cost per pixel so far."""
+    peak_memory_bytes: int
+    preview: Callable[[], Image.Image] | None = None
+    """Set on preview iterations: renders the current image (cost is paid only if called)."""
+
+
+Callback = Callable[[Iterate], None]
+
+
+@dataclass
+class StylizeResult:
+    """The output image and how it was made."""
+
+    image: Image.Image
+    seed: int
+    iterations: int
+    equivalent_iterations: float
+    """Σ iterations × (scale area ÷ final area): the cost in full-resolution iterations."""
+    elapsed: float
+    losses: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    """Per-iteration ``{iteration, scale, loss, content, style, tv, elapsed}`` for loss curves."""

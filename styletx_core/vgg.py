@@ -1,0 +1,148 @@
+"""VGG16/VGG19 feature extractors with layers addressed by name (``"relu4_2"``).
+
+The architecture is data (:data:`CFGS`, ``"M"`` = pool) turned into modules by :func:`make_layers`, as in
+torchvision's ``vgg.py``; only the layers up to the deepest one in use are built.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = [
+    "CFGS",
+    "Preprocessing",
+    "VGGFeatures",
+    "conv_names",
+    "layer_names",
+    "make_layers",
+    "torchvision_to_named",
+]
+
+CFGS: dict[str, list[int | str]] = {
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512, "M"],
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a weights source expects its input, applied inside the network to an RGB image in 0–1."""
+
+    bgr: bool
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"bgr": self.bgr, "scale": self.scale, "mean": list(self.mean), "std": list(self.std)}
+
+
+#: torchvision's ImageNet weights: RGB in 0–1 with mean/std.
+TORCHVISION_PREPROCESSING = Preprocessing(False, 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+#: Caffe-converted weights (the original VGG release, Keras exports): BGR in 0–255 minus the mean pixel.
+CAFFE_PREPROCESSING = Preprocessing(True, 255.0, (103.939, 116.779, 123.68))
+
+
+def layer_names(arch: str) -> list[str]:
+    """Names of every layer of ``arch`` in order: ``conv1_1, relu1_1, ..., pool1, ...``."""
+    names: list[str] = []
+    block, index = 1, 1
+    for item in CFGS[arch]:
+        if item == "M":
+            names.append(f"pool{block}")
+            block, index = block + 1, 1
+        else:
+            names += [f"conv{block}_{index}", f"relu{block}_{index}"]
+            index += 1
+    return names
+
+
+def conv_names(arch: str) -> list[str]:
+    return [name for name in layer_names(arch) if name.startswith("conv")]
+
+
+def make_layers(arch: str, last_layer: str, pooling: str = "max") -> nn.Sequential:
+    """Build ``arch`` up to and including ``last_layer``. Average pooling is Gatys et al.'s suggestion."""
+    names = layer_names(arch)
+    if last_layer not in names:
+        raise ValueError(f"{arch} has no layer {last_layer!r}")
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    channels = 3
+    for name in names[: names.index(last_layer) + 1]:
+        if name.startswith("conv"):
+            width = CFGS[arch][len([n for n in layers if n.startswith(("conv", "pool"))])]
+            assert isinstance(width, int)
+            layers[name] = nn.Conv2d(channels, width, kernel_size=3, padding=1)
+            channels = width
+        elif name.startswith("relu"):
+            layers[name] = nn.ReLU(inplace=False)
+        else:
+            layers[name] = nn.MaxPool2d(2, 2) if pooling == "max" else nn.AvgPool2d(2, 2)
+    return nn.Sequential(layers)
+
+
+def torchvision_to_named(state_dict: Mapping[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
+    """Map torchvision keys (``features.0.weight``) to named ones (``conv1_1.weight``); classifier dropped."""
+    named: dict[str, torch.Tensor] = {}
+    for index, name in enumerate(layer_names(arch)):
+        for kind in ("weight", "bias"):
+            key = f"features.{index}.{kind}"
+            if key in state_dict:
+                named[f"{name}.{kind}"] = state_dict[key]
+    return named
+
+
+class VGGFeatures(nn.Module):
+    """A truncated VGG returning the activations of the requested layers by name.
+
+    Takes RGB images in 0–1 (N×3×H×W); the weights' own preprocessing is applied first, so callers never
+    deal with BGR or Caffe means.
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        state_dict: Mapping[str, torch.Tensor],
+        preprocessing: Preprocessing,
+        layers: Iterable[str],
+        pooling: str = "max",
+    ) -> None:
+        super().__init__()
+        self.arch = arch
+        self.layers = tuple(dict.fromkeys(layers))
+        names = layer_names(arch)
+        unknown = [layer for layer in self.layers if layer not in names]
+        if unknown:
+            raise ValueError(f"{arch} has no layer(s) {unknown}")
+        deepest = max(self.layers, key=names.index)
+        self.net = make_layers(arch, deepest, pooling)
+        needed = {k: v for k, v in state_dict.items() if k.split(".")[0] in self.net._modules}
+        self.net.load_state_dict(needed, strict=True)
+        self.net.requires_grad_(False).eval()
+        self.preprocessing = preprocessing
+        self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1) / preprocessing.scale)
+        self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1) / preprocessing.scale)
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        if self.preprocessing.bgr:
+            image = image.flip(1)
+        return (image - self.mean) / self.std
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        wanted = set(self.layers)
+        features: dict[str, torch.Tensor] = {}
+        x = self.preprocess(image)
+        for name, module in self.net.named_children():
+            x = module(x)
+            if name in wanted:
+                features[name] = x
+        return features
+
+    def extra_repr(self) -> str:
+        return f"arch={self.arch}, layers={list(self.layers)}"
