@@ -147,7 +147,7 @@ class StylizeOptions:
         style right cheaply at low resolution (as crowsonkb/style-transfer-pytorch does).
         """
         sizes = [self.size]
-        while sizes[-1] / self.scale_step >= self.min_size:
+        while round(sizes[-1] / self.scale_step) >= self.min_size:
             sizes.append(round(sizes[-1] / self.scale_step))
         return sizes[::-1]
 

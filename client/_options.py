@@ -1,0 +1,106 @@
+"""Channel settings as option objects: TLS, keepalive, retries (as gRPC service config) and load balancing.
+
+Retries are declared, not looped (grpc ``examples/python/retry``): gRPC retries a call that failed with
+UNAVAILABLE or RESOURCE_EXHAUSTED before any response arrived, with exponential backoff, and honours the
+server's ``grpc-retry-pushback-ms`` hint. A stream that has started is never replayed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+__all__ = [
+    "DEFAULT_KEEPALIVE", "DEFAULT_RETRY", "KeepAliveOptions", "RetryPolicy", "TLSOptions", "channel_options",
+    "service_config",
+]
+
+SERVICE = "styletx.v1.StyleTransfer"
+
+
+def _read(value: bytes | str | Path | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+@dataclass(frozen=True)
+class TLSOptions:
+    """Server authentication (and optionally client certificates for mTLS). PEM bytes or file paths.
+
+    ``root_certificates`` None uses the system's roots.
+    """
+
+    root_certificates: bytes | str | Path | None = None
+    private_key: bytes | str | Path | None = None
+    certificate_chain: bytes | str | Path | None = None
+    server_name_override: str | None = None
+    """For certificates issued to another name (tests, IP addresses)."""
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            _read(self.root_certificates), _read(self.private_key), _read(self.certificate_chain))
+
+
+@dataclass(frozen=True)
+class KeepAliveOptions:
+    """HTTP/2 pings that notice dead connections (a long job is silent between previews only briefly, but a
+    queued one may wait minutes). The server accepts pings every 10 s or slower."""
+
+    time_ms: int = 30_000
+    timeout_ms: int = 10_000
+    permit_without_calls: bool = True
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """gRPC ``retryPolicy``; ``max_attempts`` 1 disables retries."""
+
+    max_attempts: int = 4
+    initial_backoff: float = 0.5
+    max_backoff: float = 10.0
+    backoff_multiplier: float = 2.0
+    retryable_codes: tuple[str, ...] = field(default=("UNAVAILABLE", "RESOURCE_EXHAUSTED"))
+
+
+DEFAULT_KEEPALIVE = KeepAliveOptions()
+DEFAULT_RETRY = RetryPolicy()
+
+
+def service_config(retry: RetryPolicy | None, load_balancing: str | None) -> str:
+    """The service-config JSON: a retry policy for every StyleTransfer method and the LB policy."""
+    config: dict[str, object] = {}
+    if retry is not None and retry.max_attempts > 1:
+        config["methodConfig"] = [{
+            "name": [{"service": SERVICE}],
+            "retryPolicy": {
+                "maxAttempts": retry.max_attempts,
+                "initialBackoff": f"{retry.initial_backoff}s",
+                "maxBackoff": f"{retry.max_backoff}s",
+                "backoffMultiplier": retry.backoff_multiplier,
+                "retryableStatusCodes": list(retry.retryable_codes),
+            },
+        }]
+    if load_balancing:
+        config["loadBalancingConfig"] = [{load_balancing: {}}]
+    return json.dumps(config)
+
+
+def channel_options(keepalive: KeepAliveOptions | None, retry: RetryPolicy | None, load_balancing: str | None,
+                    tls: TLSOptions | None, max_receive_bytes: int) -> list[tuple[str, object]]:
+    """Channel arguments for ``grpc.*_channel``; use a ``dns:///host:port`` target with ``round_robin``."""
+    options: list[tuple[str, object]] = [
+        ("grpc.service_config", service_config(retry, load_balancing)),
+        ("grpc.enable_retries", 1 if retry is not None and retry.max_attempts > 1 else 0),
+        ("grpc.max_receive_message_length", max_receive_bytes),
+    ]
+    if keepalive is not None:
+        options += [("grpc.keepalive_time_ms", keepalive.time_ms),
+                    ("grpc.keepalive_timeout_ms", keepalive.timeout_ms),
+                    ("grpc.keepalive_permit_without_calls", int(keepalive.permit_without_calls))]
+    if tls is not None and tls.server_name_override:
+        options.append(("grpc.ssl_target_name_override", tls.server_name_override))
+    return options

@@ -1,0 +1,231 @@
+"""``styletx``: stylise images on a server (``--server HOST:PORT``) or in this process, and more.
+
+Subcommands: ``stylize``, ``info``, ``health``, plus any registered in the ``styletx.commands`` entry-point
+group (each a ``register(subparsers)`` that adds a parser with ``set_defaults(func=...)``; ``func(args)``
+returns the exit code). Engine flags are generated from the ``StylizeParams`` proto descriptor, so they cannot
+drift from the API. This module never imports torch: commands that need it live in ``styletx_core.commands``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import logging
+import os
+import random
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from ._client import Client, LocalClient
+from ._errors import StyletxError
+from ._options import TLSOptions
+from ._progress import ProgressReporter, contact_sheet, plot_losses
+from ._request import PARAMS, build_request, enum_choices, param_kind
+
+__all__ = ["build_parser", "main"]
+
+_LOGGER = logging.getLogger("styletx.cli")
+BUILTIN = ("stylize", "info", "health")
+_SUFFIX_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff16", ".tiff": "tiff16", ".png": "png"}
+
+
+def _add_connection(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    group = parser.add_argument_group("connection")
+    env = os.environ.get("STYLETX_SERVER")
+    group.add_argument("--server", default=env, required=required and not env,
+                       help="HOST:PORT of a server (env STYLETX_SERVER); without: run in this process")
+    group.add_argument("--timeout", type=float, default=3600.0, help="deadline of the call in seconds")
+    group.add_argument("--tls", action="store_true", help="connect with TLS (system roots unless --tls-ca)")
+    group.add_argument("--tls-ca", help="PEM file of the CA that signed the server's certificate")
+    group.add_argument("--tls-cert", help="client certificate (PEM) for mutual TLS")
+    group.add_argument("--tls-key", help="client private key (PEM) for mutual TLS")
+    group.add_argument("--tls-server-name", help="expected name in the server's certificate")
+
+
+def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per StylizeParams field; unset flags leave the server's default."""
+    group = parser.add_argument_group("engine options (default: the server's; see `styletx info`)")
+    for field in PARAMS.fields:
+        flag = "--" + field.name.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": f"param_{field.name}", "default": None}
+        if field.enum_type is not None:
+            kwargs["choices"] = list(enum_choices(field))
+        else:
+            kwargs["type"] = param_kind(field)
+            kwargs["metavar"] = param_kind(field).__name__.upper()
+        if field.is_repeated:
+            kwargs["nargs"] = "+"
+        group.add_argument(flag, help=field.name.replace("_", " "), **kwargs)
+
+
+def _add_stylize(subparsers: Any) -> None:
+    parser = subparsers.add_parser("stylize", help="stylise an image",
+                                   description="Stylise CONTENT with STYLEs.")
+    parser.add_argument("content", type=Path, help="content image")
+    parser.add_argument("styles", type=Path, nargs="+", metavar="style", help="style image(s)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output file")
+    parser.add_argument("--style-weights", type=float, nargs="+", help="blend weight per style image")
+    parser.add_argument("--format", choices=["png", "jpeg", "tiff16"],
+                        help="output encoding (default: from the output suffix)")
+    parser.add_argument("--mode", default="optimize",
+                        choices=["optimize", "fast", "preset", "hybrid", "cyclegan"])
+    parser.add_argument("--model-name", default="", help="network for fast/hybrid/cyclegan modes")
+    parser.add_argument("--preset", default="", help="pre-trained style for preset mode")
+    parser.add_argument("--preview-dir", type=Path, help="write previews here (with --preview-every N)")
+    parser.add_argument("--preview-format", choices=["png", "jpeg"], default="jpeg")
+    parser.add_argument("--preview-max-side", type=int, default=0, help="long side of previews (0: as is)")
+    parser.add_argument("--loss-plot", type=Path, help="plot the loss curve to this file (needs matplotlib)")
+    parser.add_argument("--variations", type=int, default=0, metavar="N",
+                        help="make N variations (seeds s, s+1, …) and a contact sheet")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_engine_flags(parser)
+    _add_connection(parser)
+    parser.set_defaults(func=cmd_stylize)
+
+
+def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="styletx", description="Neural style transfer: client and tools.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_stylize(subparsers)
+    info = subparsers.add_parser("info", help="server version, models, devices, limits, defaults (JSON)")
+    _add_connection(info)
+    info.set_defaults(func=cmd_info)
+    health = subparsers.add_parser("health", help="grpc.health.v1 status of a server (exit 0 if SERVING)")
+    health.add_argument("--service", default="", help="service name ('' = whole server)")
+    _add_connection(health, required=True)
+    health.set_defaults(func=cmd_health)
+    if plugins:
+        _load_plugins(subparsers)
+    return parser
+
+
+def _load_plugins(subparsers: Any) -> None:
+    """Subcommands of other packages; a missing or broken one is skipped (client-only installs lack torch)."""
+    for entry in importlib.metadata.entry_points(group="styletx.commands"):
+        try:
+            entry.load()(subparsers)
+        except Exception as error:  # ImportError for absent extras, anything for a broken plugin
+            _LOGGER.debug("skipping command %s (%s): %s", entry.name, entry.value, error)
+
+
+def _client(args: argparse.Namespace) -> Client | LocalClient:
+    if not args.server:
+        return LocalClient(timeout=args.timeout)
+    tls = None
+    if args.tls or args.tls_ca or args.tls_cert:
+        tls = TLSOptions(args.tls_ca, args.tls_key, args.tls_cert, args.tls_server_name)
+    return Client(args.server, tls=tls, timeout=args.timeout)
+
+
+def _request_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    params = {f.name: getattr(args, f"param_{f.name}") for f in PARAMS.fields}
+    output_format = args.format or _SUFFIX_FORMATS.get(args.output.suffix.lower(), "png")
+    return {"output_format": output_format, "preview_format": args.preview_format,
+            "preview_max_side": args.preview_max_side, "mode": args.mode, "model_name": args.model_name,
+            "preset": args.preset, **{k: v for k, v in params.items() if v is not None}}
+
+
+def _styles(args: argparse.Namespace) -> list[Any]:
+    weights = args.style_weights
+    if weights is not None and len(weights) != len(args.styles):
+        raise StyletxError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"--style-weights: {len(weights)} weights for {len(args.styles)} styles")
+    if not weights:
+        return list(args.styles)
+    return list(zip(args.styles, weights, strict=True))
+
+
+def cmd_stylize(args: argparse.Namespace) -> int:
+    kwargs = _request_kwargs(args)
+    styles = _styles(args)
+    with _client(args) as client:
+        if args.variations:
+            return _variations(client, args, styles, kwargs)
+        request = build_request(args.content, styles, **kwargs)
+        output = _run(client, request, args, label=args.output.name)
+    output.save(args.output)
+    print(f"{args.output}  seed {output.seed}  {output.width}×{output.height}  "
+          f"{output.timings.get('total_seconds', 0):.1f}s")
+    if args.loss_plot:
+        plot_losses(output.history, args.loss_plot)
+    return 0
+
+
+def _run(client: Client | LocalClient, request: Any, args: argparse.Namespace, label: str) -> Any:
+    reporter = ProgressReporter(label, args.preview_dir, args.output.stem, quiet=args.quiet)
+    stream = client.stream_request(request, timeout=args.timeout)
+    from ._events import collect
+
+    try:
+        return collect(stream, reporter)
+    except BaseException:
+        stream.cancel()
+        raise
+    finally:
+        reporter.close()
+
+
+def _variations(client: Client | LocalClient, args: argparse.Namespace, styles: list[Any],
+                kwargs: dict[str, Any]) -> int:
+    """N requests with seeds s, s+1, … and ``variation`` set: the engine's variations(), one per call."""
+    base = kwargs.pop("seed", None)
+    base = random.SystemRandom().randrange(2**31) if base is None else base
+    paths = []
+    for k in range(args.variations):
+        request = build_request(args.content, styles, variation=True, seed=base + k, **kwargs)
+        path = args.output.with_name(f"{args.output.stem}_v{k}{args.output.suffix}")
+        _run(client, request, args, label=f"{path.name}").save(path)
+        paths.append(path)
+        print(f"{path}  seed {base + k}")
+    sheet = args.output.with_name(f"{args.output.stem}_sheet.png")
+    contact_sheet(paths, sheet, labels=[f"seed {base + k}" for k in range(len(paths))])
+    print(f"{sheet}  contact sheet of {len(paths)} variations")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    with _client(args) as client:
+        info = client.server_info(timeout=min(args.timeout, 30))
+    print(json_format.MessageToJson(info, always_print_fields_with_no_presence=True))
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        status = client.health(args.service, timeout=min(args.timeout, 10))
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Builtin commands need no plugins: skip importing them (they may pull in torch, seconds of start-up).
+    first = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(plugins=first not in BUILTIN)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except StyletxError as error:
+        print(f"styletx: error: {error.message} ({error.code.name})", file=sys.stderr)
+        return 2 if error.code == grpc.StatusCode.INVALID_ARGUMENT else 1
+    except OSError as error:  # unreadable input, unwritable output
+        print(f"styletx: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

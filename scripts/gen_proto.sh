@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Generate the Python stubs of the styletx API: styletx/v1/styletx_pb2.py, styletx_pb2_grpc.py and typed
+# .pyi files (mypy-protobuf). One command, reproducible: the same grpcio-tools/mypy-protobuf give the same bytes,
+# and tests/test_proto.py fails when the checked-in stubs drift from proto/.
+#
+# Usage: scripts/gen_proto.sh [--out DIR] [--lint]
+#   --out DIR  write into DIR instead of the repository (the drift test uses a temp dir)
+#   --lint     also run `buf lint` (needs npx or buf on PATH)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+[ -x "$PYTHON" ] || PYTHON="$(command -v python3)"
+OUT="$ROOT"
+LINT=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) OUT="$2"; shift 2 ;;
+    --lint) LINT=1; shift ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+
+BIN="$(dirname "$PYTHON")"
+mkdir -p "$OUT/styletx/v1"
+cd "$ROOT/proto"
+"$PYTHON" -m grpc_tools.protoc -I . \
+  --python_out="$OUT" --grpc_python_out="$OUT" \
+  --plugin=protoc-gen-mypy="$BIN/protoc-gen-mypy" --mypy_out="$OUT" \
+  --plugin=protoc-gen-mypy_grpc="$BIN/protoc-gen-mypy_grpc" --mypy_grpc_out="$OUT" \
+  styletx/v1/styletx.proto
+
+# Package markers: the stubs import each other as `styletx.v1.*`, so both levels must be packages.
+for pkg in "$OUT/styletx" "$OUT/styletx/v1"; do
+  [ -f "$pkg/__init__.py" ] || echo '"""Generated gRPC stubs of the styletx API (scripts/gen_proto.sh)."""' > "$pkg/__init__.py"
+done
+touch "$OUT/styletx/py.typed"
+
+if [ "$LINT" = 1 ]; then
+  cd "$ROOT"
+  if command -v buf >/dev/null; then buf lint; else npx --yes @bufbuild/buf lint; fi
+fi

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of the styletx API (scripts/gen_proto.sh)."""

@@ -1,0 +1,93 @@
+"""Export CycleGAN generators to ONNX and run ONNX-exported generators with onnxruntime.
+
+The export keeps height and width dynamic (multiples of 4) and names the tensors ``image`` → ``translated``,
+both in [-1, 1], NCHW float32. Instance norm becomes ONNX ``InstanceNormalization``, so an ONNX generator
+normalises each input on its own statistics: tiled runs of ONNX models cannot freeze whole-image statistics
+the way ``tiling`` does for torch models (see ``tiling.run_tiled``).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import ModelError
+from .generator import CycleGANGenerator
+
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "OnnxGenerator", "export_onnx"]
+
+_LOGGER = logging.getLogger(__name__)
+INPUT_NAME = "image"
+OUTPUT_NAME = "translated"
+
+
+def export_onnx(gen: CycleGANGenerator, path: str | Path, opset: int = 17, size: int = 256) -> Path:
+    """Write ``gen`` as an ONNX model with dynamic batch/height/width; returns the path.
+
+    ``size`` is only the tracing example's side; it must be a multiple of 4.
+    """
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gen = gen.eval().float().cpu()
+    example = torch.zeros(1, gen.config.input_nc, size, size)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with torch.no_grad(), warnings.catch_warnings():
+        # Reflection padding exports as Slice ops, which the constant folder reports on but handles fine.
+        warnings.filterwarnings("ignore", message="Constant folding")
+        # dynamo=False: the TorchScript exporter needs no onnxscript and handles this plain conv net well.
+        torch.onnx.export(gen, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes}, opset_version=opset, dynamo=False)
+    model = onnx.load(str(path))
+    for key, value in (("styletx.kind", "cyclegan-generator"), ("styletx.architecture", gen.config.describe()),
+                       ("styletx.range", "[-1, 1]")):
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+class OnnxGenerator:
+    """An ONNX-exported generator behind the same call signature as ``CycleGANGenerator`` (tensor → tensor).
+
+    Args:
+        path: the ``.onnx`` file; one NCHW float input with 3 channels, output of the same size.
+        providers: onnxruntime execution providers; default CUDA when available, else CPU.
+    """
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelError(f"{self.path}: model file not found")
+        available = ort.get_available_providers()
+        chosen = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        try:
+            self.session = ort.InferenceSession(str(self.path), providers=chosen)
+        except Exception as exc:  # noqa: BLE001 - any onnxruntime failure means an unusable model file
+            raise ModelError(f"{self.path}: cannot load ONNX model ({str(exc)[:200]})") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) < 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] != 3:
+            raise ModelError(f"{self.path}: expected one NCHW input with 3 channels, found "
+                             f"{[(i.name, i.shape) for i in inputs]}")
+        self.input_name, self.output_name = inputs[0].name, outputs[0].name
+        h, w = inputs[0].shape[2:]
+        self.fixed_hw: tuple[int, int] | None = (h, w) if isinstance(h, int) and isinstance(w, int) else None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Run on a (N, 3, H, W) tensor in [-1, 1]; the result is on ``x``'s device."""
+        if self.fixed_hw is not None and tuple(x.shape[2:]) != self.fixed_hw:
+            raise ModelError(f"{self.path}: this model only accepts {self.fixed_hw[0]}×{self.fixed_hw[1]} inputs")
+        feed = {self.input_name: np.ascontiguousarray(x.detach().float().cpu().numpy())}
+        (out,) = self.session.run([self.output_name], feed)
+        return torch.from_numpy(out).to(x.device)
+
+    def __repr__(self) -> str:
+        return f"OnnxGenerator({str(self.path)!r})"

@@ -1,0 +1,439 @@
+"""The Gatys et al. optimisation, coarse to fine: ``StyleTransfer.stylize(content, styles, opts, callback)``.
+
+The loop is split into small steps — :meth:`_init_image`, :meth:`_build_losses`, :func:`_make_optimizer`,
+:meth:`_run_scale` — and picks initialisations and optimisers from registries rather than if/elif chains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import resource
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+from torch.nn import functional as F
+
+from . import color
+from .errors import EngineError, ResourceLimitError
+from .imageio import pil_to_tensor, resize_long_side, tensor_to_pil
+from .losses import ContentLoss, LayerApply, Scale, SumLoss, TVLoss
+from .options import StylizeOptions
+from .progress import Callback, Iterate, StylizeResult
+from .targets import TargetCache, style_targets
+from .vgg import VGGFeatures
+from .weights import LoadedWeights, load_vgg_weights
+
+__all__ = ["NumericalError", "StyleTransfer"]
+
+_LOGGER = logging.getLogger(__name__)
+_FEATURE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1")
+
+
+class NumericalError(EngineError):
+    """The loss stopped being finite: the job cannot continue."""
+
+
+def _init_content(content: torch.Tensor, style: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return content.clone()
+
+
+def _init_noise(content: torch.Tensor, style: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    # Mid-grey noise of small amplitude, as in neural-style's "-init random" (scaled for a 0–1 image).
+    return (0.5 + 0.1 * torch.randn(content.shape, generator=gen)).clamp(0, 1).to(content)
+
+
+def _init_style(content: torch.Tensor, style: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return F.interpolate(style, size=content.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+INITS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]] = {
+    "content": _init_content,
+    "noise": _init_noise,
+    "style": _init_style,
+}
+
+
+def _lbfgs(image: torch.Tensor, opts: StylizeOptions) -> torch.optim.Optimizer:
+    # One closure evaluation per step so that every iteration is reported and can be cancelled; the history
+    # survives between step() calls, so this is the same algorithm as one long L-BFGS run (neural-style's).
+    return torch.optim.LBFGS([image], lr=1.0, max_iter=1, history_size=50, tolerance_grad=0.0,
+                             tolerance_change=0.0)
+
+
+def _adam(image: torch.Tensor, opts: StylizeOptions) -> torch.optim.Optimizer:
+    return torch.optim.Adam([image], lr=opts.learning_rate, betas=(0.9, 0.99))
+
+
+OPTIMIZERS: dict[str, Callable[[torch.Tensor, StylizeOptions], torch.optim.Optimizer]] = {
+    "lbfgs": _lbfgs,
+    "adam": _adam,
+}
+
+
+@dataclass
+class _Run:
+    """Book-keeping shared by the scales of one run (progress, ETA, history)."""
+
+    opts: StylizeOptions
+    sizes: list[tuple[int, int]]
+    callback: Callback | None
+    start: float = field(default_factory=time.perf_counter)
+    done: int = 0
+    work_done: float = 0.0
+    loop_time: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def iterations_at(self, scale: int) -> int:
+        return self.opts.iterations if scale == len(self.sizes) - 1 else self.opts.coarse_iterations
+
+    @property
+    def total(self) -> int:
+        return sum(self.iterations_at(s) for s in range(len(self.sizes)))
+
+    @property
+    def total_work(self) -> float:
+        return sum(self.iterations_at(s) * w * h for s, (w, h) in enumerate(self.sizes))
+
+    def equivalent_iterations(self) -> float:
+        final = self.sizes[-1][0] * self.sizes[-1][1]
+        return sum(self.iterations_at(s) * w * h / final for s, (w, h) in enumerate(self.sizes))
+
+
+class StyleTransfer:
+    """Holds the networks, weights and style-target cache; stylises images on one device.
+
+    Args:
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` …
+        weights: weights source for both VGGs (``"auto"``, ``"offline"``, ``"torchvision"``, ``"file"``).
+        weights_path: a .safetensors/.pth file for ``weights="file"`` (server-side setting, never a request's).
+        max_pixels: refuse outputs above this many pixels with :class:`ResourceLimitError`.
+    """
+
+    def __init__(
+        self,
+        device: str = "auto",
+        weights: str = "auto",
+        weights_path: str | os.PathLike[str] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        max_pixels: int = 4096 * 4096,
+        target_cache_size: int = 64,
+    ) -> None:
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   "cpu" if device == "auto" else device)
+        self.weights_source = weights
+        self.weights_path = weights_path
+        self.cache_dir = cache_dir
+        self.max_pixels = max_pixels
+        self._weights: dict[str, LoadedWeights] = {}
+        self._networks: dict[tuple[str, str], VGGFeatures] = {}
+        self.targets = TargetCache(target_cache_size)
+
+    def weights_for(self, arch: str) -> LoadedWeights:
+        if arch not in self._weights:
+            self._weights[arch] = load_vgg_weights(arch, self.weights_source, self.weights_path, self.cache_dir)
+        return self._weights[arch]
+
+    def network(self, arch: str, pooling: str) -> VGGFeatures:
+        """The truncated extractor for ``arch``/``pooling`` (built once, kept)."""
+        key = (arch, pooling)
+        if key not in self._networks:
+            weights = self.weights_for(arch)
+            net = VGGFeatures(arch, weights.state_dict, weights.preprocessing, _FEATURE_LAYERS, pooling)
+            self._networks[key] = net.to(self.device)
+        return self._networks[key]
+
+    def target_cache_info(self) -> dict[str, int]:
+        return self.targets.info()
+
+    def stylize(
+        self,
+        content: Image.Image,
+        styles: Sequence[Image.Image],
+        opts: StylizeOptions | None = None,
+        callback: Callback | None = None,
+        init_image: Image.Image | None = None,
+    ) -> StylizeResult:
+        """Stylise ``content`` with ``styles`` (blended by ``opts.style_blend_weights``).
+
+        ``callback`` receives an :class:`Iterate` after every iteration and may raise
+        :class:`~styletx_core.errors.Cancelled`. ``init_image`` (e.g. a fast feed-forward result or the
+        previous video frame) replaces ``opts.init``.
+        """
+        opts = opts or StylizeOptions()
+        self._check_request(content, styles, opts)
+        seed = opts.seed if opts.seed is not None else random.SystemRandom().randrange(2**31)
+        generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        content_t, style_ts = self._prepare_colors(content, styles, opts)
+        sizes = [_fit(content.size, s) for s in opts.scales()]
+        run = _Run(opts, sizes, callback)
+        net = self.network(opts.model, opts.pooling)
+        image = None
+        for index, size in enumerate(sizes):
+            image = self._init_image(image, content_t, style_ts, init_image, size, generator, opts)
+            losses = self._build_losses(net, content_t, style_ts, size, opts)
+            image = self._run_scale(net, image, losses, index, run)
+        assert image is not None
+        if opts.preserve_color == "luminance":
+            image = color.recombine_luminance(image, pil_to_tensor(content).to(self.device))
+        return StylizeResult(
+            image=tensor_to_pil(image), seed=seed, iterations=run.done,
+            equivalent_iterations=run.equivalent_iterations(), elapsed=time.perf_counter() - run.start,
+            losses=dict(run.history[-1]) if run.history else {}, history=run.history,
+        )
+
+    def _check_request(self, content: Image.Image, styles: Sequence[Image.Image], opts: StylizeOptions) -> None:
+        if not styles:
+            raise EngineError("at least one style image is needed")
+        weights = opts.style_blend_weights
+        if weights is not None and len(weights) != len(styles):
+            from .errors import OptionError
+
+            raise OptionError("style_blend_weights", f"{len(weights)} weights for {len(styles)} styles")
+        width, height = _fit(content.size, opts.size)
+        if width * height > self.max_pixels:
+            raise ResourceLimitError(
+                f"output {width}×{height} has {width * height} pixels; this server allows {self.max_pixels}")
+
+    def _prepare_colors(
+        self, content: Image.Image, styles: Sequence[Image.Image], opts: StylizeOptions
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Full-resolution tensors (on the device) after colour preservation's pre-processing."""
+        content_t = pil_to_tensor(content).to(self.device)
+        style_ts = [pil_to_tensor(style).to(self.device) for style in styles]
+        if opts.preserve_color == "luminance":
+            style_ts = [color.luminance_only(s, reference=content_t) for s in style_ts]
+            content_t = color.luminance_only(content_t)
+        elif opts.preserve_color == "histogram":
+            style_ts = [color.match_color(s, content_t) for s in style_ts]
+        return content_t, style_ts
+
+    def _init_image(
+        self,
+        previous: torch.Tensor | None,
+        content: torch.Tensor,
+        styles: Sequence[torch.Tensor],
+        init_image: Image.Image | None,
+        size: tuple[int, int],
+        generator: torch.Generator,
+        opts: StylizeOptions,
+    ) -> torch.Tensor:
+        """The starting image of a scale: the previous scale's result upsampled, else the chosen init."""
+        if previous is not None:
+            return _resize(previous, size).clamp(0, 1)
+        content_s = _resize(content, size)
+        if init_image is not None:
+            return _resize(pil_to_tensor(init_image).to(self.device), size).clamp(0, 1)
+        return INITS[opts.init](content_s.cpu(), styles[0].cpu(), generator).to(self.device)
+
+    def _build_losses(
+        self, net: VGGFeatures, content: torch.Tensor, styles: Sequence[torch.Tensor], size: tuple[int, int],
+        opts: StylizeOptions,
+    ) -> SumLoss:
+        """Content, style and TV terms for one scale; style targets come from the cache when possible."""
+        with torch.no_grad():
+            content_features = net(_resize(content, size))
+        content_terms = [Scale(LayerApply(ContentLoss(content_features[layer]), layer),
+                               opts.content_weight / len(opts.content_layers)) for layer in opts.content_layers]
+        layer_weights = _normalised(opts.style_layer_weights or [1.0] * len(opts.style_layers))
+        style_size = max(16, round(max(size) * opts.style_scale))
+        targets = style_targets(self.targets, net, styles, opts, style_size)
+        style_terms = [Scale(LayerApply(targets[layer], layer), opts.style_weight * weight)
+                       for layer, weight in zip(opts.style_layers, layer_weights, strict=True)]
+        tv_terms = [Scale(LayerApply(TVLoss(), None), opts.tv_weight)]
+        return SumLoss({"content": torch.nn.ModuleList(content_terms), "style": torch.nn.ModuleList(style_terms),
+                        "tv": torch.nn.ModuleList(tv_terms)}).to(self.device)
+
+    def _run_scale(self, net: VGGFeatures, image: torch.Tensor, losses: SumLoss, index: int, run: _Run) -> torch.Tensor:
+        """Optimise one scale; returns the image (the EMA average for Adam)."""
+        opts = run.opts
+        image = image.detach().requires_grad_(True)
+        optimizer = OPTIMIZERS[opts.optimizer](image, opts)
+        average = _EMA(image, opts.ema_decay) if opts.optimizer == "adam" else None
+        last: dict[str, torch.Tensor] = {}
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            with self._autocast(opts):
+                total, parts = losses(net(image), image)
+            total.backward()
+            last.update({name: part.detach() for name, part in parts.items()}, total=total.detach())
+            return total
+
+        best = _Best()
+        for _ in range(run.iterations_at(index)):
+            started = time.perf_counter()
+            _inject_fault(opts, run.done + 1)
+            before = image.detach().clone() if average is None else image
+            optimizer.step(closure)
+            if average is not None:
+                with torch.no_grad():
+                    image.clamp_(0, 1)
+                average.update(image)
+            loss = self._report(run, index, image if average is None else average.value, last, started)
+            best.offer(loss, before)
+        result = average.value if average is not None else best.image if best.image is not None else image
+        return result.detach().clamp(0, 1)
+
+    def _autocast(self, opts: StylizeOptions) -> contextlib.AbstractContextManager[object]:
+        if opts.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _report(self, run: _Run, index: int, image: torch.Tensor, last: dict[str, torch.Tensor],
+                started: float) -> float:
+        """Record one iteration, call the callback; returns the total loss."""
+        values = {name: float(value) for name, value in last.items()}  # the one host sync per iteration
+        if not math.isfinite(values["total"]):
+            raise NumericalError(f"the loss became {values['total']} at iteration {run.done + 1}; "
+                                 "try lower weights or a smaller learning rate")
+        width, height = run.sizes[index]
+        run.done += 1
+        run.work_done += width * height
+        run.loop_time += time.perf_counter() - started
+        elapsed = time.perf_counter() - run.start
+        eta = run.loop_time / run.work_done * (run.total_work - run.work_done)
+        run.history.append({"iteration": run.done, "scale": index, "elapsed": elapsed,
+                            "loss": values["total"], **{k: v for k, v in values.items() if k != "total"}})
+        if run.callback is None:
+            return values["total"]
+        preview = None
+        if run.opts.preview_every and run.done % run.opts.preview_every == 0:
+            snapshot = image.detach().clone()
+            preview = lambda: tensor_to_pil(snapshot)  # noqa: E731 - paid for only when the caller wants it
+        run.callback(Iterate(
+            iteration=run.done, total_iterations=run.total, scale_index=index, scale_count=len(run.sizes),
+            width=width, height=height, loss=values["total"],
+            losses={k: v for k, v in values.items() if k != "total"}, elapsed=elapsed, eta=eta,
+            peak_memory_bytes=self.peak_memory(), preview=preview,
+        ))
+        return values["total"]
+
+    def peak_memory(self) -> int:
+        """Peak bytes: CUDA allocator peak on GPU, the process's peak RSS on CPU."""
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def variations(
+        self,
+        content: Image.Image,
+        styles: Sequence[Image.Image],
+        count: int,
+        opts: StylizeOptions | None = None,
+        callback: Callback | None = None,
+    ) -> list[StylizeResult]:
+        """``count`` results, each from its own seed with a randomised texture, contrast and colour.
+
+        Variation ``k`` uses seed ``opts.seed + k`` and, scaled by ``opts.variation_strength`` (s):
+        texture — the start image is the content plus Gaussian noise of std 0.25·s;
+        contrast — each style image's contrast around its mean is multiplied by exp(u·0.5·s), u ~ U(−1, 1);
+        colour — each style image's hue is rotated by u·s·60° in the YIQ chroma plane, u ~ U(−1, 1).
+        """
+        opts = opts or StylizeOptions()
+        base = opts.seed if opts.seed is not None else random.SystemRandom().randrange(2**31)
+        return [self._variation(content, styles, opts.replace(seed=base + k), callback) for k in range(count)]
+
+    def _variation(self, content: Image.Image, styles: Sequence[Image.Image], opts: StylizeOptions,
+                   callback: Callback | None) -> StylizeResult:
+        assert opts.seed is not None
+        gen = torch.Generator().manual_seed(opts.seed)
+        strength = opts.variation_strength
+        varied = [tensor_to_pil(_vary_style(pil_to_tensor(s), gen, strength)) for s in styles]
+        content_t = pil_to_tensor(content)
+        noisy = (content_t + 0.25 * strength * torch.randn(content_t.shape, generator=gen)).clamp(0, 1)
+        return self.stylize(content, varied, opts, callback, init_image=tensor_to_pil(noisy))
+
+
+def _vary_style(style: torch.Tensor, gen: torch.Generator, strength: float) -> torch.Tensor:
+    contrast = math.exp(float(torch.empty(1).uniform_(-1, 1, generator=gen)) * 0.5 * strength)
+    angle = float(torch.empty(1).uniform_(-1, 1, generator=gen)) * strength * math.pi / 3
+    mean = style.mean(dim=(2, 3), keepdim=True)
+    style = (style - mean) * contrast + mean
+    yiq = color.rgb_to_yiq(style)
+    cos, sin = math.cos(angle), math.sin(angle)
+    i, q = yiq[:, 1:2], yiq[:, 2:3]
+    yiq = torch.cat([yiq[:, :1], cos * i - sin * q, sin * i + cos * q], dim=1)
+    return color.yiq_to_rgb(yiq).clamp(0, 1)
+
+
+class _Best:
+    """The lowest-loss iterate of a scale.
+
+    L-BFGS without a line search (as in neural-style) occasionally overshoots; returning the last iterate would
+    sometimes return a spike. The loss of step k is measured at the image before its update, hence ``before``.
+    """
+
+    def __init__(self) -> None:
+        self.loss = math.inf
+        self.image: torch.Tensor | None = None
+
+    def offer(self, loss: float, image: torch.Tensor) -> None:
+        if loss < self.loss:
+            self.loss, self.image = loss, image
+
+
+class _EMA:
+    """Exponential moving average of the iterates (Polyak averaging), with bias correction.
+
+    Adam's raw iterate is noisy; returning the average gives cleaner images (crowsonkb's ``EMA``).
+    """
+
+    def __init__(self, image: torch.Tensor, decay: float) -> None:
+        self.decay = decay
+        self.accumulated = torch.zeros_like(image.detach())
+        self.weight = 0.0
+
+    def update(self, image: torch.Tensor) -> None:
+        self.weight = self.weight * self.decay + 1
+        self.accumulated.mul_(self.decay).add_(image.detach())
+
+    @property
+    def value(self) -> torch.Tensor:
+        return self.accumulated / self.weight
+
+
+def _fit(size: tuple[int, int], long_side: int) -> tuple[int, int]:
+    """(width, height) with the long side ``long_side`` and the aspect ratio of ``size``."""
+    width, height = size
+    scale = long_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    width, height = size
+    if image.shape[-2:] == (height, width):
+        return image
+    return F.interpolate(image, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
+
+
+def _normalised(weights: Sequence[float]) -> list[float]:
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def _inject_fault(opts: StylizeOptions, iteration: int) -> None:
+    """Test-only faults (``opts.extra = {"fault": ..., "fault_at": n}``); requests can never set ``extra``."""
+    fault = opts.extra.get("fault")
+    if fault is None or iteration != opts.extra.get("fault_at", 1):
+        return
+    if fault == "oom":
+        raise torch.OutOfMemoryError("injected out-of-memory fault")
+    if fault == "nan":
+        raise NumericalError(f"the loss became nan at iteration {iteration} (injected fault)")
+    raise RuntimeError(f"injected fault {fault!r}")
+
+
+def iterate_sizes(opts: StylizeOptions, size: tuple[int, int]) -> Iterator[tuple[int, int]]:
+    """The (width, height) of each scale for an input of ``size`` (for planning and tests)."""
+    return (_fit(size, s) for s in opts.scales())
+
+
+__all__ += ["INITS", "OPTIMIZERS", "iterate_sizes", "resize_long_side"]

@@ -1,0 +1,52 @@
+"""HYBRID: the fast network's picture initialises the Gatys optimisation, which refines it.
+
+The feed-forward result already has the style's palette and strokes at the output resolution, so the loop
+can skip the coarse scales that exist to establish large structures (``hybrid_options``) and spend its
+iterations on detail. The engine's contract takes ``init_image``; nothing else is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from PIL import Image
+
+from styletx_core.options import StylizeOptions
+from styletx_core.progress import Callback, StylizeResult
+
+from ._stylizer import FastStylizer
+
+__all__ = ["Refiner", "hybrid_init", "hybrid_options", "stylize_hybrid"]
+
+
+class Refiner(Protocol):
+    """What HYBRID needs of the engine: ``StyleTransfer.stylize`` with ``init_image``."""
+
+    def stylize(self, content: Image.Image, styles: Sequence[Image.Image], opts: StylizeOptions,
+                callback: Callback | None = None, init_image: Image.Image | None = None) -> StylizeResult: ...
+
+
+def hybrid_init(fast: FastStylizer, content: Image.Image, styles: Sequence[Image.Image],
+                opts: StylizeOptions) -> Image.Image:
+    """The fast result at the optimisation's output size, with the same blend and colour preservation."""
+    weights = list(opts.style_blend_weights) if opts.style_blend_weights is not None else None
+    return fast.stylize(content, styles, weights=weights, preserve_color=opts.preserve_color,
+                        size=opts.size)
+
+
+def hybrid_options(opts: StylizeOptions, coarse_scales: int = 0) -> StylizeOptions:
+    """``opts`` with the scale schedule cut to the last ``coarse_scales + 1`` scales (default: final only)."""
+    scales = opts.scales()
+    start = scales[max(0, len(scales) - 1 - coarse_scales)]
+    return opts.replace(min_size=start)
+
+
+def stylize_hybrid(engine: Refiner, fast: FastStylizer, content: Image.Image, styles: Sequence[Image.Image],
+                   opts: StylizeOptions, callback: Callback | None = None,
+                   coarse_scales: int = 0) -> StylizeResult:
+    """Fast pass, then ``engine.stylize(..., init_image=fast result)`` on :func:`hybrid_options`."""
+    init = hybrid_init(fast, content, styles, opts)
+    return engine.stylize(content, styles, hybrid_options(opts, coarse_scales), callback=callback,
+                          init_image=init)
+

@@ -1,0 +1,20 @@
+"""Loss modules, one idea per file (kornia-style), combined by wrapping: ``Scale(LayerApply(loss, layer), w)``."""
+
+from .combine import LayerApply, Scale, SumLoss
+from .content import ContentLoss
+from .gram import GramStyleLoss, gram_matrix
+from .tv import TVLoss, total_variation
+from .w2 import W2StyleLoss, mean_and_covariance
+
+__all__ = [
+    "ContentLoss",
+    "GramStyleLoss",
+    "LayerApply",
+    "Scale",
+    "SumLoss",
+    "TVLoss",
+    "W2StyleLoss",
+    "gram_matrix",
+    "mean_and_covariance",
+    "total_variation",
+]

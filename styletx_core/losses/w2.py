@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _Sqrtm(torch.autograd.Function):
+    """Symmetric PSD matrix square root with a stable backward.
+
+    Autograd through ``eigh`` divides by eigenvalue gaps, which are zero for the rank-deficient covariances of
+    small feature maps (NaN at once). Differentiating S² = A instead gives the Sylvester equation
+    S·dA + dA·S = G, solved in S's eigenbasis by dividing by sᵢ + sⱼ, which ``eps`` keeps positive.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, matrix: torch.Tensor) -> torch.Tensor:
+        values, vectors = torch.linalg.eigh(matrix)
+        roots = values.clamp_min(0).sqrt()
+        ctx.save_for_backward(vectors, roots)
+        return vectors @ roots.diag_embed() @ vectors.transpose(-2, -1)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        vectors, roots = ctx.saved_tensors  # type: ignore[attr-defined]
+        rotated = vectors.transpose(-2, -1) @ grad @ vectors
+        solved = rotated / (roots[..., :, None] + roots[..., None, :]).clamp_min(1e-12)
+        return vectors @ solved @ vectors.transpose(-2, -1)
+
+
+def _sqrtm(matrix: torch.Tensor) -> torch.Tensor:
+    return _Sqrtm.apply(matrix)  # type: ignore[no-any-return]
+
+
+def mean_and_covariance(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean (C) and covariance (C×C) of one feature map, in fp32."""
+    flat = features.float().flatten(2)[0]
+    mean = flat.mean(1)
+    centered = flat - mean[:, None]
+    return mean, centered @ centered.T / flat.shape[1]
+
+
+class W2StyleLoss(nn.Module):
+    """Squared 2-Wasserstein distance between Gaussians fitted to the features (mean + covariance).
+
+    Matches the same statistics as a Gram matrix but separates brightness (mean) from texture (covariance);
+    this differs from Gatys et al. and follows crowsonkb/style-transfer-pytorch. ``eps`` keeps the eigenvalue
+    gradients finite.
+    """
+
+    def __init__(self, mean: torch.Tensor, cov: torch.Tensor, eps: float = 1e-4) -> None:
+        super().__init__()
+        eye = torch.eye(cov.shape[-1], dtype=torch.float32, device=cov.device)
+        cov = cov.detach().float() + eps * eye
+        self.register_buffer("mean", mean.detach().float())
+        self.register_buffer("cov", cov)
+        self.register_buffer("cov_sqrt", _sqrtm(cov))
+        self.register_buffer("eye", eye)
+        self.eps = eps
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        mean, cov = mean_and_covariance(features)
+        cov = cov + self.eps * self.eye
+        cross = _sqrtm(self.cov_sqrt @ cov @ self.cov_sqrt)
+        distance = (mean - self.mean).pow(2).sum() + torch.trace(self.cov + cov - 2 * cross)
+        return distance / torch.trace(self.cov).add(self.mean.pow(2).sum())
+
+    def extra_repr(self) -> str:
+        return f"channels={self.mean.shape[0]}, eps={self.eps:g}"

@@ -1,0 +1,100 @@
+"""Style targets (Gram matrices or mean/covariance per layer), computed once per style image and size.
+
+Computing a style's targets costs a full forward pass at the style's resolution; a service sees the same
+styles again and again, so the statistics are kept in an LRU cache keyed by the image's pixels and settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .losses import GramStyleLoss, W2StyleLoss, gram_matrix, mean_and_covariance
+from .options import StylizeOptions
+from .vgg import VGGFeatures
+
+__all__ = ["TargetCache", "style_targets"]
+
+Stats = dict[str, tuple[torch.Tensor, ...]]
+
+
+class TargetCache:
+    """A small thread-safe LRU of per-layer style statistics, with hit/miss counters for metrics."""
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[tuple[object, ...], Stats] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[object, ...]) -> Stats | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: tuple[object, ...], value: Stats) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def info(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses, "size": len(self._items), "capacity": self.capacity}
+
+
+def _statistics(net: VGGFeatures, style: torch.Tensor, layers: Sequence[str], kind: str) -> Stats:
+    with torch.no_grad():
+        features = net(style)
+    if kind == "gram":
+        return {layer: (gram_matrix(features[layer])[0],) for layer in layers}
+    return {layer: mean_and_covariance(features[layer]) for layer in layers}
+
+
+def _fingerprint(image: torch.Tensor) -> str:
+    return hashlib.blake2b(image.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
+
+
+def _resize_long(image: torch.Tensor, long_side: int) -> torch.Tensor:
+    height, width = image.shape[-2:]
+    scale = long_side / max(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+
+
+def style_targets(
+    cache: TargetCache, net: VGGFeatures, styles: Sequence[torch.Tensor], opts: StylizeOptions, long_side: int
+) -> dict[str, nn.Module]:
+    """One style-loss module per layer, its target the blend of every style's statistics.
+
+    Blending averages the Gram matrices (or means and covariances) with the normalised blend weights, which is
+    how neural-style mixes several styles.
+    """
+    weights = opts.style_blend_weights or [1.0] * len(styles)
+    total = sum(weights)
+    blended: dict[str, list[torch.Tensor]] = {}
+    for style, weight in zip(styles, weights, strict=True):
+        key = (_fingerprint(style), long_side, net.arch, opts.pooling, opts.style_loss, tuple(opts.style_layers))
+        stats = cache.get(key)
+        if stats is None:
+            stats = _statistics(net, _resize_long(style, long_side), opts.style_layers, opts.style_loss)
+            cache.put(key, stats)
+        for layer, values in stats.items():
+            scaled = [v * (weight / total) for v in values]
+            blended[layer] = scaled if layer not in blended else [a + b for a, b in zip(blended[layer], scaled,
+                                                                                        strict=True)]
+    if opts.style_loss == "gram":
+        return {layer: GramStyleLoss(values[0]) for layer, values in blended.items()}
+    return {layer: W2StyleLoss(values[0], values[1]) for layer, values in blended.items()}

@@ -1,0 +1,144 @@
+"""Ready-made frame stylisers for :func:`~styletx_core.video.stylize_video`, one per mode.
+
+- :class:`FastFrames` — the feed-forward network; consistency is the pipeline's post-blend.
+- :class:`PresetFrames` — the same with one of the 26 built-in styles (mode ``"fast"``).
+- :class:`OptimizeFrames` — the Gatys loop; from the second frame on it starts from the warped previous
+  output, runs fewer iterations at the final scale only, and adds the temporal loss (Ruder et al. 2016).
+- :class:`HybridFrames` — the fast result (blended with the warped previous output) refined by the loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from styletx_core.fast import FastStylizer, PresetStylizer, preset_index
+from styletx_core.options import StylizeOptions
+
+from ._temporal import TemporalGuide, TemporalLoss, blend_previous, guided_init
+
+__all__ = ["FastFrames", "HybridFrames", "OptimizeFrames", "PresetFrames"]
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def _style_digest(styles: Sequence[Image.Image]) -> str:
+    digest = hashlib.blake2b(digest_size=8)
+    for style in styles:
+        digest.update(style.tobytes())
+        digest.update(str(style.size).encode())
+    return digest.hexdigest()
+
+
+class FastFrames:
+    """Per-frame :meth:`FastStylizer.render` with one embedding for the whole clip.
+
+    The embedding is mixed once: with ``strength < 1`` the content side of the interpolation is the *first*
+    frame's embedding, because re-embedding every frame would make the style itself flicker.
+    """
+
+    def __init__(self, stylizer: FastStylizer, styles: Sequence[Image.Image],
+                 weights: Sequence[float] | None = None, strength: float = 1.0,
+                 processing_size: int | None = None) -> None:
+        self.stylizer = stylizer
+        self.styles = list(styles)
+        self.weights = None if weights is None else list(weights)
+        self.strength = strength
+        self.processing_size = processing_size
+        self._embedding: np.ndarray | None = None
+        stylizer.mix_embedding(self.styles, self.weights)  # validate now, before any frame is decoded
+        self.fingerprint = (f"fast:{_style_digest(self.styles)}:{self.weights}:{strength}:{processing_size}")
+
+    def __call__(self, frame: Image.Image, guide: TemporalGuide | None) -> Image.Image:
+        if self._embedding is None:
+            self._embedding = self.stylizer.mix_embedding(self.styles, self.weights, self.strength, frame)
+        return self.stylizer.render(frame, self._embedding, processing_size=self.processing_size)
+
+
+class PresetFrames:
+    """Per-frame :meth:`PresetStylizer.stylize` (one of the 26 built-in styles, or a blend of them)."""
+
+    def __init__(self, stylizer: PresetStylizer, presets: Sequence[str],
+                 weights: Sequence[float] | None = None, processing_size: int | None = None) -> None:
+        self.stylizer = stylizer
+        self.presets = list(presets)
+        self.weights = None if weights is None else list(weights)
+        self.processing_size = processing_size
+        for name in self.presets:
+            preset_index(name)  # validate now, before any frame is decoded
+        self.fingerprint = f"preset:{self.presets}:{self.weights}:{processing_size}"
+
+    def __call__(self, frame: Image.Image, guide: TemporalGuide | None) -> Image.Image:
+        return self.stylizer.stylize(frame, self.presets, self.weights, processing_size=self.processing_size)
+
+
+class OptimizeFrames:
+    """Per-frame :meth:`StyleTransfer.stylize`, guided from the second frame on.
+
+    Args:
+        engine: a :class:`~styletx_core.engine.StyleTransfer` (or anything with its ``stylize``).
+        opts: options of the first frame; ``size`` is replaced by the frame's long side.
+        later_iterations: iterations of every later frame, at the final scale only (Ruder et al. also
+            spend far fewer on frames initialised from their predecessor).
+        temporal_weight: weight of :class:`TemporalLoss`, relative to the engine's loss terms.
+    """
+
+    def __init__(self, engine: Any, styles: Sequence[Image.Image], opts: StylizeOptions | None = None,
+                 later_iterations: int | None = None, temporal_weight: float = 20.0) -> None:
+        self.engine = engine
+        self.styles = list(styles)
+        self.opts = opts or StylizeOptions()
+        self.later_iterations = later_iterations or max(1, self.opts.iterations // 2)
+        self.temporal_weight = temporal_weight
+        self._extra_losses = "extra_losses" in inspect.signature(engine.stylize).parameters
+        if not self._extra_losses:
+            _LOGGER.warning("this engine's stylize() takes no extra_losses: later frames start from the "
+                            "warped previous output but are not held to it by a temporal loss")
+        self.fingerprint = (f"optimize:{_style_digest(self.styles)}:{self.opts.public_dict()}:"
+                            f"{self.later_iterations}:{temporal_weight}")
+
+    def __call__(self, frame: Image.Image, guide: TemporalGuide | None) -> Image.Image:
+        opts = self.opts.replace(size=max(frame.size))
+        if guide is None:
+            return self.engine.stylize(frame, self.styles, opts).image
+        init = guided_init(np.asarray(frame, dtype=np.float32) / 255, guide)
+        return self._refine(frame, guide, init, opts)
+
+    def _refine(self, frame: Image.Image, guide: TemporalGuide, init: np.ndarray,
+                opts: StylizeOptions) -> Image.Image:
+        """A final-scale-only run from ``init`` with the temporal loss (when the engine accepts it)."""
+        later = opts.replace(iterations=self.later_iterations, min_size=opts.size)
+        kwargs: dict[str, Any] = {}
+        if self._extra_losses:
+            kwargs["extra_losses"] = {"temporal": TemporalLoss.from_guide(guide, self.temporal_weight)}
+        init_image = Image.fromarray(np.clip(init * 255 + 0.5, 0, 255).astype(np.uint8))
+        result = self.engine.stylize(frame, self.styles, later, init_image=init_image, **kwargs)
+        return result.image
+
+
+class HybridFrames(OptimizeFrames):
+    """The fast result starts every frame (blended with the warped previous output from the second frame on);
+    the optimisation then refines it, at the final scale only."""
+
+    def __init__(self, engine: Any, fast: FastStylizer, styles: Sequence[Image.Image],
+                 opts: StylizeOptions | None = None, later_iterations: int | None = None,
+                 temporal_weight: float = 20.0, alpha: float = 0.5) -> None:
+        super().__init__(engine, styles, opts, later_iterations, temporal_weight)
+        self.fast = FastFrames(fast, styles, self.opts.style_blend_weights)
+        self.alpha = alpha
+        self.fingerprint = f"hybrid:{self.fingerprint}:{alpha}"
+
+    def __call__(self, frame: Image.Image, guide: TemporalGuide | None) -> Image.Image:
+        opts = self.opts.replace(size=max(frame.size))
+        start = np.asarray(self.fast(frame, None), dtype=np.float32) / 255
+        if guide is None:
+            first = opts.replace(min_size=opts.size)
+            init_image = Image.fromarray(np.clip(start * 255 + 0.5, 0, 255).astype(np.uint8))
+            return self.engine.stylize(frame, self.styles, first, init_image=init_image).image
+        return self._refine(frame, guide, blend_previous(start, guide, self.alpha), opts)

@@ -1,0 +1,67 @@
+"""Shared fixtures: small images and random VGG weights, so engine tests run offline and fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_IMAGES = REPO.parent / "shared" / "images"
+
+
+def _small(path: Path, long_side: int) -> Image.Image:
+    image = Image.open(path).convert("RGB")
+    image.thumbnail((long_side, long_side), Image.Resampling.LANCZOS)
+    return image
+
+
+@pytest.fixture(scope="session")
+def shared_images() -> Path:
+    """../shared/images beside the repository (always present in CI)."""
+    assert SHARED_IMAGES.is_dir(), f"{SHARED_IMAGES} is missing: tests read the shared sample images"
+    return SHARED_IMAGES
+
+
+@pytest.fixture(scope="session")
+def content_image(shared_images: Path) -> Image.Image:
+    return _small(shared_images / "content" / "tubingen.jpg", 128)
+
+
+@pytest.fixture(scope="session")
+def style_image(shared_images: Path) -> Image.Image:
+    return _small(shared_images / "style" / "starry_night.jpg", 128)
+
+
+@pytest.fixture(scope="session")
+def second_style_image(shared_images: Path) -> Image.Image:
+    return _small(shared_images / "style" / "shipwreck.jpg", 128)
+
+
+@pytest.fixture(scope="session")
+def random_vgg_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """VGG19 weights drawn at random (seeded), saved in the named layout as .safetensors."""
+    import safetensors.torch
+    import torch
+
+    from styletx_core.vgg import make_layers
+
+    torch.manual_seed(0)
+    net = make_layers("vgg19", "relu5_4")
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            # He initialisation keeps activations at a realistic scale through 16 layers (the default decays).
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            torch.nn.init.uniform_(module.bias, 0.0, 0.1)
+    path = tmp_path_factory.mktemp("weights") / "vgg19-random.safetensors"
+    safetensors.torch.save_file(net.state_dict(), str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def engine(random_vgg_weights: Path):  # type: ignore[no-untyped-def]
+    """A CPU :class:`StyleTransfer` on random weights (shared: the target cache is part of what is tested)."""
+    from styletx_core.engine import StyleTransfer
+
+    return StyleTransfer(device="cpu", weights="file", weights_path=random_vgg_weights)

@@ -1,0 +1,150 @@
+"""The ``styletx`` CLI: remote mode against an in-process server, local mode through the backend."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from test_server import png
+from test_server_fake import FakeEngine, ServerThread
+
+from client import LocalClient, cli
+from client._request import PARAMS
+from server.local import LocalBackend
+from styletx_core.options import StylizeOptions
+
+FLAGS = ["--size", "64", "--min-size", "32", "--iterations", "2", "--coarse-iterations", "1", "-q"]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerThread]:
+    engine = FakeEngine(step_seconds=0.005)
+    thread = ServerThread(lambda device: engine, workers=1)
+    yield thread
+    thread.stop()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("images")
+    (folder / "content.png").write_bytes(png())
+    (folder / "style.png").write_bytes(png((32, 32), (0, 0, 255)))
+    return folder / "content.png", folder / "style.png"
+
+
+def test_every_engine_option_has_a_flag() -> None:
+    parser = cli.build_parser(plugins=False)
+    stylize = parser._subparsers._group_actions[0].choices["stylize"]  # type: ignore[union-attr,index]
+    flags = {option for action in stylize._actions for option in action.option_strings}
+    assert {"--" + f.name.replace("_", "-") for f in PARAMS.fields} <= flags
+
+
+def test_remote_stylize_with_previews_and_loss_plot(
+    server: ServerThread, images: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out, previews, plot = tmp_path / "out.jpg", tmp_path / "previews", tmp_path / "loss.png"
+    code = cli.main(
+        [
+            "stylize",
+            *map(str, images),
+            "-o",
+            str(out),
+            "--server",
+            server.target,
+            *FLAGS,
+            "--preview-every",
+            "1",
+            "--preview-dir",
+            str(previews),
+            "--loss-plot",
+            str(plot),
+            "--optimizer",
+            "adam",
+            "--content-layers",
+            "relu4_2",
+            "relu3_1",
+        ]
+    )
+    assert code == 0
+    assert Image.open(out).format == "JPEG"  # format from the suffix
+    coarse_scales = len(StylizeOptions(size=64, min_size=32).scales()) - 1
+    assert len(list(previews.glob("out_*.jpg"))) == 2 + coarse_scales  # --preview-every 1
+    assert Image.open(plot).size[0] > 100
+
+
+def test_variations_write_a_contact_sheet(
+    server: ServerThread, images: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "v.png"
+    assert (
+        cli.main(
+            [
+                "stylize",
+                *map(str, images),
+                "-o",
+                str(out),
+                "--server",
+                server.target,
+                *FLAGS,
+                "--variations",
+                "2",
+                "--seed",
+                "10",
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "v_v0.png").exists() and (tmp_path / "v_v1.png").exists()
+    assert Image.open(tmp_path / "v_sheet.png").size[0] >= 256
+
+
+def test_bad_option_exits_2_naming_the_field(
+    server: ServerThread, images: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(
+        [
+            "stylize",
+            *map(str, images),
+            "-o",
+            str(tmp_path / "x.png"),
+            "--server",
+            server.target,
+            "--size",
+            "4",
+        ]
+    )
+    assert code == 2 and "params.size" in capsys.readouterr().err
+
+
+def test_info_and_health(server: ServerThread, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["info", "--server", server.target]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["limits"]["maxStyles"] and info["defaults"]["size"] == 512
+    assert cli.main(["health", "--server", server.target]) == 0
+    assert capsys.readouterr().out.strip() == "SERVING"
+
+
+def test_local_mode_uses_the_backend(
+    monkeypatch: pytest.MonkeyPatch, images: tuple[Path, Path], tmp_path: Path
+) -> None:
+    backend = LocalBackend(engine_factory=lambda device: FakeEngine(device, step_seconds=0))
+    monkeypatch.setattr(cli, "LocalClient", lambda timeout: LocalClient(timeout, backend=backend))
+    out = tmp_path / "local.png"
+    assert cli.main(["stylize", *map(str, images), "-o", str(out), *FLAGS]) == 0
+    assert Image.open(out).size == (64, 48)
+
+
+def test_local_mode_without_the_server_extra_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+    images: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import client._client as impl
+
+    monkeypatch.setattr(impl.importlib.metadata, "entry_points", lambda group: [])
+    code = cli.main(["stylize", *map(str, images), "-o", str(tmp_path / "y.png"), *FLAGS])
+    assert code == 1 and "styletx[server]" in capsys.readouterr().err
