@@ -25,9 +25,16 @@ ENV LANG=C.UTF-8 \
 SHELL ["/bin/sh", "-eu", "-c"]
 
 # ---------------------------------------------------------------------------------------------------- builders
-# deps: third-party packages in /opt/venv, from pyproject.toml alone (a source edit does not reinstall torch).
+# requirements: the third-party requirements of .[server], extracted from pyproject.toml.
+# deps: those packages in /opt/venv; rebuilt only when the requirements change (not on source edits).
 # app: the styletx package in /opt/styletx/app (on PYTHONPATH) plus the weights, so that a source edit rebuilds
 # and copies megabytes, not the multi-GB venv.
+FROM base AS requirements
+WORKDIR /src
+COPY deploy/docker-install.sh /usr/local/bin/styletx-docker-install
+COPY pyproject.toml ./
+RUN styletx-docker-install requirements
+
 FROM base AS deps
 # Named like pip's own settings so that pip picks them up from the RUN environment; empty = pip's default.
 ARG PIP_INDEX_URL
@@ -41,7 +48,7 @@ ARG TORCH_INDEX_URL=""
 RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY deploy/docker-install.sh /usr/local/bin/styletx-docker-install
-COPY pyproject.toml ./
+COPY --from=requirements /src/requirements.txt ./
 RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_constraint \
     --mount=type=cache,target=/root/.cache/pip \
     styletx-docker-install deps

@@ -2,8 +2,9 @@
 # Runs inside the Dockerfile's builder stages only; nothing it reads or writes besides /opt/venv,
 # /opt/styletx/app and /opt/styletx/weights reaches the final image.
 #
-#   docker-install.sh deps     install the third-party dependencies of .[server] into /opt/venv (cached
-#                              layer: only pyproject.toml is in /src at this point)
+#   docker-install.sh requirements  write requirements.txt: the third-party requirements of .[server]
+#   docker-install.sh deps     install requirements.txt into /opt/venv (a cached layer: only that file is in
+#                              /src at this point)
 #   docker-install.sh app      install the styletx package alone into /opt/styletx/app (PYTHONPATH)
 #   docker-install.sh onnxruntime  replace onnxruntime by $ONNXRUNTIME_PACKAGE (CUDA target)
 #   docker-install.sh weights  prepare the VGG weights with `styletx weights fetch` into $STYLETX_CACHE
@@ -28,28 +29,42 @@ if [ -s /run/secrets/pip_constraint ]; then
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_PROGRESS_BAR=off
 
-# Extract "name==version" pins of the engine extra from pyproject.toml (tomllib: Python >= 3.11).
-pin() {
-    "$VENV/bin/python" - "$1" <<'EOF'
-import sys, tomllib
-deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["engine"]
-print(next(d for d in deps if d.split("==")[0].strip() == sys.argv[1]))
+# requirements.txt: every third-party requirement of the extra "$EXTRA" (default server), with the project's
+# self-references (styletx[engine]) expanded. Only a change of these lines invalidates the deps layer; edits to
+# entry points, versions or tool settings in pyproject.toml do not.
+write_requirements() {
+    python3 - "${EXTRA:-server}" >requirements.txt <<'EOF'
+import re, sys, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+extras, wanted, seen = project.get("optional-dependencies", {}), list(project.get("dependencies", [])), set()
+def add(extra):
+    if extra in seen:
+        return
+    seen.add(extra)
+    for req in extras[extra]:
+        own = re.fullmatch(re.escape(project["name"]) + r"\[([\w,-]+)\]", req.replace(" ", ""))
+        if own:
+            for name in own.group(1).split(","):
+                add(name)
+        else:
+            wanted.append(req)
+add(sys.argv[1])
+print("\n".join(dict.fromkeys(wanted)))
 EOF
+    cat requirements.txt
 }
 
+# The exact pin of a package in requirements.txt ("torch==2.14.1").
+pin() { grep -E "^$1 *==" requirements.txt | tr -d ' '; }
+
 install_deps() {
-    # Only pyproject.toml is present: make the declared packages importable-empty so setuptools can build a
-    # placeholder wheel whose sole purpose is resolving the dependency set into its own cached layer.
-    mkdir -p styletx_core server client styletx
-    [ -e README.md ] || : > README.md
     if [ -n "${TORCH_INDEX_URL:-}" ]; then
         # The torch wheel index (CPU-only or a specific CUDA build) is consulted for torch alone; a local
-        # version such as 2.14.1+cpu satisfies the pyproject pin ==2.14.1, so the next step keeps it.
+        # version such as 2.14.1+cpu satisfies the pin ==2.14.1, so the next step keeps it.
         PIP_EXTRA_INDEX_URL="" PIP_FIND_LINKS="" \
             $PIP install --index-url "$TORCH_INDEX_URL" "$(pin torch)" "$(pin torchvision)"
     fi
-    $PIP install ".[server]"
-    $PIP uninstall -y styletx
+    $PIP install -r requirements.txt
 }
 
 swap_onnxruntime() {
@@ -78,9 +93,10 @@ fetch_weights() {
 }
 
 case "${1:-}" in
+    requirements) write_requirements ;;
     deps) install_deps ;;
     app) install_app ;;
     onnxruntime) swap_onnxruntime ;;
     weights) fetch_weights ;;
-    *) echo "usage: $0 deps|app|onnxruntime|weights" >&2; exit 2 ;;
+    *) echo "usage: $0 requirements|deps|app|onnxruntime|weights" >&2; exit 2 ;;
 esac

@@ -85,7 +85,7 @@ def _normalise(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grayscale: scale to 8 bits rather than clipping (Pillow's convert('L') clips at 255).
         array = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(array / 257.0, 0, 255).astype(np.uint8), "L")
+        image = Image.fromarray(np.clip(np.round(array / 257.0), 0, 255).astype(np.uint8), "L")
     elif image.mode == "F":
         array = np.nan_to_num(np.asarray(image, dtype=np.float64))
         array = (array - array.min()) / max(float(np.ptp(array)), 1e-12) * 255

@@ -138,13 +138,22 @@ def test_dockerignore_is_an_allow_list_covering_every_copy() -> None:
         assert not _ignored(package, patterns), package
 
 
-def test_install_script_pins_match_pyproject() -> None:
-    """docker-install.sh installs torch/torchvision from TORCH_INDEX_URL at the pyproject's exact pins."""
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    engine = pyproject.split("engine = [", 1)[1].split("]", 1)[0]
+def test_requirements_extracted_from_pyproject(tmp_path: Path) -> None:
+    """The deps layer installs exactly the server extra's third-party requirements, torch pinned exactly
+    (TORCH_INDEX_URL installs that pin first)."""
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    script = ROOT / "deploy" / "docker-install.sh"
+    extract = f'eval "$(sed -n \'/^write_requirements() {{/,/^}}/p\' {script})"; write_requirements'
+    result = subprocess.run(["bash", "-c", extract], cwd=tmp_path, capture_output=True, text=True, timeout=30,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "requirements.txt").read_text().split()
+    assert not [line for line in lines if line.startswith("styletx")], "self-references must be expanded"
     for name in ("torch", "torchvision"):
-        assert re.search(rf'"{name}==[\w.]+"', engine), name
-    assert 'styletx-server = "server.__main__:main"' in pyproject
+        assert any(re.fullmatch(rf"{name}==[\w.]+", line) for line in lines), name
+    for name in ("grpcio-health-checking", "prometheus-client", "onnxruntime", "grpcio"):
+        assert any(re.match(rf"{name}\b", line) for line in lines), name
+    assert 'styletx-server = "server.__main__:main"' in (ROOT / "pyproject.toml").read_text()
 
 
 # ------------------------------------------------------------------------------------------ the shipped probe

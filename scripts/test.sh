@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, types, import contracts, proto drift, unit + service + deployment tests.
+#   bash scripts/test.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh dev
+export PATH="$PWD/.venv/bin:$PATH"
+echo "== ruff"; ruff check .
+echo "== mypy"; mypy styletx_core server client
+echo "== import contracts"; lint-imports
+echo "== weights"; styletx weights fetch --arch all
+echo "== pytest"; python -m pytest -q -p no:cacheprovider --durations=15 "$@"
