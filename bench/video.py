@@ -10,6 +10,9 @@ and visibility mask, not the estimator's:
   style-embedding cosine;
 * frames/s of the whole per-frame path (stylise + flow + blend), decoding and encoding excluded.
 
+Consistent FAST restores the blend's fine-detail contrast by default (:func:`styletx_core.video.restore_detail`);
+``..._plain_blend`` shows the blend without it.
+
 Variants: per-frame FAST, consistent FAST at several blend weights (alpha), and on a shorter, smaller clip
 per-frame OPTIMIZE vs consistent OPTIMIZE (warped-previous initialisation plus the temporal loss through
 the ``extra_losses`` hook, prototyped here by a subclass while the engine lacks it).
@@ -78,9 +81,12 @@ def fast_variants(clip: SyntheticClip, style: Image.Image, stylizer: FastStylize
                   alphas: list[float], every: int) -> dict[str, Any]:
     frames = FastFrames(stylizer, [style])
     results: dict[str, Any] = {}
-    variants = [("per_frame_fast", False, 0.0)] + [(f"consistent_fast_a{a:g}", True, a) for a in alphas]
-    for name, consistency, alpha in variants:
-        outputs, fps = run_stream(StreamStylizer(frames, "fast", consistency, alpha=alpha), clip)
+    variants = [("per_frame_fast", False, 0.0, False)]
+    variants += [(f"consistent_fast_a{a:g}_plain_blend", True, a, False) for a in alphas[:1]]
+    variants += [(f"consistent_fast_a{a:g}", True, a, True) for a in alphas]
+    for name, consistency, alpha, restore in variants:
+        stream = StreamStylizer(frames, "fast", consistency, alpha=alpha, restore_detail=restore)
+        outputs, fps = run_stream(stream, clip)
         results[name] = {"flicker": warping_error(outputs, clip.backward_flows, clip.masks), "fps": fps,
                          **score(scorer, clip.frames, style, outputs, every)}
         print(name, json.dumps(results[name]))

@@ -18,7 +18,8 @@
 #   DEBIAN_MIRROR  for debootstrap (default http://deb.debian.org/debian)
 #   KEEP_IMAGE=0   remove the built image at the end (default 1: keep it, so the next run hits the cache)
 #   SMOKE_ARGS     extra arguments for deploy/smoke_client.py (e.g. "--size 128")
-#   BUILDER_KEEP   BuildKit cache kept after the build (default 20GB; older entries are pruned)
+#   PRUNE=0        keep dangling styletx images and the whole build cache (default: prune after the checks)
+#   BUILDER_KEEP   BuildKit cache kept when pruning (default 20GB; the oldest entries go first)
 #   BUILD_LOG      keep the docker build log at this path (default: a temp file, removed)
 #   DOCKER         docker CLI (default /usr/bin/docker from docker.io: its built-in BuildKit needs no buildx)
 set -Eeuo pipefail
@@ -44,6 +45,7 @@ T0=$SECONDS
 log() { printf '[test-image %4ds] %s\n' "$((SECONDS - T0))" "$*" >&2; }
 die() { log "FAIL: $*"; exit 1; }
 
+# shellcheck disable=SC2329  # invoked by the EXIT trap below
 cleanup() {
     local rc=$?
     set +e
@@ -194,10 +196,6 @@ build_image() {
         --build-arg "BASE_IMAGE=$BASE_IMAGE" "${BUILD_ARGS[@]}" . >"$BUILD_LOG" 2>&1 \
         || { tail -40 "$BUILD_LOG" >&2; die "docker build failed"; }
     BUILD_SECONDS=$((SECONDS - t))
-    # Earlier builds of this tag are left dangling, each with its own multi-GB venv layer: drop them.
-    "$DOCKER" image prune -f --filter "label=org.opencontainers.image.title=styletx" >/dev/null || true
-    # BuildKit's cache grows by a venv copy per build; keep the most recent (the deps layer, pip's cache).
-    "$DOCKER" builder prune -f --keep-storage "${BUILDER_KEEP:-20GB}" >/dev/null 2>&1 || true
     [[ -n "$INDEX_SERVER_PID" ]] && { kill "$INDEX_SERVER_PID" 2>/dev/null; INDEX_SERVER_PID=""; }
 }
 
@@ -274,6 +272,17 @@ run_job() {
     JOB_SECONDS=$((SECONDS - t))
 }
 
+# Earlier builds of the tag are left dangling, each with its own multi-GB venv layer, and BuildKit's cache grows
+# by a venv copy per build: drop those, keeping the newest cache (the deps layer, pip's downloads). After the
+# checks, so the figures above are the build's and run's own; a fresh CI machine has little to delete.
+prune() {
+    [[ "${PRUNE:-1}" == 1 ]] || return 0
+    local t=$SECONDS
+    "$DOCKER" image prune -f --filter "label=org.opencontainers.image.title=styletx" >/dev/null || true
+    "$DOCKER" builder prune -f --keep-storage "${BUILDER_KEEP:-20GB}" >/dev/null 2>&1 || true
+    log "pruned dangling images and build cache beyond ${BUILDER_KEEP:-20GB} in $((SECONDS - t))s"
+}
+
 main() {
     [[ $EUID -eq 0 ]] || die "run as root (apt, dockerd)"
     ensure_packages
@@ -288,6 +297,8 @@ main() {
     run_job
     log "image $IMAGE ($TARGET): ${IMAGE_MB} MB; build ${BUILD_SECONDS}s, SERVING after ${STARTUP_SECONDS}s," \
         "job ${JOB_SECONDS}s; total $((SECONDS - T0))s"
+    "$DOCKER" rm -f "$CONTAINER" >/dev/null
+    prune
 }
 
-main "$@"
+main "$@"; exit $?  # on one line: bash has read it all before running, so edits to this file cannot bite

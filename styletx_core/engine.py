@@ -63,8 +63,9 @@ INITS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.T
 def _lbfgs(image: torch.Tensor, opts: StylizeOptions) -> torch.optim.Optimizer:
     # One closure evaluation per step so that every iteration is reported and can be cancelled; the history
     # survives between step() calls, so this is the same algorithm as one long L-BFGS run (neural-style's).
-    return torch.optim.LBFGS([image], lr=1.0, max_iter=1, history_size=50, tolerance_grad=0.0,
-                             tolerance_change=0.0)
+    return torch.optim.LBFGS(
+        [image], lr=1.0, max_iter=1, history_size=50, tolerance_grad=0.0, tolerance_change=0.0
+    )
 
 
 def _adam(image: torch.Tensor, opts: StylizeOptions) -> torch.optim.Optimizer:
@@ -125,8 +126,13 @@ class StyleTransfer:
         max_pixels: int = 4096 * 4096,
         target_cache_size: int = 64,
     ) -> None:
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   "cpu" if device == "auto" else device)
+        self.device = torch.device(
+            "cuda"
+            if device == "auto" and torch.cuda.is_available()
+            else "cpu"
+            if device == "auto"
+            else device
+        )
         self.weights_source = weights
         self.weights_path = weights_path
         self.cache_dir = cache_dir
@@ -137,7 +143,9 @@ class StyleTransfer:
 
     def weights_for(self, arch: str) -> LoadedWeights:
         if arch not in self._weights:
-            self._weights[arch] = load_vgg_weights(arch, self.weights_source, self.weights_path, self.cache_dir)
+            self._weights[arch] = load_vgg_weights(
+                arch, self.weights_source, self.weights_path, self.cache_dir
+            )
         return self._weights[arch]
 
     def network(self, arch: str, pooling: str) -> VGGFeatures:
@@ -184,12 +192,18 @@ class StyleTransfer:
         if opts.preserve_color == "luminance":
             image = color.recombine_luminance(image, pil_to_tensor(content).to(self.device))
         return StylizeResult(
-            image=tensor_to_pil(image), seed=seed, iterations=run.done,
-            equivalent_iterations=run.equivalent_iterations(), elapsed=time.perf_counter() - run.start,
-            losses=dict(run.history[-1]) if run.history else {}, history=run.history,
+            image=tensor_to_pil(image),
+            seed=seed,
+            iterations=run.done,
+            equivalent_iterations=run.equivalent_iterations(),
+            elapsed=time.perf_counter() - run.start,
+            losses=dict(run.history[-1]) if run.history else {},
+            history=run.history,
         )
 
-    def _check_request(self, content: Image.Image, styles: Sequence[Image.Image], opts: StylizeOptions) -> None:
+    def _check_request(
+        self, content: Image.Image, styles: Sequence[Image.Image], opts: StylizeOptions
+    ) -> None:
         if not styles:
             raise EngineError("at least one style image is needed")
         weights = opts.style_blend_weights
@@ -200,7 +214,8 @@ class StyleTransfer:
         width, height = _fit(content.size, opts.size)
         if width * height > self.max_pixels:
             raise ResourceLimitError(
-                f"output {width}×{height} has {width * height} pixels; this server allows {self.max_pixels}")
+                f"output {width}×{height} has {width * height} pixels; this server allows {self.max_pixels}"
+            )
 
     def _prepare_colors(
         self, content: Image.Image, styles: Sequence[Image.Image], opts: StylizeOptions
@@ -234,24 +249,42 @@ class StyleTransfer:
         return INITS[opts.init](content_s.cpu(), styles[0].cpu(), generator).to(self.device)
 
     def _build_losses(
-        self, net: VGGFeatures, content: torch.Tensor, styles: Sequence[torch.Tensor], size: tuple[int, int],
+        self,
+        net: VGGFeatures,
+        content: torch.Tensor,
+        styles: Sequence[torch.Tensor],
+        size: tuple[int, int],
         opts: StylizeOptions,
     ) -> SumLoss:
         """Content, style and TV terms for one scale; style targets come from the cache when possible."""
         with torch.no_grad():
             content_features = net(_resize(content, size))
-        content_terms = [Scale(LayerApply(ContentLoss(content_features[layer]), layer),
-                               opts.content_weight / len(opts.content_layers)) for layer in opts.content_layers]
+        content_terms = [
+            Scale(
+                LayerApply(ContentLoss(content_features[layer]), layer),
+                opts.content_weight / len(opts.content_layers),
+            )
+            for layer in opts.content_layers
+        ]
         layer_weights = _normalised(opts.style_layer_weights or [1.0] * len(opts.style_layers))
         style_size = max(16, round(max(size) * opts.style_scale))
         targets = style_targets(self.targets, net, styles, opts, style_size)
-        style_terms = [Scale(LayerApply(targets[layer], layer), opts.style_weight * weight)
-                       for layer, weight in zip(opts.style_layers, layer_weights, strict=True)]
+        style_terms = [
+            Scale(LayerApply(targets[layer], layer), opts.style_weight * weight)
+            for layer, weight in zip(opts.style_layers, layer_weights, strict=True)
+        ]
         tv_terms = [Scale(LayerApply(TVLoss(), None), opts.tv_weight)]
-        return SumLoss({"content": torch.nn.ModuleList(content_terms), "style": torch.nn.ModuleList(style_terms),
-                        "tv": torch.nn.ModuleList(tv_terms)}).to(self.device)
+        return SumLoss(
+            {
+                "content": torch.nn.ModuleList(content_terms),
+                "style": torch.nn.ModuleList(style_terms),
+                "tv": torch.nn.ModuleList(tv_terms),
+            }
+        ).to(self.device)
 
-    def _run_scale(self, net: VGGFeatures, image: torch.Tensor, losses: SumLoss, index: int, run: _Run) -> torch.Tensor:
+    def _run_scale(
+        self, net: VGGFeatures, image: torch.Tensor, losses: SumLoss, index: int, run: _Run
+    ) -> torch.Tensor:
         """Optimise one scale; returns the image (the EMA average for Adam)."""
         opts = run.opts
         image = image.detach().requires_grad_(True)
@@ -272,7 +305,7 @@ class StyleTransfer:
             started = time.perf_counter()
             _inject_fault(opts, run.done + 1)
             before = image.detach().clone() if average is None else image
-            optimizer.step(closure)
+            optimizer.step(closure)  # type: ignore[arg-type]  # LBFGS needs the tensor, not a float
             if average is not None:
                 with torch.no_grad():
                     image.clamp_(0, 1)
@@ -287,33 +320,53 @@ class StyleTransfer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _report(self, run: _Run, index: int, image: torch.Tensor, last: dict[str, torch.Tensor],
-                started: float) -> float:
+    def _report(
+        self, run: _Run, index: int, image: torch.Tensor, last: dict[str, torch.Tensor], started: float
+    ) -> float:
         """Record one iteration, call the callback; returns the total loss."""
         values = {name: float(value) for name, value in last.items()}  # the one host sync per iteration
         if not math.isfinite(values["total"]):
-            raise NumericalError(f"the loss became {values['total']} at iteration {run.done + 1}; "
-                                 "try lower weights or a smaller learning rate")
+            raise NumericalError(
+                f"the loss became {values['total']} at iteration {run.done + 1}; "
+                "try lower weights or a smaller learning rate"
+            )
         width, height = run.sizes[index]
         run.done += 1
         run.work_done += width * height
         run.loop_time += time.perf_counter() - started
         elapsed = time.perf_counter() - run.start
         eta = run.loop_time / run.work_done * (run.total_work - run.work_done)
-        run.history.append({"iteration": run.done, "scale": index, "elapsed": elapsed,
-                            "loss": values["total"], **{k: v for k, v in values.items() if k != "total"}})
+        run.history.append(
+            {
+                "iteration": run.done,
+                "scale": index,
+                "elapsed": elapsed,
+                "loss": values["total"],
+                **{k: v for k, v in values.items() if k != "total"},
+            }
+        )
         if run.callback is None:
             return values["total"]
         preview = None
         if run.opts.preview_every and run.done % run.opts.preview_every == 0:
             snapshot = image.detach().clone()
             preview = lambda: tensor_to_pil(snapshot)  # noqa: E731 - paid for only when the caller wants it
-        run.callback(Iterate(
-            iteration=run.done, total_iterations=run.total, scale_index=index, scale_count=len(run.sizes),
-            width=width, height=height, loss=values["total"],
-            losses={k: v for k, v in values.items() if k != "total"}, elapsed=elapsed, eta=eta,
-            peak_memory_bytes=self.peak_memory(), preview=preview,
-        ))
+        run.callback(
+            Iterate(
+                iteration=run.done,
+                total_iterations=run.total,
+                scale_index=index,
+                scale_count=len(run.sizes),
+                width=width,
+                height=height,
+                loss=values["total"],
+                losses={k: v for k, v in values.items() if k != "total"},
+                elapsed=elapsed,
+                eta=eta,
+                peak_memory_bytes=self.peak_memory(),
+                preview=preview,
+            )
+        )
         return values["total"]
 
     def peak_memory(self) -> int:
@@ -341,8 +394,13 @@ class StyleTransfer:
         base = opts.seed if opts.seed is not None else random.SystemRandom().randrange(2**31)
         return [self._variation(content, styles, opts.replace(seed=base + k), callback) for k in range(count)]
 
-    def _variation(self, content: Image.Image, styles: Sequence[Image.Image], opts: StylizeOptions,
-                   callback: Callback | None) -> StylizeResult:
+    def _variation(
+        self,
+        content: Image.Image,
+        styles: Sequence[Image.Image],
+        opts: StylizeOptions,
+        callback: Callback | None,
+    ) -> StylizeResult:
         assert opts.seed is not None
         gen = torch.Generator().manual_seed(opts.seed)
         strength = opts.variation_strength

@@ -45,7 +45,7 @@ def load_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
             _check_size(image.size, max_pixels, field)
             image.load()
             image = _normalise(image)
@@ -54,7 +54,9 @@ def load_image(
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(f"not a readable image ({error})", field) from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError, TypeError) as error:
-        raise ImageError(f"corrupt or unsupported image data ({type(error).__name__}: {error})", field) from None
+        raise ImageError(
+            f"corrupt or unsupported image data ({type(error).__name__}: {error})", field
+        ) from None
     return image
 
 
@@ -139,8 +141,16 @@ def _write_tiff16(buffer: io.BytesIO, array: np.ndarray) -> None:
     height, width, _ = array.shape
     pixels = array.tobytes()
     entries = [  # (tag, type, count, value); type 3 = SHORT, 4 = LONG
-        (256, 4, 1, width), (257, 4, 1, height), (258, 3, 3, None), (259, 3, 1, 1), (262, 3, 1, 2),
-        (273, 4, 1, None), (277, 3, 1, 3), (278, 4, 1, height), (279, 4, 1, len(pixels)), (284, 3, 1, 1),
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 3, None),
+        (259, 3, 1, 1),
+        (262, 3, 1, 2),
+        (273, 4, 1, None),
+        (277, 3, 1, 3),
+        (278, 4, 1, height),
+        (279, 4, 1, len(pixels)),
+        (284, 3, 1, 1),
     ]
     ifd_offset = 8
     ifd_size = 2 + 12 * len(entries) + 4
@@ -154,8 +164,11 @@ def _write_tiff16(buffer: io.BytesIO, array: np.ndarray) -> None:
         elif tag == 273:
             value = data_offset
         fmt = "<HHIHH" if kind == 3 and count == 1 else "<HHII"
-        buffer.write(struct.pack(fmt, tag, kind, count, value, 0) if fmt == "<HHIHH"
-                     else struct.pack(fmt, tag, kind, count, value))
+        buffer.write(
+            struct.pack(fmt, tag, kind, count, value, 0)
+            if fmt == "<HHIHH"
+            else struct.pack(fmt, tag, kind, count, value)
+        )
     buffer.write(struct.pack("<I", 0))
     buffer.write(struct.pack("<HHH", 16, 16, 16))
     buffer.write(pixels)

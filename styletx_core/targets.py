@@ -86,15 +86,25 @@ def style_targets(
     total = sum(weights)
     blended: dict[str, list[torch.Tensor]] = {}
     for style, weight in zip(styles, weights, strict=True):
-        key = (_fingerprint(style), long_side, net.arch, opts.pooling, opts.style_loss, tuple(opts.style_layers))
+        key = (
+            _fingerprint(style),
+            long_side,
+            net.arch,
+            opts.pooling,
+            opts.style_loss,
+            tuple(opts.style_layers),
+        )
         stats = cache.get(key)
         if stats is None:
             stats = _statistics(net, _resize_long(style, long_side), opts.style_layers, opts.style_loss)
             cache.put(key, stats)
         for layer, values in stats.items():
             scaled = [v * (weight / total) for v in values]
-            blended[layer] = scaled if layer not in blended else [a + b for a, b in zip(blended[layer], scaled,
-                                                                                        strict=True)]
+            blended[layer] = (
+                scaled
+                if layer not in blended
+                else [a + b for a, b in zip(blended[layer], scaled, strict=True)]
+            )
     if opts.style_loss == "gram":
         return {layer: GramStyleLoss(values[0]) for layer, values in blended.items()}
     return {layer: W2StyleLoss(values[0], values[1]) for layer, values in blended.items()}

@@ -105,6 +105,9 @@ class VGGFeatures(nn.Module):
     deal with BGR or Caffe means.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(
         self,
         arch: str,

@@ -17,7 +17,7 @@ from styletx_core.progress import Iterate
 SMALL = {"size": 64, "min_size": 45, "iterations": 8, "coarse_iterations": 4, "seed": 3}
 
 
-def _run(engine: StyleTransfer, content: Image.Image, styles: list[Image.Image], **changes: object):  # type: ignore[no-untyped-def]
+def _run(engine: StyleTransfer, content: Image.Image, styles: list[Image.Image], **changes: object):
     seen: list[Iterate] = []
     result = engine.stylize(content, styles, StylizeOptions(**{**SMALL, **changes}), seen.append)
     return result, seen
@@ -28,7 +28,7 @@ TERMS = {"content": "content_weight", "style": "style_weight", "tv": "tv_weight"
 
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
 @pytest.mark.parametrize("term", ["content", "style-gram", "style-w2", "tv"])
-def test_each_loss_decreases(engine, content_image, style_image, optimizer: str, term: str) -> None:  # type: ignore[no-untyped-def]
+def test_each_loss_decreases(engine, content_image, style_image, optimizer: str, term: str) -> None:
     # Each term optimised alone (the others weighted 0) on one scale, from noise so that every term starts high.
     name, _, style_loss = term.partition("-")
     weights = {field: (1.0 if key == name else 0.0) for key, field in TERMS.items()}
@@ -45,13 +45,13 @@ def test_each_loss_decreases(engine, content_image, style_image, optimizer: str,
 
 
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
-def test_total_loss_decreases(engine, content_image, style_image, optimizer: str) -> None:  # type: ignore[no-untyped-def]
+def test_total_loss_decreases(engine, content_image, style_image, optimizer: str) -> None:
     _, seen = _run(engine, content_image, [style_image], optimizer=optimizer, min_size=64, iterations=10,
                    learning_rate=0.05)
     assert seen[-1].loss < 0.8 * seen[0].loss
 
 
-def test_progress_reports_scales_eta_and_previews(engine, content_image, style_image) -> None:  # type: ignore[no-untyped-def]
+def test_progress_reports_scales_eta_and_previews(engine, content_image, style_image) -> None:
     result, seen = _run(engine, content_image, [style_image], preview_every=4)
     assert [it.iteration for it in seen] == list(range(1, len(seen) + 1))
     assert seen[0].scale_count == 2 and {it.scale_index for it in seen} == {0, 1}
@@ -66,7 +66,7 @@ def test_progress_reports_scales_eta_and_previews(engine, content_image, style_i
     assert result.equivalent_iterations == pytest.approx(8 + 4 * (45 * 34) / (64 * 48))
 
 
-def test_seed_reproduces_pixels(engine, content_image, style_image) -> None:  # type: ignore[no-untyped-def]
+def test_seed_reproduces_pixels(engine, content_image, style_image) -> None:
     first, _ = _run(engine, content_image, [style_image], init="noise")
     second, _ = _run(engine, content_image, [style_image], init="noise")
     other, _ = _run(engine, content_image, [style_image], init="noise", seed=4)
@@ -75,24 +75,24 @@ def test_seed_reproduces_pixels(engine, content_image, style_image) -> None:  # 
     assert first.seed == 3
 
 
-def test_unseeded_run_reports_its_seed(engine, content_image, style_image) -> None:  # type: ignore[no-untyped-def]
+def test_unseeded_run_reports_its_seed(engine, content_image, style_image) -> None:
     result, _ = _run(engine, content_image, [style_image], seed=None, iterations=1, coarse_iterations=1)
     again, _ = _run(engine, content_image, [style_image], seed=result.seed, iterations=1, coarse_iterations=1)
     assert np.array_equal(np.asarray(result.image), np.asarray(again.image))
 
 
-def test_swapping_content_and_style_runs(engine, content_image, style_image) -> None:  # type: ignore[no-untyped-def]
+def test_swapping_content_and_style_runs(engine, content_image, style_image) -> None:
     result, seen = _run(engine, style_image, [content_image])
     assert result.image.size[0] == 64 and seen[-1].loss < seen[0].loss * 10
 
 
 @pytest.mark.parametrize("init", ["content", "noise", "style"])
-def test_inits(engine, content_image, style_image, init: str) -> None:  # type: ignore[no-untyped-def]
+def test_inits(engine, content_image, style_image, init: str) -> None:
     result, _ = _run(engine, content_image, [style_image], init=init, iterations=2, coarse_iterations=0)
     assert result.image.size == (64, 48)
 
 
-def test_style_blend_weights_move_the_style_loss(engine, content_image, style_image, second_style_image) -> None:  # type: ignore[no-untyped-def]
+def test_style_blend_weights_move_the_style_loss(engine, content_image, style_image, second_style_image) -> None:
     only_a = StylizeOptions(**{**SMALL, "style_blend_weights": (1.0, 0.0)})
     only_b = StylizeOptions(**{**SMALL, "style_blend_weights": (0.0, 1.0)})
     a = engine.stylize(content_image, [style_image, second_style_image], only_a)
@@ -107,7 +107,7 @@ def _chroma(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("mode", ["luminance", "histogram"])
-def test_preserve_color_keeps_content_chroma(engine, content_image, style_image, mode: str) -> None:  # type: ignore[no-untyped-def]
+def test_preserve_color_keeps_content_chroma(engine, content_image, style_image, mode: str) -> None:
     plain, _ = _run(engine, content_image, [style_image])
     kept, _ = _run(engine, content_image, [style_image], preserve_color=mode)
     reference = _chroma(content_image, plain.image.size)
@@ -125,7 +125,7 @@ def test_preserve_color_keeps_content_chroma(engine, content_image, style_image,
         assert stats_error(kept.image) < 0.6 * stats_error(plain.image)
 
 
-def test_cancel_stops_between_iterations(engine, content_image, style_image) -> None:  # type: ignore[no-untyped-def]
+def test_cancel_stops_between_iterations(engine, content_image, style_image) -> None:
     seen: list[int] = []
 
     def cancel_at_three(it: Iterate) -> None:
@@ -138,7 +138,7 @@ def test_cancel_stops_between_iterations(engine, content_image, style_image) -> 
     assert seen == [1, 2, 3]
 
 
-def test_variations_differ_and_are_reproducible(engine, content_image, style_image) -> None:  # type: ignore[no-untyped-def]
+def test_variations_differ_and_are_reproducible(engine, content_image, style_image) -> None:
     opts = StylizeOptions(**{**SMALL, "iterations": 3, "coarse_iterations": 0})
     first = engine.variations(content_image, [style_image], 2, opts)
     again = engine.variations(content_image, [style_image], 2, opts)
@@ -147,14 +147,14 @@ def test_variations_differ_and_are_reproducible(engine, content_image, style_ima
     assert not np.array_equal(np.asarray(first[0].image), np.asarray(first[1].image))
 
 
-def test_target_cache_hits_on_repeat(engine, content_image, style_image) -> None:  # type: ignore[no-untyped-def]
+def test_target_cache_hits_on_repeat(engine, content_image, style_image) -> None:
     before = engine.target_cache_info()["hits"]
     _run(engine, content_image, [style_image], iterations=1, coarse_iterations=1)
     _run(engine, content_image, [style_image], iterations=1, coarse_iterations=1)
     assert engine.target_cache_info()["hits"] >= before + 2
 
 
-def test_errors_are_clear(engine, content_image, style_image) -> None:  # type: ignore[no-untyped-def]
+def test_errors_are_clear(engine, content_image, style_image) -> None:
     with pytest.raises(EngineError, match="style image"):
         engine.stylize(content_image, [], StylizeOptions(**SMALL))
     with pytest.raises(OptionError, match="style_blend_weights"):
@@ -166,7 +166,7 @@ def test_errors_are_clear(engine, content_image, style_image) -> None:  # type: 
 
 @pytest.mark.parametrize(("fault", "error"), [("nan", EngineError), ("oom", torch.OutOfMemoryError),
                                               ("boom", RuntimeError)])
-def test_injected_faults_surface(engine, content_image, style_image, fault: str, error: type) -> None:  # type: ignore[no-untyped-def]
+def test_injected_faults_surface(engine, content_image, style_image, fault: str, error: type) -> None:
     opts = StylizeOptions(**SMALL, extra={"fault": fault, "fault_at": 2})
     with pytest.raises(error):
         engine.stylize(content_image, [style_image], opts)

@@ -150,11 +150,28 @@ def test_temporal_blend_reduces_warping_error(clip: SyntheticClip, style_image: 
     stylizer = FastStylizer("cpu")
     outputs = {}
     for consistency in (False, True):
-        stream = StreamStylizer(FastFrames(stylizer, [style_image]), "fast", consistency, alpha=0.7)
+        stream = StreamStylizer(FastFrames(stylizer, [style_image]), "fast", consistency)
         outputs[consistency] = [stream.process(frame) for frame in clip.frames]
     per_frame = warping_error(outputs[False], clip.backward_flows, clip.masks)
     consistent = warping_error(outputs[True], clip.backward_flows, clip.masks)
     assert consistent < 0.6 * per_frame, (per_frame, consistent)
+
+
+def test_restore_detail_gives_the_blend_back_its_contrast() -> None:
+    from styletx_core.video import restore_detail
+
+    rng = np.random.default_rng(0)
+    base = np.full((64, 64, 3), 0.5, dtype=np.float32)
+    current = base + 0.2 * rng.standard_normal((64, 64, 3)).astype(np.float32)
+    previous = base + 0.2 * rng.standard_normal((64, 64, 3)).astype(np.float32)
+    blended = 0.5 * current + 0.5 * previous  # independent textures: contrast drops by √2
+    restored = restore_detail(blended, current)
+    assert blended.std() < 0.8 * current.std()
+    assert restored.std() == pytest.approx(current.std(), rel=0.1)
+    assert abs(float(restored.mean()) - 0.5) < 0.01
+    # Still the blend's pattern, not the current frame's: correlation with both inputs stays balanced.
+    corr = [np.corrcoef(restored.ravel(), x.ravel())[0, 1] for x in (current, previous)]
+    assert abs(corr[0] - corr[1]) < 0.1
 
 
 def test_stream_refuses_a_size_change(clip: SyntheticClip) -> None:

@@ -39,7 +39,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, metavar="PX", help="output long side (default: the source's)")
     parser.add_argument("--no-consistency", dest="consistency", action="store_false",
                         help="stylise each frame on its own (flickers; for comparison)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="fast: weight of the previous frame (0.5)")
+    parser.add_argument("--alpha", type=float, default=0.6, help="fast: weight of the previous frame (0.6)")
     parser.add_argument("--strength", type=float, default=1.0, help="fast: style strength 0–1 (1)")
     parser.add_argument("--iterations", type=int, default=None,
                         help="optimize/hybrid: iterations of the first frame (engine default)")

@@ -124,7 +124,7 @@ def read_state_dict(path: str | Path, select: str | None = None) -> dict[str, Te
             obj: Any = load_file(str(path), device="cpu")
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad model file, reported as such
+    except Exception as exc:
         raise ModelError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
     raw = _unwrap(obj, select, path)
     bad = [k for k, v in raw.items() if not isinstance(v, Tensor)]

@@ -41,6 +41,10 @@ def export_onnx(gen: CycleGANGenerator, path: str | Path, opset: int = 17, size:
     with torch.no_grad(), warnings.catch_warnings():
         # Reflection padding exports as Slice ops, which the constant folder reports on but handles fine.
         warnings.filterwarnings("ignore", message="Constant folding")
+        # Tracing notes on shape checks and instance norm's "train" flag: the exported op always normalises
+        # with the input's own statistics, which is what the generator does in eval mode too.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="ONNX export mode is set to TrainingMode.EVAL")
         # dynamo=False: the TorchScript exporter needs no onnxscript and handles this plain conv net well.
         torch.onnx.export(gen, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes}, opset_version=opset, dynamo=False)
@@ -71,7 +75,7 @@ class OnnxGenerator:
         chosen = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         try:
             self.session = ort.InferenceSession(str(self.path), providers=chosen)
-        except Exception as exc:  # noqa: BLE001 - any onnxruntime failure means an unusable model file
+        except Exception as exc:
             raise ModelError(f"{self.path}: cannot load ONNX model ({str(exc)[:200]})") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] != 3:

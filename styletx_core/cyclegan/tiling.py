@@ -103,8 +103,8 @@ def _tiles(h: int, w: int, tile: int, overlap: int) -> list[_Tile]:
 def _check(tile: int, overlap: int, stats_side: int, stats_patch: int) -> None:
     if tile < 32 or tile % 4:
         raise OptionError("tile", f"must be a multiple of 4 and at least 32, got {tile}")
-    if overlap < 0 or overlap % 4 or overlap > tile // 2:
-        raise OptionError("overlap", f"must be a multiple of 4 between 0 and tile/2, got {overlap}")
+    if overlap < 0 or overlap % 4:
+        raise OptionError("overlap", f"must be a non-negative multiple of 4, got {overlap}")
     if stats_side < 32:
         raise OptionError("stats_side", f"must be at least 32, got {stats_side}")
     if not 16 <= stats_patch <= stats_side or stats_patch % 4:
@@ -174,6 +174,7 @@ def translate_tensor(gen: Generator, x: Tensor, tile: int = 512, overlap: int = 
     multiples of 4 and cropped back). The result is a CPU float32 tensor in [-1, 1].
     """
     _check(tile, overlap, stats_side, stats_patch)
+    overlap = min(overlap, 4 * (tile // 8))  # at most half a tile, so every tile adds new pixels
     h, w = x.shape[-2:]
     if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
         raise ImageError(f"expected one RGB image as a (1, 3, H, W) tensor, got {tuple(x.shape)}")
@@ -211,7 +212,7 @@ def run_tiled(gen: Generator, image: Image.Image, tile: int = 512, overlap: int 
         gen: a ``CycleGANGenerator`` (on any device) or an ``OnnxGenerator``.
         image: any PIL image (converted to RGB).
         tile: tile side in pixels (multiple of 4); images that fit run untiled.
-        overlap: overlap between neighbouring tiles (multiple of 4, ≤ tile/2); 64 px hides seams in practice.
+        overlap: overlap between neighbouring tiles (multiple of 4; capped at tile/2); 64 px hides seams.
         stats_side: images up to this long side get exact instance-norm statistics; larger ones get them from
             a ``stats_side``² mosaic of full-resolution patches. Bounds memory with ``tile``.
         stats_patch: side of the mosaic's patches.
@@ -227,6 +228,7 @@ def run_tiled(gen: Generator, image: Image.Image, tile: int = 512, overlap: int 
 def tile_count(width: int, height: int, tile: int = 512, overlap: int = 64) -> int:
     """How many tiles one pass over a ``width``×``height`` image takes (for progress and cost estimates)."""
     _check(tile, overlap, 32, 32)
+    overlap = min(overlap, 4 * (tile // 8))
     return len(_axis(height + -height % 4, tile, overlap)) * len(_axis(width + -width % 4, tile, overlap))
 
 

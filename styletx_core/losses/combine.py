@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import cast
 
 import torch
 from torch import nn
@@ -42,6 +43,11 @@ class SumLoss(nn.ModuleDict):
     def forward(
         self, features: Mapping[str, torch.Tensor], image: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        parts = {name: sum((loss(features, image) for loss in group), torch.zeros((), device=image.device))
-                 for name, group in self.items()}
+        parts = {
+            name: sum(
+                (loss(features, image) for loss in cast(Iterable[nn.Module], group)),
+                torch.zeros((), device=image.device),
+            )
+            for name, group in self.items()
+        }
         return sum(parts.values(), torch.zeros((), device=image.device)), parts

@@ -12,6 +12,8 @@ class ContentLoss(nn.Module):
     magnitude (as crowsonkb/style-transfer-pytorch does) lets one weight work at every size and layer.
     """
 
+    target: torch.Tensor
+
     def __init__(self, target: torch.Tensor, eps: float = 1e-8) -> None:
         super().__init__()
         self.register_buffer("target", target.detach().float())

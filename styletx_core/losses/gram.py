@@ -17,6 +17,8 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
 class GramStyleLoss(nn.Module):
     """Squared error between Gram matrices, divided by the target Gram's L1 norm (size- and layer-invariant)."""
 
+    target: torch.Tensor
+
     def __init__(self, target_gram: torch.Tensor, eps: float = 1e-8) -> None:
         super().__init__()
         self.register_buffer("target", target_gram.detach().float())
@@ -27,7 +29,9 @@ class GramStyleLoss(nn.Module):
         return gram_matrix(features)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        error = F.mse_loss(gram_matrix(features), self.target.expand(features.shape[0], -1, -1), reduction="sum")
+        error = F.mse_loss(
+            gram_matrix(features), self.target.expand(features.shape[0], -1, -1), reduction="sum"
+        )
         return error / self.target.abs().sum().add(self.eps)
 
     def extra_repr(self) -> str:

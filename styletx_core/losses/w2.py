@@ -47,6 +47,11 @@ class W2StyleLoss(nn.Module):
     gradients finite.
     """
 
+    mean: torch.Tensor
+    cov: torch.Tensor
+    cov_sqrt: torch.Tensor
+    eye: torch.Tensor
+
     def __init__(self, mean: torch.Tensor, cov: torch.Tensor, eps: float = 1e-4) -> None:
         super().__init__()
         eye = torch.eye(cov.shape[-1], dtype=torch.float32, device=cov.device)

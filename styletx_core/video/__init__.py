@@ -12,7 +12,7 @@ The lower layers are public for the service's streaming RPC, which has frames bu
 from ._flow import FLOW_METHODS, FlowEstimator, FramePairFlow, occlusion_mask, warp
 from ._io import FrameWriter, VideoInfo, even_size, probe, read_frames
 from ._pipeline import MODES, FrameStylizer, ProgressFn, StreamStylizer, VideoReport, stylize_video
-from ._temporal import TemporalGuide, TemporalLoss, blend_previous, guided_init, warping_error
+from ._temporal import TemporalGuide, TemporalLoss, blend_previous, guided_init, restore_detail, warping_error
 
 __all__ = [
     "FLOW_METHODS",
@@ -33,6 +33,7 @@ __all__ = [
     "occlusion_mask",
     "probe",
     "read_frames",
+    "restore_detail",
     "stylize_video",
     "warp",
     "warping_error",

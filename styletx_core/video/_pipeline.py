@@ -17,7 +17,7 @@ from styletx_core.errors import ImageError, OptionError
 
 from ._flow import FLOW_METHODS, FlowEstimator, warp
 from ._io import FrameWriter, VideoInfo, even_size, mux_audio, probe, read_frames
-from ._temporal import TemporalGuide, blend_previous
+from ._temporal import TemporalGuide, blend_previous, restore_detail
 from ._workdir import WorkDir
 
 __all__ = ["MODES", "FrameStylizer", "ProgressFn", "StreamStylizer", "VideoReport", "stylize_video"]
@@ -64,6 +64,7 @@ class _Settings:
     size: tuple[int, int]
     flow: str
     max_frames: int | None
+    restore_detail: bool = True
 
 
 def stylize_video(
@@ -76,9 +77,10 @@ def stylize_video(
     resume: bool = False,
     *,
     size: int | None = None,
-    alpha: float = 0.5,
+    alpha: float = 0.6,
     flow: str = "dis",
     max_frames: int | None = None,
+    restore_detail: bool = True,
     work_dir: str | os.PathLike[str] | None = None,
     keep_work_dir: bool = False,
 ) -> VideoReport:
@@ -93,9 +95,11 @@ def stylize_video(
             continue from the last one when run again with the same source and settings.
         size: output long side (default: the source's); sides are rounded down to even for H.264.
         alpha: FAST's blend weight of the previous output on reliable pixels (0–0.95).
+        restore_detail: FAST: give the blend's fine detail back the contrast of the network's own output
+            (:func:`~styletx_core.video.restore_detail`), so that blending does not weaken the style.
         max_frames: stop after this many frames (previews, tests).
     """
-    settings = _check(mode, consistency, alpha, flow, max_frames)
+    settings = _check(mode, consistency, alpha, flow, max_frames, restore_detail)
     if Path(output).suffix.lower() not in CONTAINERS:
         raise OptionError("output", f"must end in one of {', '.join(CONTAINERS)}, got {os.fspath(output)!r}")
     info = probe(source)
@@ -106,20 +110,24 @@ def stylize_video(
     start = time.perf_counter()
     resumed = work.frames_done if work else 0
     total = min(info.frame_estimate, max_frames or info.frame_estimate)
-    count = _run_frames(source, stylize_frame, settings, info, work, staging, total, progress)
-    if work is not None:
-        _encode(work, count, staging, settings.size, info.fps)
-    if info.audio_codec:
-        mux_audio(staging, source, output, count / info.fps)
-    else:
-        os.replace(staging, output)
+    try:
+        count = _run_frames(source, stylize_frame, settings, info, work, staging, total, progress)
+        if work is not None:
+            _encode(work, count, staging, settings.size, info.fps)
+        if info.audio_codec:
+            mux_audio(staging, source, output, count / info.fps)
+        else:
+            os.replace(staging, output)
+    finally:
+        staging.unlink(missing_ok=True)  # only left over when something failed
     if work is not None and not keep_work_dir:
         work.remove()
     return VideoReport(count, info.fps, settings.size, time.perf_counter() - start, resumed,
                        info.audio_codec is not None)
 
 
-def _check(mode: str, consistency: bool, alpha: float, flow: str, max_frames: int | None) -> _Settings:
+def _check(mode: str, consistency: bool, alpha: float, flow: str, max_frames: int | None,
+           restore_detail: bool = True) -> _Settings:
     if mode not in MODES:
         raise OptionError("mode", f"must be one of {', '.join(MODES)}; got {mode!r}")
     if not 0.0 <= alpha <= 0.95:
@@ -128,7 +136,7 @@ def _check(mode: str, consistency: bool, alpha: float, flow: str, max_frames: in
         raise OptionError("flow", f"must be one of {', '.join(FLOW_METHODS)}; got {flow!r}")
     if max_frames is not None and max_frames < 1:
         raise OptionError("max_frames", f"must be at least 1, got {max_frames!r}")
-    return _Settings(mode, bool(consistency), float(alpha), (0, 0), flow, max_frames)
+    return _Settings(mode, bool(consistency), float(alpha), (0, 0), flow, max_frames, bool(restore_detail))
 
 
 def _fit(size: tuple[int, int], long_side: int | None) -> tuple[int, int]:
@@ -159,8 +167,8 @@ class StreamStylizer:
     """
 
     def __init__(self, stylize_frame: FrameStylizer, mode: str = "fast", consistency: bool = True,
-                 alpha: float = 0.5, flow: str = "dis") -> None:
-        self._settings = _check(mode, consistency, alpha, flow, None)
+                 alpha: float = 0.6, flow: str = "dis", restore_detail: bool = True) -> None:
+        self._settings = _check(mode, consistency, alpha, flow, None, restore_detail)
         self._stylize_frame = stylize_frame
         self._estimator = FlowEstimator(flow) if consistency else None
         self._previous: tuple[np.ndarray, np.ndarray] | None = None  # (input frame, output as float 0–1)
@@ -185,7 +193,8 @@ class StreamStylizer:
             image = image.resize(size, Image.Resampling.LANCZOS)
         result = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
         if self._settings.mode == "fast" and guide is not None:
-            result = blend_previous(result, guide, self._settings.alpha)
+            blended = blend_previous(result, guide, self._settings.alpha)
+            result = restore_detail(blended, result) if self._settings.restore_detail else blended
         output = np.clip(result * 255 + 0.5, 0, 255).astype(np.uint8)
         # Keep the rounded output: a resumed run reads it back from PNG and must continue identically.
         self._previous = (frame, output.astype(np.float32) / 255)
@@ -196,7 +205,8 @@ class StreamStylizer:
 def _run_frames(source: Any, stylize_frame: FrameStylizer, settings: _Settings, info: VideoInfo,
                 work: WorkDir | None, staging: Path, total: int, progress: ProgressFn | None) -> int:
     """Stylise every frame into ``work`` (resumable) or straight into the encoder; returns the frame count."""
-    stream = StreamStylizer(stylize_frame, settings.mode, settings.consistency, settings.alpha, settings.flow)
+    stream = StreamStylizer(stylize_frame, settings.mode, settings.consistency, settings.alpha, settings.flow,
+                            settings.restore_detail)
     writer = None if work is not None else FrameWriter(staging, settings.size, info.fps)
     done = work.frames_done if work is not None else 0
     count = 0

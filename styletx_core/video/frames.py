@@ -128,7 +128,7 @@ class HybridFrames(OptimizeFrames):
 
     def __init__(self, engine: Any, fast: FastStylizer, styles: Sequence[Image.Image],
                  opts: StylizeOptions | None = None, later_iterations: int | None = None,
-                 temporal_weight: float = 20.0, alpha: float = 0.5) -> None:
+                 temporal_weight: float = 20.0, alpha: float = 0.6) -> None:
         super().__init__(engine, styles, opts, later_iterations, temporal_weight)
         self.fast = FastFrames(fast, styles, self.opts.style_blend_weights)
         self.alpha = alpha
