@@ -78,8 +78,8 @@ COPY . .
 RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_constraint \
     --mount=type=cache,target=/root/.cache/pip \
     styletx-docker-install app
-# Weights prepared at build time (FETCH_WEIGHTS=1, the default) or mounted at /opt/styletx/weights at run time
-# (FETCH_WEIGHTS=0: a PVC or the chart's init container; see docs/deploy.md).
+# The cache (weights, networks, ONNX export) prepared at build time (FETCH_WEIGHTS=1, the default) or mounted at
+# /opt/styletx/weights at run time (FETCH_WEIGHTS=0: a PVC or the chart's init container; see docs/deploy.md).
 ARG FETCH_WEIGHTS=1
 RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_constraint \
     --mount=type=cache,target=/root/.cache/pip \
@@ -117,6 +117,7 @@ COPY --from=app /opt/styletx /opt/styletx
 # Small and often edited: after the large layers, so that an edit does not copy the venv again.
 COPY --chmod=0755 deploy/grpc_health_probe.py /usr/local/bin/styletx-healthcheck
 COPY --chmod=0755 deploy/smoke_client.py /usr/local/bin/styletx-smoke
+COPY --chmod=0755 deploy/prepare_cache.py /usr/local/bin/styletx-prepare-cache
 USER 10001:10001
 
 # The last stage is the default target: the CPU image.
@@ -125,4 +126,5 @@ COPY --from=deps /opt/venv /opt/venv
 COPY --from=app /opt/styletx /opt/styletx
 COPY --chmod=0755 deploy/grpc_health_probe.py /usr/local/bin/styletx-healthcheck
 COPY --chmod=0755 deploy/smoke_client.py /usr/local/bin/styletx-smoke
+COPY --chmod=0755 deploy/prepare_cache.py /usr/local/bin/styletx-prepare-cache
 USER 10001:10001

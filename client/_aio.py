@@ -20,6 +20,7 @@ from ._options import (
     KeepAliveOptions,
     RetryPolicy,
     TLSOptions,
+    auth_metadata,
     channel_options,
 )
 from ._request import ImageInput, StyleInput, build_request
@@ -34,8 +35,9 @@ class AsyncClient:
                  keepalive: KeepAliveOptions | None = DEFAULT_KEEPALIVE,
                  retry: RetryPolicy | None = DEFAULT_RETRY,
                  load_balancing: str | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 max_receive_bytes: int = 4 * 1024 * 1024) -> None:
+                 max_receive_bytes: int = 4 * 1024 * 1024, token: str | None = None) -> None:
         options = channel_options(keepalive, retry, load_balancing, tls, max_receive_bytes)
+        self._metadata = auth_metadata(token)
         self._channel = grpc.aio.secure_channel(target, tls.credentials(), options) if tls else \
             grpc.aio.insecure_channel(target, options)
         self._stub = pb_grpc.StyleTransferStub(self._channel)
@@ -47,7 +49,8 @@ class AsyncClient:
         self.timeout = timeout
 
     def stream_request(self, request: pb.StylizeRequest, *, timeout: float | None = None) -> AsyncEventStream:
-        return AsyncEventStream(self._stub.Stylize(request, timeout=timeout or self.timeout))
+        call = self._stub.Stylize(request, timeout=timeout or self.timeout, metadata=self._metadata)
+        return AsyncEventStream(call)
 
     def stylize_stream(self, content: ImageInput, styles: Sequence[StyleInput], *,
                        timeout: float | None = None, **params: Any) -> AsyncEventStream:
@@ -74,8 +77,8 @@ class AsyncClient:
 
     async def server_info(self, *, timeout: float | None = 30.0) -> pb.GetServerInfoResponse:
         try:
-            response: pb.GetServerInfoResponse = await self._stub.GetServerInfo(pb.GetServerInfoRequest(),
-                                                                                timeout=timeout)
+            response: pb.GetServerInfoResponse = await self._stub.GetServerInfo(
+                pb.GetServerInfoRequest(), metadata=self._metadata, timeout=timeout)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return response

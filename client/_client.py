@@ -21,6 +21,7 @@ from ._options import (
     KeepAliveOptions,
     RetryPolicy,
     TLSOptions,
+    auth_metadata,
     channel_options,
 )
 from ._request import ImageInput, StyleInput, build_request
@@ -77,14 +78,17 @@ class Client(_Stylizer):
         gRPC LB policy name, e.g. ``"round_robin"``.
     timeout : float
         Default deadline of every call, in seconds.
+    token : str, optional
+        Bearer token for a server that requires one (sent as ``authorization`` metadata; use with TLS).
     """
 
     def __init__(self, target: str = "localhost:50051", *, tls: TLSOptions | None = None,
                  keepalive: KeepAliveOptions | None = DEFAULT_KEEPALIVE,
                  retry: RetryPolicy | None = DEFAULT_RETRY,
                  load_balancing: str | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 max_receive_bytes: int = 4 * 1024 * 1024) -> None:
+                 max_receive_bytes: int = 4 * 1024 * 1024, token: str | None = None) -> None:
         options = channel_options(keepalive, retry, load_balancing, tls, max_receive_bytes)
+        self._metadata = auth_metadata(token)
         self._channel = grpc.secure_channel(target, tls.credentials(), options) if tls else \
             grpc.insecure_channel(target, options)
         self._stub = pb_grpc.StyleTransferStub(self._channel)
@@ -99,13 +103,13 @@ class Client(_Stylizer):
 
     def stream_request(self, request: pb.StylizeRequest, *, timeout: float | None = None) -> EventStream:
         """Send a prepared request (see :func:`build_request`)."""
-        return EventStream(self._stub.Stylize(request, timeout=timeout or self.timeout))
+        return EventStream(self._stub.Stylize(request, timeout=timeout or self.timeout, metadata=self._metadata))
 
     def server_info(self, *, timeout: float | None = 30.0) -> pb.GetServerInfoResponse:
         """Version, models, devices, limits and default parameters of the server."""
         try:
-            response: pb.GetServerInfoResponse = self._stub.GetServerInfo(pb.GetServerInfoRequest(),
-                                                                          timeout=timeout)
+            response: pb.GetServerInfoResponse = self._stub.GetServerInfo(
+                pb.GetServerInfoRequest(), metadata=self._metadata, timeout=timeout)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return response

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = [
-    "Accepted", "AsyncEventStream", "Completed", "Event", "EventStream", "Preview", "Progress", "QueueUpdate",
-    "ResultAssembler", "ResultChunk", "Started", "StylizeOutput", "collect", "from_proto",
+    "Accepted", "AsyncEventStream", "Completed", "Event", "EventStream", "Preview", "Progress", "Quality",
+    "QueueUpdate", "ResultAssembler", "ResultChunk", "Started", "StylizeOutput", "collect", "from_proto",
 ]
 
 _FORMATS = {pb.OUTPUT_FORMAT_PNG: "png", pb.OUTPUT_FORMAT_JPEG: "jpeg", pb.OUTPUT_FORMAT_TIFF16: "tiff16"}
@@ -94,6 +94,35 @@ class ResultChunk:
 
 
 @dataclass(frozen=True)
+class Quality:
+    """How close the result is to its style and content (ONNX VGG features on the server; lower is closer).
+
+    ``style_distance`` is per layer (relu1_1 … relu5_1): the relative Gram-matrix distance to the blended
+    style; ``content_distance`` the relative relu4_2 distance to the content; the colour distances are
+    Wasserstein-2 distances of Lab colour statistics (≈ ΔE) to the style's and to the content's colours.
+    """
+
+    style_distance: dict[str, float]
+    style_distance_mean: float
+    content_distance: float
+    color_distance: float
+    color_distance_content: float
+    scorer: str
+
+    @classmethod
+    def from_proto(cls, quality: pb.Quality) -> Quality:
+        layers = dict(sorted(quality.style_distance.items()))  # a proto map has no order; relu1_1 … relu5_1
+        return cls(layers, quality.style_distance_mean, quality.content_distance,
+                   quality.color_distance, quality.color_distance_content, quality.scorer)
+
+    def summary(self) -> str:
+        """One line for humans: ``style 0.41 (relu1_1 0.2, …) content 0.63 colour 12.1 ΔE``."""
+        layers = ", ".join(f"{name} {value:.3g}" for name, value in self.style_distance.items())
+        return (f"style {self.style_distance_mean:.3g} ({layers})  content {self.content_distance:.3g}  "
+                f"colour {self.color_distance:.3g} ΔE (to content {self.color_distance_content:.3g})")
+
+
+@dataclass(frozen=True)
 class Completed:
     job_id: str
     timings: dict[str, float]
@@ -101,6 +130,9 @@ class Completed:
     seed: int
     iterations: int
     result_sha256: str
+    quality: Quality | None = None
+    """None when the server could not score the result (``quality_unavailable`` says why)."""
+    quality_unavailable: str = ""
 
 
 Event = Accepted | QueueUpdate | Started | Progress | Preview | ResultChunk | Completed
@@ -132,7 +164,9 @@ def from_proto(event: pb.StylizeEvent) -> Event:
     if which == "completed":
         c = event.completed
         timings = {f.name: getattr(c.timings, f.name) for f in c.timings.DESCRIPTOR.fields}
-        return Completed(job, timings, dict(c.metrics), c.seed, c.iterations, c.result_sha256)
+        quality = Quality.from_proto(c.quality) if c.HasField("quality") else None
+        return Completed(job, timings, dict(c.metrics), c.seed, c.iterations, c.result_sha256, quality,
+                         c.quality_unavailable)
     raise StyletxError(grpc.StatusCode.UNKNOWN, f"unknown event kind {which!r} (newer server?)")
 
 
@@ -151,6 +185,9 @@ class StylizeOutput:
     iterations: int = 0
     history: list[Progress] = field(default_factory=list, repr=False)
     """Every Progress event, for loss curves."""
+    quality: Quality | None = None
+    """The server's quality scores of the image (None: see ``quality_unavailable``)."""
+    quality_unavailable: str = ""
 
     def to_pil(self) -> Image.Image:
         from PIL import Image
@@ -196,7 +233,8 @@ class ResultAssembler:
         if chunk is None or not intact:
             raise StyletxError(grpc.StatusCode.DATA_LOSS, "the result arrived incomplete or corrupted")
         return StylizeOutput(data, chunk.format, chunk.width, chunk.height, done.seed, done.metrics,
-                             done.timings, done.job_id, done.iterations, self.history)
+                             done.timings, done.job_id, done.iterations, self.history, done.quality,
+                             done.quality_unavailable)
 
 
 def collect(events: Iterable[Event], on_event: Callable[[Event], None] | None = None) -> StylizeOutput:

@@ -14,8 +14,8 @@ from pathlib import Path
 import grpc
 
 __all__ = [
-    "DEFAULT_KEEPALIVE", "DEFAULT_RETRY", "KeepAliveOptions", "RetryPolicy", "TLSOptions", "channel_options",
-    "service_config",
+    "DEFAULT_KEEPALIVE", "DEFAULT_RETRY", "KeepAliveOptions", "RetryPolicy", "TLSOptions", "auth_metadata",
+    "channel_options", "service_config",
 ]
 
 SERVICE = "styletx.v1.StyleTransfer"
@@ -43,6 +43,19 @@ class TLSOptions:
     def credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(
             _read(self.root_certificates), _read(self.private_key), _read(self.certificate_chain))
+
+
+def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    """Call metadata carrying a bearer token (``authorization: Bearer …``); None without a token.
+
+    Sent as plain metadata rather than call credentials, so that it also works on plaintext channels to a
+    sidecar or mesh that terminates TLS; over the open network, use it with TLS.
+    """
+    if not token:
+        return None
+    if any(c in token for c in "\r\n"):
+        raise ValueError("a bearer token cannot contain line breaks")
+    return (("authorization", f"Bearer {token.strip()}"),)
 
 
 @dataclass(frozen=True)

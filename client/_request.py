@@ -85,8 +85,14 @@ def build_request(content: ImageInput, styles: Sequence[StyleInput], *, output_f
                   preview_format: str | None = None, preview_max_side: int | None = None,
                   mode: str = "optimize",
                   model_name: str = "", preset: str = "", variation: bool = False,
+                  strength: float | None = None, processing_size: int | None = None,
+                  tile: int | None = None, overlap: int | None = None, skip_quality: bool = False,
                   **params: Any) -> pb.StylizeRequest:
-    """The request for ``content`` and ``styles``; ``params`` are StylizeParams fields by name."""
+    """The request for ``content`` and ``styles``; ``params`` are StylizeParams fields by name.
+
+    ``strength`` and ``processing_size`` are the feed-forward modes' options (FastParams), ``tile`` and
+    ``overlap`` CYCLEGAN's; ``skip_quality`` saves the server its scoring pass.
+    """
     wire_styles = []
     for style in styles:
         image, weight = style if isinstance(style, tuple) else (style, None)
@@ -98,4 +104,6 @@ def build_request(content: ImageInput, styles: Sequence[StyleInput], *, output_f
         raise StyletxError(grpc.StatusCode.INVALID_ARGUMENT, f"{bad}: unknown value", {"styletx-field": bad})
     return pb.StylizeRequest(content=image_bytes(content), styles=wire_styles, params=_params(params),
                              output_format=_FORMATS[output_format], preview=preview, mode=_MODES[mode],
-                             model_name=model_name, preset=preset, variation=variation)
+                             model_name=model_name, preset=preset, variation=variation,
+                             fast=pb.FastParams(strength=strength, processing_size=processing_size),
+                             cyclegan=pb.CycleGANParams(tile=tile, overlap=overlap), skip_quality=skip_quality)

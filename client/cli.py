@@ -1,6 +1,7 @@
 """``styletx``: stylise images on a server (``--server HOST:PORT``) or in this process, and more.
 
-Subcommands: ``stylize``, ``info``, ``health``, plus any registered in the ``styletx.commands`` entry-point
+Subcommands: ``stylize``, ``info``, ``health``, ``video --server`` (remote; the local ``video`` command is
+the engine's plugin), plus any registered in the ``styletx.commands`` entry-point
 group (each a ``register(subparsers)`` that adds a parser with ``set_defaults(func=...)``; ``func(args)``
 returns the exit code). Engine flags are generated from the ``StylizeParams`` proto descriptor, so they cannot
 drift from the API. This module never imports torch: commands that need it live in ``styletx_core.commands``.
@@ -66,7 +67,8 @@ def _add_stylize(subparsers: Any) -> None:
     parser = subparsers.add_parser("stylize", help="stylise an image",
                                    description="Stylise CONTENT with STYLEs.")
     parser.add_argument("content", type=Path, help="content image")
-    parser.add_argument("styles", type=Path, nargs="+", metavar="style", help="style image(s)")
+    parser.add_argument("styles", type=Path, nargs="*", metavar="style",
+                        help="style image(s) (none for preset and cyclegan modes)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output file")
     parser.add_argument("--style-weights", type=float, nargs="+", help="blend weight per style image")
     parser.add_argument("--format", choices=["png", "jpeg", "tiff16"],
@@ -74,7 +76,13 @@ def _add_stylize(subparsers: Any) -> None:
     parser.add_argument("--mode", default="optimize",
                         choices=["optimize", "fast", "preset", "hybrid", "cyclegan"])
     parser.add_argument("--model-name", default="", help="network for fast/hybrid/cyclegan modes")
-    parser.add_argument("--preset", default="", help="pre-trained style for preset mode")
+    parser.add_argument("--preset", default="", help="pre-trained style for preset mode (`styletx info`)")
+    parser.add_argument("--strength", type=float, help="fast/preset/hybrid: style strength 0–1 (default 1)")
+    parser.add_argument("--processing-size", type=int, metavar="PX",
+                        help="fast/preset/hybrid: long side the network runs at (default: the output's)")
+    parser.add_argument("--tile", type=int, metavar="PX", help="cyclegan: tile side (default 512)")
+    parser.add_argument("--overlap", type=int, metavar="PX", help="cyclegan: tile overlap (default 64)")
+    parser.add_argument("--skip-quality", action="store_true", help="do not compute quality scores")
     parser.add_argument("--preview-dir", type=Path, help="write previews here (with --preview-every N)")
     parser.add_argument("--preview-format", choices=["png", "jpeg"], default="jpeg")
     parser.add_argument("--preview-max-side", type=int, default=0, help="long side of previews (0: as is)")
@@ -87,11 +95,65 @@ def _add_stylize(subparsers: Any) -> None:
     parser.set_defaults(func=cmd_stylize)
 
 
-def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
+def _add_remote_video(subparsers: Any) -> None:
+    parser = subparsers.add_parser("video", help="stylise a video on a server (StylizeVideo)",
+                                   description="Stylise IN into OUT (H.264, the source's frame rate and audio) "
+                                               "frame by frame on a server.")
+    parser.add_argument("input", type=Path, metavar="IN", help="source video")
+    parser.add_argument("output", type=Path, metavar="OUT", help=".mp4, .mkv or .mov to write")
+    parser.add_argument("--style", type=Path, nargs="+", default=[], metavar="S", help="style image(s)")
+    parser.add_argument("--weights", type=float, nargs="+", metavar="W", help="relative weight per style")
+    parser.add_argument("--mode", choices=["fast", "preset", "cyclegan", "optimize", "hybrid"], default="fast")
+    parser.add_argument("--preset", default="", help="preset mode: the style's name (`styletx info`)")
+    parser.add_argument("--model-name", default="", help="cyclegan mode: the generator's name")
+    parser.add_argument("--size", type=int, metavar="PX", help="output long side (default: the source's)")
+    parser.add_argument("--no-consistency", dest="consistency", action="store_false",
+                        help="stylise frames independently (no optical-flow guidance)")
+    parser.add_argument("--alpha", type=float, help="feed-forward modes: weight of the previous frame (0.6)")
+    parser.add_argument("--strength", type=float, help="fast/preset: style strength 0–1")
+    parser.add_argument("--processing-size", type=int, metavar="PX", help="fast/preset: network's long side")
+    parser.add_argument("--iterations", type=int, help="optimize/hybrid: iterations per frame")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_connection(parser, required=True)
+    parser.set_defaults(func=cmd_video)
+
+
+def cmd_video(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ._video import stylize_video_file
+
+    styles: list[Any] = list(args.style)
+    if args.weights is not None:
+        if len(args.weights) != len(styles):
+            raise StyletxError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"--weights: {len(args.weights)} weights for {len(styles)} styles")
+        styles = list(zip(styles, args.weights, strict=True))
+    options = {"mode": args.mode, "preset": args.preset, "model_name": args.model_name,
+               "consistency": args.consistency, "alpha": args.alpha, "strength": args.strength,
+               "processing_size": args.processing_size, "iterations": args.iterations}
+    client = _client(args)
+    assert isinstance(client, Client)
+    with client, tqdm(desc=args.output.name, unit="frame", disable=args.quiet, dynamic_ncols=True) as bar:
+
+        def progress(done: int, expected: int) -> None:
+            bar.total = expected
+            bar.update(done - bar.n)
+
+        done = stylize_video_file(client, args.input, args.output, styles, size=args.size,
+                                  timeout=args.timeout, progress=progress,
+                                  **{k: v for k, v in options.items() if v is not None})
+    print(f"{args.output}  {done.frames} frames  {done.frames_per_second:.2f} frames/s on the server")
+    return 0
+
+
+def build_parser(plugins: bool = True, remote_video: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="styletx", description="Neural style transfer: client and tools.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_stylize(subparsers)
+    if remote_video:
+        _add_remote_video(subparsers)
     info = subparsers.add_parser("info", help="server version, models, devices, limits, defaults (JSON)")
     _add_connection(info)
     info.set_defaults(func=cmd_info)
@@ -127,7 +189,9 @@ def _request_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     output_format = args.format or _SUFFIX_FORMATS.get(args.output.suffix.lower(), "png")
     return {"output_format": output_format, "preview_format": args.preview_format,
             "preview_max_side": args.preview_max_side, "mode": args.mode, "model_name": args.model_name,
-            "preset": args.preset, **{k: v for k, v in params.items() if v is not None}}
+            "preset": args.preset, "strength": args.strength, "processing_size": args.processing_size,
+            "tile": args.tile, "overlap": args.overlap, "skip_quality": args.skip_quality,
+            **{k: v for k, v in params.items() if v is not None}}
 
 
 def _styles(args: argparse.Namespace) -> list[Any]:
@@ -151,6 +215,10 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     output.save(args.output)
     print(f"{args.output}  seed {output.seed}  {output.width}×{output.height}  "
           f"{output.timings.get('total_seconds', 0):.1f}s")
+    if output.quality is not None:
+        print(f"quality: {output.quality.summary()}")
+    elif output.quality_unavailable and not args.quiet:
+        print(f"quality: unavailable ({output.quality_unavailable})")
     if args.loss_plot:
         plot_losses(output.history, args.loss_plot)
     return 0
@@ -208,7 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Builtin commands need no plugins: skip importing them (they may pull in torch, seconds of start-up).
     first = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(plugins=first not in BUILTIN)
+    # `video` with a server is this module's remote command; without one it is the engine's plugin.
+    remote_video = first == "video" and (bool(os.environ.get("STYLETX_SERVER")) or
+                                         any(a == "--server" or a.startswith("--server=") for a in argv))
+    parser = build_parser(plugins=first not in BUILTIN and not remote_video, remote_video=remote_video)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

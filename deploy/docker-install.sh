@@ -7,7 +7,7 @@
 #                              /src at this point)
 #   docker-install.sh app      install the styletx package alone into /opt/styletx/app (PYTHONPATH)
 #   docker-install.sh onnxruntime  replace onnxruntime by $ONNXRUNTIME_PACKAGE (CUDA target)
-#   docker-install.sh weights  prepare the VGG weights with `styletx weights fetch` into $STYLETX_CACHE
+#   docker-install.sh weights  fill $STYLETX_CACHE: VGG weights, fast/CycleGAN networks, ONNX export
 #
 # Package-index settings arrive as build args named like pip's own variables (PIP_INDEX_URL,
 # PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS, PIP_TRUSTED_HOST), so pip reads them from the environment of this
@@ -85,8 +85,10 @@ install_app() {
 fetch_weights() {
     mkdir -p "$STYLETX_CACHE"
     if [ "${FETCH_WEIGHTS:-1}" = "1" ]; then
-        # = `styletx weights fetch`, without depending on the client CLI being importable.
-        PYTHONPATH="$APP" "$VENV/bin/python" -m styletx_core.commands.weights fetch
+        # VGG weights (= `styletx weights fetch`), fast-style and CycleGAN networks, the ONNX scorer export.
+        PYTHONPATH="$APP" "$VENV/bin/python" deploy/prepare_cache.py --cache-dir "$STYLETX_CACHE"
+        # Written by root here, read by UID 10001 there: some writers create 0600 temp files and rename them.
+        chmod -R a+rX,go-w "$STYLETX_CACHE"
     else
         echo "FETCH_WEIGHTS=0: weights must be mounted at $STYLETX_CACHE at run time" >&2
     fi

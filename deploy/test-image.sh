@@ -18,7 +18,8 @@
 #   DEBIAN_MIRROR  for debootstrap (default http://deb.debian.org/debian)
 #   KEEP_IMAGE=0   remove the built image at the end (default 1: keep it, so the next run hits the cache)
 #   SMOKE_ARGS     extra arguments for deploy/smoke_client.py (e.g. "--size 128")
-#   PRUNE=0        keep dangling styletx images and the whole build cache (default: prune after the checks)
+#   PRUNE          after the checks, drop dangling styletx images and old build cache: 1 always, 0 never,
+#                  auto (default) when the docker disk has less than PRUNE_BELOW_GB (30) GB free
 #   BUILDER_KEEP   BuildKit cache kept when pruning (default 20GB; the oldest entries go first)
 #   BUILD_LOG      keep the docker build log at this path (default: a temp file, removed)
 #   DOCKER         docker CLI (default /usr/bin/docker from docker.io: its built-in BuildKit needs no buildx)
@@ -217,8 +218,10 @@ check_image_static() {
     "$DOCKER" run --rm --network none --entrypoint /bin/sh "$IMAGE" -c '
         for c in gcc cc c++ g++ clang make ld; do command -v "$c" && exit 1; done
         [ ! -e "$HOME/.cache/pip" ] && [ ! -e /root/.cache/pip ] && [ ! -e /etc/pip.conf ]
+        [ -z "$(find /opt/styletx /opt/venv ! -readable -print -quit)" ]
         styletx-server --help >/dev/null' \
-        || die "final image has a compiler, a pip cache/config, or styletx-server --help fails"
+        || die "final image has a compiler, a pip cache/config, a file its user cannot read," \
+               "or styletx-server --help fails"
 }
 
 run_container() {
@@ -276,8 +279,14 @@ run_job() {
 # by a venv copy per build: drop those, keeping the newest cache (the deps layer, pip's downloads). After the
 # checks, so the figures above are the build's and run's own; a fresh CI machine has little to delete.
 prune() {
-    [[ "${PRUNE:-1}" == 1 ]] || return 0
-    local t=$SECONDS
+    local t=$SECONDS root free_gb
+    case "${PRUNE:-auto}" in
+        0) return 0 ;;
+        auto)  # deleting gigabytes takes minutes on a busy disk: only when space runs short
+            root=$("$DOCKER" info -f '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib/docker)
+            free_gb=$(df --output=avail -BG "$root" | tail -1 | tr -dc 0-9)
+            ((free_gb < ${PRUNE_BELOW_GB:-30})) || return 0 ;;
+    esac
     "$DOCKER" image prune -f --filter "label=org.opencontainers.image.title=styletx" >/dev/null || true
     "$DOCKER" builder prune -f --keep-storage "${BUILDER_KEEP:-20GB}" >/dev/null 2>&1 || true
     log "pruned dangling images and build cache beyond ${BUILDER_KEEP:-20GB} in $((SECONDS - t))s"

@@ -27,10 +27,13 @@ from styletx.v1 import styletx_pb2 as pb
 from styletx.v1 import styletx_pb2_grpc as pb_grpc
 from styletx_core.options import CHOICES
 
+from .auth import BearerTokenInterceptor, TokenStore, parse_tokens
 from .config import ServerConfig
+from .drain import InFlightCalls
 from .jobs import Engine
 from .metrics import Metrics
 from .service import StyleTransferService
+from .tls import server_credentials
 from .validation import Limits, defaults
 
 __all__ = ["SERVICE_NAME", "StyletxServer", "build_info", "load_engine_factory", "resolve_devices", "serve"]
@@ -123,6 +126,7 @@ class StyletxServer:
         self.service: StyleTransferService | None = None
         self._server: grpc.aio.Server | None = None
         self._stopping: asyncio.Task[None] | None = None
+        self.in_flight = InFlightCalls((f"/{SERVICE_NAME}/",))
 
     async def start(self) -> int:
         """Build one engine per worker (in threads: loading weights blocks), bind, and report SERVING."""
@@ -149,8 +153,10 @@ class StyletxServer:
 
     def _grpc_server(self, limits: Limits) -> grpc.aio.Server:
         assert self.service is not None
-        server = grpc.aio.server(options=[
+        server = grpc.aio.server(interceptors=[*_interceptors(self.config), self.in_flight], options=[
             ("grpc.max_receive_message_length", limits.max_receive_message_bytes),
+            # One connection may not hold more calls than this (each pins a queue slot and a decoded request).
+            ("grpc.max_concurrent_streams", self.config.max_concurrent_streams),
             ("grpc.max_send_message_length", limits.max_send_message_bytes),
             # Accept the SDK's keepalive pings (every 30 s, also between calls) instead of answering GOAWAY.
             ("grpc.keepalive_permit_without_calls", 1),
@@ -164,8 +170,8 @@ class StyletxServer:
         address = f"{self.config.host}:{self.config.port}"
         try:
             if self.config.tls_cert and self.config.tls_key:
-                credentials = grpc.ssl_server_credentials(
-                    [(Path(self.config.tls_key).read_bytes(), Path(self.config.tls_cert).read_bytes())])
+                credentials = server_credentials(self.config.tls_cert, self.config.tls_key,
+                                                 self.config.tls_client_ca or None)
                 self.port = server.add_secure_port(address, credentials)
             else:
                 self.port = server.add_insecure_port(address)
@@ -184,7 +190,11 @@ class StyletxServer:
         await self.health.enter_graceful_shutdown()
         self.service.queue.close()
         _LOGGER.info("shutting down: %d running job(s) get %.0fs", self.service.queue.running, grace)
-        await self._server.stop(grace)
+        # Wait for the job streams alone: health Watch streams never end by themselves and would hold every
+        # drain for the whole grace period. What is still open after that is cancelled.
+        if not await self.in_flight.wait_idle(grace):
+            _LOGGER.warning("grace period over: cancelling %d call(s)", self.in_flight.count)
+        await self._server.stop(0)
         self.service.queue.cancel_running()
         await self.service.queue.join()
         _LOGGER.info("stopped")
@@ -194,6 +204,17 @@ class StyletxServer:
         await self._server.wait_for_termination()
         if self._stopping is not None:
             await self._stopping
+
+
+def _interceptors(config: ServerConfig) -> list[grpc.aio.ServerInterceptor]:
+    """Bearer-token authentication when tokens are configured (a file and/or STYLETX_AUTH_TOKENS)."""
+    if not (config.auth_token_file or config.auth_tokens):
+        return []
+    try:
+        store = TokenStore(parse_tokens(config.auth_tokens), config.auth_token_file or None)
+    except ValueError as error:
+        raise OSError(str(error)) from None  # reported by __main__ as one line, like a taken port
+    return [BearerTokenInterceptor(store)]
 
 
 async def serve(config: ServerConfig) -> None:

@@ -18,6 +18,8 @@ from .validation import Limits
 __all__ = ["ServerConfig", "parse_config"]
 
 _LIMIT_DEFAULTS = Limits()
+#: Fields whose value --help must not print (it would show a secret taken from the environment).
+_SECRETS = frozenset({"auth_tokens"})
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,24 @@ class ServerConfig:
     """Weights cache (default $STYLETX_CACHE or ~/.cache/styletx)."""
     engine_factory: str = ""
     """module:callable building an engine for a device (default: styletx_core.engine.StyleTransfer)."""
+    models_dir: str = ""
+    """CycleGAN generators (NAME.pth / NAME.onnx); cached pretrained ones (vintage) are served too."""
+    parity_gate: str = "on"
+    """ONNX parity gate at start-up: on (NOT_SERVING when the export disagrees with torch) or off."""
+    onnx_model: str = ""
+    """ONNX VGG export to gate and score with (default: exported into the cache from the weights)."""
     tls_cert: str = ""
     """PEM certificate chain; with --tls-key serves TLS instead of plaintext."""
     tls_key: str = ""
     """PEM private key."""
+    tls_client_ca: str = ""
+    """PEM CA bundle: clients must present a certificate it signed (mutual TLS; needs --tls-cert)."""
+    auth_token_file: str = ""
+    """File of bearer tokens, one per line (a mounted Kubernetes secret); re-read when it changes."""
+    auth_tokens: str = dataclasses.field(default="", repr=False)
+    """Comma-separated bearer tokens; prefer STYLETX_AUTH_TOKENS from a secret (flags show in ps)."""
+    max_concurrent_streams: int = 16
+    """Calls one client connection may have open at once (HTTP/2); more wait for a free stream."""
     log_level: str = "INFO"
     """Logging level."""
     log_format: str = "json"
@@ -88,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         kind: Callable[[Any], Any] = {"int": int, "float": float}.get(str(field.type), str)
         env = _env_name(field.name)
         default = kind(os.environ.get(env, field.default))
+        shown = "(hidden)" if field.name in _SECRETS else "%(default)s"
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=default,
-                            help=f"{docs.get(field.name, '')} [env {env}; default %(default)s]")
+                            help=f"{docs.get(field.name, '')} [env {env}; default {shown}]")
     return parser
 
 
@@ -98,6 +115,10 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
     config = ServerConfig(**vars(args))
     if config.log_format not in ("json", "text"):
         raise SystemExit("styletx-server: --log-format must be json or text")
+    if bool(config.tls_cert) != bool(config.tls_key) or (config.tls_client_ca and not config.tls_cert):
+        raise SystemExit("styletx-server: --tls-cert and --tls-key go together, and --tls-client-ca needs both")
+    if config.max_concurrent_streams < 1:
+        raise SystemExit("styletx-server: --max-concurrent-streams must be at least 1")
     return config
 
 

@@ -44,13 +44,13 @@ def result_chunks(job_id: str, data: bytes, fmt: str, size: tuple[int, int],
             format=FORMAT_ENUMS[fmt], width=size[0], height=size[1]))
 
 
-def completed(job_id: str, result: StylizeResult, data: bytes,
-              timings: Mapping[str, float]) -> pb.StylizeEvent:
-    """Final event: where the time went and what the result cost (and scored, as far as the engine says)."""
+def completed(job_id: str, result: StylizeResult, data: bytes, timings: Mapping[str, float], *,
+              quality: pb.Quality | None = None, quality_unavailable: str = "") -> pb.StylizeEvent:
+    """Final event: where the time went, what the result cost, and its quality scores (or why none)."""
     metrics = {f"loss_{name}": float(value) for name, value in result.losses.items()}
     metrics["equivalent_iterations"] = float(result.equivalent_iterations)
     if result.elapsed > 0:
         metrics["iterations_per_second"] = result.iterations / result.elapsed
     return pb.StylizeEvent(job_id=job_id, completed=pb.Completed(
         timings=pb.Timings(**timings), metrics=metrics, seed=result.seed, iterations=result.iterations,
-        result_sha256=hashlib.sha256(data).hexdigest()))
+        result_sha256=hashlib.sha256(data).hexdigest(), quality=quality, quality_unavailable=quality_unavailable))

@@ -19,7 +19,9 @@ from styletx.v1 import styletx_pb2 as pb
 from .app import EngineFactory, build_info, load_engine_factory, resolve_devices
 from .config import ServerConfig, parse_config
 from .errors import ServiceError, from_engine_error
-from .jobs import MODE_RUNNERS, Engine, Job, run_job
+from .jobs import MODE_RUNNERS, Engine, Job, Worker, run_job
+from .modes import ModeModels, ModeSettings
+from .modes.models import describe
 from .validation import validate_request
 
 __all__ = ["LocalBackend", "LocalStream"]
@@ -70,16 +72,17 @@ class LocalBackend:
                  engine_factory: EngineFactory | None = None) -> None:
         self.config = config or parse_config([])
         self._factory = engine_factory
-        self._engine: Engine | None = None
-        self._device = ""
+        self.models = ModeModels(ModeSettings.from_config(self.config))
+        self._worker: Worker | None = None
         self._lock = threading.Lock()
 
-    def _engine_for_job(self) -> tuple[Engine, str]:
+    def _worker_for_job(self) -> Worker:
         with self._lock:
-            if self._engine is None:
-                self._device = resolve_devices(self.config.devices, 1)[0]
-                self._engine = (self._factory or load_engine_factory(self.config))(self._device)
-            return self._engine, self._device
+            if self._worker is None:
+                device = resolve_devices(self.config.devices, 1)[0]
+                engine: Engine = (self._factory or load_engine_factory(self.config))(device)
+                self._worker = Worker(engine, device, self.models)
+            return self._worker
 
     def stylize(self, request: pb.StylizeRequest, timeout: float | None = None) -> LocalStream:
         """Start the job in a thread; iterate the result for its events (errors raise ServiceError)."""
@@ -94,14 +97,14 @@ class LocalBackend:
         received = time.monotonic()
         job: Job | None = None
         try:
-            validated = validate_request(request, self.config.limits, frozenset(MODE_RUNNERS))
+            validated = validate_request(request, self.config.limits, frozenset(MODE_RUNNERS),
+                                         self.models.cyclegan_names)
             job = Job(validated, events.put, decode_seconds=time.monotonic() - received, received=received)
             stream.job = job
             if stream._cancel.is_set():
                 job.cancel.set()
             events.put(pb.StylizeEvent(job_id=job.id, accepted=pb.Accepted(job_id=job.id)))
-            engine, device = self._engine_for_job()
-            run_job(job, engine, device, self.config.limits.max_chunk_bytes)
+            run_job(job, self._worker_for_job(), self.config.limits.max_chunk_bytes)
             events.put(_END)
         except BaseException as error:  # handed to the iterating thread, never lost
             events.put(from_engine_error(error, job.id if job else "-"))
@@ -109,4 +112,7 @@ class LocalBackend:
     def server_info(self) -> pb.GetServerInfoResponse:
         devices = resolve_devices(self.config.devices, 1)
         limits = self.config.limits
-        return build_info(devices, limits, MODE_RUNNERS, self.config)
+        info = build_info(devices, limits, MODE_RUNNERS, self.config)
+        gate = pb.ParityGate(checked=False, ok=True, message="not run in-process (the server runs it)")
+        describe(info, self.models, limits, gate)
+        return info

@@ -91,7 +91,8 @@ class JobQueue:
     def close(self) -> None:
         """Refuse new jobs and fail the waiting ones with UNAVAILABLE; running jobs go on."""
         self._closed = True
-        error = ServiceError(grpc.StatusCode.UNAVAILABLE, "server is shutting down before the job started")
+        error = ServiceError(grpc.StatusCode.UNAVAILABLE, "server is shutting down before the job started; "
+                             "retry on another replica", retry_after=0.0)
         while self._waiting:
             self._on_done(self._waiting.popleft(), error)
         self._wakeup.set()

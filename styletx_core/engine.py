@@ -13,7 +13,7 @@ import os
 import random
 import resource
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -21,7 +21,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from . import color
-from .errors import EngineError, ResourceLimitError
+from .errors import EngineError, ImageError, OptionError, ResourceLimitError
 from .imageio import pil_to_tensor, resize_long_side, tensor_to_pil
 from .losses import ContentLoss, LayerApply, Scale, SumLoss, TVLoss
 from .options import StylizeOptions
@@ -30,7 +30,7 @@ from .targets import TargetCache, style_targets
 from .vgg import VGGFeatures
 from .weights import LoadedWeights, load_vgg_weights
 
-__all__ = ["NumericalError", "StyleTransfer"]
+__all__ = ["INITS", "MIN_SIDE", "OPTIMIZERS", "NumericalError", "StyleTransfer", "check_geometry"]
 
 _LOGGER = logging.getLogger(__name__)
 _FEATURE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1")
@@ -167,12 +167,14 @@ class StyleTransfer:
         opts: StylizeOptions | None = None,
         callback: Callback | None = None,
         init_image: Image.Image | None = None,
+        extra_losses: Mapping[str, torch.nn.Module] | None = None,
     ) -> StylizeResult:
         """Stylise ``content`` with ``styles`` (blended by ``opts.style_blend_weights``).
 
         ``callback`` receives an :class:`Iterate` after every iteration and may raise
         :class:`~styletx_core.errors.Cancelled`. ``init_image`` (e.g. a fast feed-forward result or the
-        previous video frame) replaces ``opts.init``.
+        previous video frame) replaces ``opts.init``. ``extra_losses`` adds named terms applied to the image
+        itself at every scale (e.g. the temporal loss of Ruder et al. for video); each must accept any size.
         """
         opts = opts or StylizeOptions()
         self._check_request(content, styles, opts)
@@ -186,7 +188,7 @@ class StyleTransfer:
         image = None
         for index, size in enumerate(sizes):
             image = self._init_image(image, content_t, style_ts, init_image, size, generator, opts)
-            losses = self._build_losses(net, content_t, style_ts, size, opts)
+            losses = self._build_losses(net, content_t, style_ts, size, opts, extra_losses or {})
             image = self._run_scale(net, image, losses, index, run)
         assert image is not None
         if opts.preserve_color == "luminance":
@@ -208,9 +210,8 @@ class StyleTransfer:
             raise EngineError("at least one style image is needed")
         weights = opts.style_blend_weights
         if weights is not None and len(weights) != len(styles):
-            from .errors import OptionError
-
             raise OptionError("style_blend_weights", f"{len(weights)} weights for {len(styles)} styles")
+        check_geometry(content.size, [style.size for style in styles], opts)
         width, height = _fit(content.size, opts.size)
         if width * height > self.max_pixels:
             raise ResourceLimitError(
@@ -255,6 +256,7 @@ class StyleTransfer:
         styles: Sequence[torch.Tensor],
         size: tuple[int, int],
         opts: StylizeOptions,
+        extra: Mapping[str, torch.nn.Module],
     ) -> SumLoss:
         """Content, style and TV terms for one scale; style targets come from the cache when possible."""
         with torch.no_grad():
@@ -274,20 +276,16 @@ class StyleTransfer:
             for layer, weight in zip(opts.style_layers, layer_weights, strict=True)
         ]
         tv_terms = [Scale(LayerApply(TVLoss(), None), opts.tv_weight)]
-        return SumLoss(
-            {
-                "content": torch.nn.ModuleList(content_terms),
-                "style": torch.nn.ModuleList(style_terms),
-                "tv": torch.nn.ModuleList(tv_terms),
-            }
-        ).to(self.device)
+        groups = {"content": content_terms, "style": style_terms, "tv": tv_terms}
+        groups.update({name: [LayerApply(module, None)] for name, module in extra.items()})
+        return SumLoss({name: torch.nn.ModuleList(terms) for name, terms in groups.items()}).to(self.device)
 
     def _run_scale(
         self, net: VGGFeatures, image: torch.Tensor, losses: SumLoss, index: int, run: _Run
     ) -> torch.Tensor:
         """Optimise one scale; returns the image (the EMA average for Adam)."""
         opts = run.opts
-        image = image.detach().requires_grad_(True)
+        image = image.detach().contiguous().requires_grad_(True)
         optimizer = OPTIMIZERS[opts.optimizer](image, opts)
         average = _EMA(image, opts.ema_decay) if opts.optimizer == "adam" else None
         last: dict[str, torch.Tensor] = {}
@@ -458,6 +456,29 @@ class _EMA:
         return self.accumulated / self.weight
 
 
+#: VGG pools four times before relu5_1: a side under 16 px leaves nothing at the deepest style layer.
+MIN_SIDE = 16
+
+
+def check_geometry(content: tuple[int, int], styles: Sequence[tuple[int, int]], opts: StylizeOptions) -> None:
+    """Refuse images so thin that a scale of the run would be under :data:`MIN_SIDE` pixels across.
+
+    Cheap (sizes only), so the server calls it while validating, before a job is queued.
+    """
+    smallest = opts.scales()[0]
+    width, height = _fit(content, smallest)
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(f"is {content[0]}×{content[1]}: at the smallest scale it would be {width}×{height}; "
+                         f"both sides must reach {MIN_SIDE} px (use a less elongated image or a larger min_size)",
+                         "content")
+    style_long = max(MIN_SIDE, round(smallest * opts.style_scale))
+    for index, size in enumerate(styles):
+        width, height = _fit(size, style_long)
+        if min(width, height) < MIN_SIDE:
+            raise ImageError(f"is {size[0]}×{size[1]}: resized for the smallest scale it would be "
+                             f"{width}×{height}; both sides must reach {MIN_SIDE} px", f"styles[{index}].image")
+
+
 def _fit(size: tuple[int, int], long_side: int) -> tuple[int, int]:
     """(width, height) with the long side ``long_side`` and the aspect ratio of ``size``."""
     width, height = size
@@ -493,5 +514,3 @@ def iterate_sizes(opts: StylizeOptions, size: tuple[int, int]) -> Iterator[tuple
     """The (width, height) of each scale for an input of ``size`` (for planning and tests)."""
     return (_fit(size, s) for s in opts.scales())
 
-
-__all__ += ["INITS", "OPTIMIZERS", "iterate_sizes", "resize_long_side"]

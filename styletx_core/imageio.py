@@ -177,7 +177,7 @@ def _write_tiff16(buffer: io.BytesIO, array: np.ndarray) -> None:
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image → 1×3×H×W float tensor in 0–1."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0)
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
 def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:

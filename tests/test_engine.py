@@ -188,3 +188,12 @@ def test_out_of_range_options_name_the_field(changes: dict[str, object], field: 
 def test_scales_grow_by_sqrt2_to_the_target() -> None:
     assert StylizeOptions(size=512, min_size=128).scales() == [128, 181, 256, 362, 512]
     assert StylizeOptions(size=100, min_size=128).scales() == [100]
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_native_size_input_runs(engine, optimizer: str) -> None:
+    # An input already at the output size skips resizing, so the optimised tensor comes straight from Pillow's
+    # HWC layout: L-BFGS flattens gradients with .view() and needs a contiguous image.
+    content = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8), "RGB")
+    result, _ = _run(engine, content, [content], size=48, min_size=48, iterations=2, optimizer=optimizer)
+    assert result.image.size == (48, 32)

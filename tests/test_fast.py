@@ -161,6 +161,18 @@ def test_bad_options_name_their_field(
     assert info.value.field == field
 
 
+def test_size_limit_is_a_resource_error(model_dir: Path, content_image: Image.Image,
+                                        style_image: Image.Image) -> None:
+    from styletx_core.errors import ResourceLimitError
+
+    small = FastStylizer("cpu", model_dir=model_dir, max_pixels=100 * 100)
+    assert small.stylize(content_image, [style_image], size=100).size == (100, 75)
+    with pytest.raises(ResourceLimitError, match="output 200×150"):
+        small.stylize(content_image, [style_image], size=200)
+    with pytest.raises(ResourceLimitError, match="processing size"):
+        small.stylize(content_image, [style_image], size=100, processing_size=400)
+
+
 def test_no_styles_is_an_option_error(fast: FastStylizer, content_image: Image.Image) -> None:
     with pytest.raises(OptionError, match="styles"):
         fast.stylize(content_image, [])
@@ -300,12 +312,7 @@ def test_stylize_hybrid_starts_from_the_fast_result(fast: FastStylizer, content_
     assert seen["opts"] == opts.replace(min_size=64)
 
 
-@pytest.mark.parametrize("optimizer", [
-    "adam",
-    pytest.param("lbfgs", marks=pytest.mark.xfail(
-        reason="engine: an init_image at the final size reaches L-BFGS as a non-contiguous tensor "
-               "(grad.view fails); fix in engine._run_scale with .contiguous()", strict=False)),
-])
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
 def test_hybrid_on_the_real_engine(engine: Any, fast: FastStylizer, content_image: Image.Image,
                                    style_image: Image.Image, optimizer: str) -> None:
     from styletx_core.fast import stylize_hybrid

@@ -184,7 +184,7 @@ def test_secrets_mounted_as_files(rendered: dict[str, list[dict[str, Any]]]) -> 
     assert mounts["tls"]["readOnly"] and mounts["auth"]["readOnly"]
     env = config_env(docs)
     assert env["STYLETX_TLS_CERT"] == "/etc/styletx/tls/tls.crt"
-    assert env["STYLETX_AUTH_TOKENS_FILE"] == "/etc/styletx/auth/tokens"
+    assert env["STYLETX_AUTH_TOKEN_FILE"] == "/etc/styletx/auth/tokens"
     container = server_container(docs)
     assert not any("secretKeyRef" in (e.get("valueFrom") or {}) for e in container.get("env", []))
 
@@ -193,7 +193,7 @@ def test_weights_init_container_into_claim(rendered: dict[str, list[dict[str, An
     docs = rendered["tls-autoscaling-values"]
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     init = pod["initContainers"][0]
-    assert init["command"] == ["styletx", "weights", "fetch"]
+    assert init["command"] == ["styletx-prepare-cache"]
     claim = one(docs, "PersistentVolumeClaim")["metadata"]["name"]
     weights = next(v for v in pod["volumes"] if v["name"] == "weights")
     assert weights["persistentVolumeClaim"]["claimName"] == claim
@@ -220,6 +220,18 @@ def test_services_regular_and_headless(rendered: dict[str, list[dict[str, Any]]]
         one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
 
 
+def test_configmap_sets_only_settings_the_server_reads(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Every STYLETX_* key is a styletx-server flag's variable (server/config.py) or the weights cache."""
+    config = pytest.importorskip("server.config", reason="server/config.py not importable")
+    import dataclasses
+
+    known = {f"STYLETX_{field.name.upper()}" for field in dataclasses.fields(config.ServerConfig)}
+    known.add("STYLETX_CACHE")  # read by styletx_core.weights, the server's default cache
+    for profile in PROFILES:
+        unknown = sorted(set(config_env(rendered[profile])) - known)
+        assert not unknown, f"{profile}: the server ignores {unknown}"
+
+
 def test_config_change_rolls_pods(chart: Any) -> None:
     def checksum(values: dict[str, Any]) -> str:
         annotations = one(render(chart, values), "Deployment")["spec"]["template"]["metadata"]["annotations"]
@@ -234,6 +246,18 @@ def test_helm_test_pod(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert pod["spec"]["initContainers"][0]["command"][0] == "styletx-healthcheck"
     assert pod["spec"]["containers"][0]["command"][0] == "styletx-smoke"
     assert f"{RELEASE}-styletx:50051" in pod["spec"]["containers"][0]["command"]
+
+
+def test_helm_test_pod_follows_tls_and_skips_with_tokens(chart: Any) -> None:
+    values = _profile_values("tls-autoscaling-values")
+    assert not [d for d in render(chart, values) if d["kind"] == "Pod"]  # tokens: the pod would need one
+    values["auth"]["enabled"] = False
+    pod = one(render(chart, values), "Pod")
+    for container in pod["spec"]["initContainers"] + pod["spec"]["containers"]:
+        command = container["command"]
+        assert command[command.index("--tls-ca") + 1] == "/etc/styletx/tls/ca.crt"
+        assert "--tls-cert" in command  # clientAuth: the server's pair doubles as client certificate
+    assert next(v for v in pod["spec"]["volumes"] if v["name"] == "tls")["secret"]["secretName"] == "styletx-tls"
 
 
 # ------------------------------------------------------------------------------------------ values schema

@@ -504,6 +504,76 @@ class PreviewSettings(_message.Message):
 Global___PreviewSettings: _TypeAlias = PreviewSettings  # noqa: Y015
 
 @_typing.final
+class FastParams(_message.Message):
+    """Options of the feed-forward modes (MODE_FAST, MODE_PRESET, and HYBRID's first pass)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STRENGTH_FIELD_NUMBER: _builtins.int
+    PROCESSING_SIZE_FIELD_NUMBER: _builtins.int
+    strength: _builtins.float
+    """0–1: from the content's own style (0) to the style's (1). FAST interpolates the style embeddings,
+    PRESET mixes pixels with the content. Unset: 1.
+    """
+    processing_size: _builtins.int
+    """Long side the network runs at (the result is resampled to params.size); unset: the output's size.
+    384 matches the network's training size and is fastest on large images.
+    """
+    def __init__(
+        self,
+        *,
+        strength: _builtins.float | None = ...,
+        processing_size: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_processing_size", b"_processing_size", "_strength", b"_strength", "processing_size", b"processing_size", "strength", b"strength"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_processing_size", b"_processing_size", "_strength", b"_strength", "processing_size", b"processing_size", "strength", b"strength"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__processing_size: _TypeAlias = _typing.Literal["processing_size"]  # noqa: Y015
+    _WhichOneofArgType__processing_size: _TypeAlias = _typing.Literal["_processing_size", b"_processing_size"]  # noqa: Y015
+    _WhichOneofReturnType__strength: _TypeAlias = _typing.Literal["strength"]  # noqa: Y015
+    _WhichOneofArgType__strength: _TypeAlias = _typing.Literal["_strength", b"_strength"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__processing_size) -> _WhichOneofReturnType__processing_size | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__strength) -> _WhichOneofReturnType__strength | None: ...
+
+Global___FastParams: _TypeAlias = FastParams  # noqa: Y015
+
+@_typing.final
+class CycleGANParams(_message.Message):
+    """Options of MODE_CYCLEGAN."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TILE_FIELD_NUMBER: _builtins.int
+    OVERLAP_FIELD_NUMBER: _builtins.int
+    tile: _builtins.int
+    """Tile side in pixels (a multiple of 4, at least 32); larger images run tiled. Unset: 512."""
+    overlap: _builtins.int
+    """Overlap of neighbouring tiles in pixels (a multiple of 4, at most tile/2). Unset: 64."""
+    def __init__(
+        self,
+        *,
+        tile: _builtins.int | None = ...,
+        overlap: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_overlap", b"_overlap", "_tile", b"_tile", "overlap", b"overlap", "tile", b"tile"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_overlap", b"_overlap", "_tile", b"_tile", "overlap", b"overlap", "tile", b"tile"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__overlap: _TypeAlias = _typing.Literal["overlap"]  # noqa: Y015
+    _WhichOneofArgType__overlap: _TypeAlias = _typing.Literal["_overlap", b"_overlap"]  # noqa: Y015
+    _WhichOneofReturnType__tile: _TypeAlias = _typing.Literal["tile"]  # noqa: Y015
+    _WhichOneofArgType__tile: _TypeAlias = _typing.Literal["_tile", b"_tile"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__overlap) -> _WhichOneofReturnType__overlap | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tile) -> _WhichOneofReturnType__tile | None: ...
+
+Global___CycleGANParams: _TypeAlias = CycleGANParams  # noqa: Y015
+
+@_typing.final
 class StylizeRequest(_message.Message):
     """One stylisation job."""
 
@@ -518,6 +588,9 @@ class StylizeRequest(_message.Message):
     MODEL_NAME_FIELD_NUMBER: _builtins.int
     PRESET_FIELD_NUMBER: _builtins.int
     VARIATION_FIELD_NUMBER: _builtins.int
+    FAST_FIELD_NUMBER: _builtins.int
+    CYCLEGAN_FIELD_NUMBER: _builtins.int
+    SKIP_QUALITY_FIELD_NUMBER: _builtins.int
     content: _builtins.bytes
     """Encoded content image."""
     output_format: Global___OutputFormat.ValueType
@@ -532,6 +605,8 @@ class StylizeRequest(_message.Message):
     """Randomise the style's texture, contrast and colour by params.variation_strength (the engine's
     variations()): N requests with seeds s, s+1, ... give the N variations of seed s.
     """
+    skip_quality: _builtins.bool
+    """Skip the quality scores (a VGG pass after the result; Completed.quality_unavailable then says so)."""
     @_builtins.property
     def styles(self) -> _containers.RepeatedCompositeFieldContainer[Global___Style]:
         """One or more style images (none for MODE_CYCLEGAN)."""
@@ -543,6 +618,14 @@ class StylizeRequest(_message.Message):
     @_builtins.property
     def preview(self) -> Global___PreviewSettings:
         """How previews are encoded (how often: params.preview_every)."""
+
+    @_builtins.property
+    def fast(self) -> Global___FastParams:
+        """MODE_FAST, MODE_PRESET, MODE_HYBRID: the feed-forward network's options."""
+
+    @_builtins.property
+    def cyclegan(self) -> Global___CycleGANParams:
+        """MODE_CYCLEGAN: tiling."""
 
     def __init__(
         self,
@@ -556,10 +639,13 @@ class StylizeRequest(_message.Message):
         model_name: _builtins.str = ...,
         preset: _builtins.str = ...,
         variation: _builtins.bool = ...,
+        fast: Global___FastParams | None = ...,
+        cyclegan: Global___CycleGANParams | None = ...,
+        skip_quality: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "preview", b"preview"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cyclegan", b"cyclegan", "fast", b"fast", "params", b"params", "preview", b"preview"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "mode", b"mode", "model_name", b"model_name", "output_format", b"output_format", "params", b"params", "preset", b"preset", "preview", b"preview", "styles", b"styles", "variation", b"variation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "cyclegan", b"cyclegan", "fast", b"fast", "mode", b"mode", "model_name", b"model_name", "output_format", b"output_format", "params", b"params", "preset", b"preset", "preview", b"preview", "skip_quality", b"skip_quality", "styles", b"styles", "variation", b"variation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -832,6 +918,7 @@ class Timings(_message.Message):
     RUN_SECONDS_FIELD_NUMBER: _builtins.int
     ENCODE_SECONDS_FIELD_NUMBER: _builtins.int
     TOTAL_SECONDS_FIELD_NUMBER: _builtins.int
+    SCORE_SECONDS_FIELD_NUMBER: _builtins.int
     queue_seconds: _builtins.float
     """Waiting in the queue."""
     decode_seconds: _builtins.float
@@ -842,6 +929,8 @@ class Timings(_message.Message):
     """Encoding the result."""
     total_seconds: _builtins.float
     """From the request's arrival to the last chunk."""
+    score_seconds: _builtins.float
+    """Computing the quality scores (after the last chunk, before Completed)."""
     def __init__(
         self,
         *,
@@ -850,14 +939,83 @@ class Timings(_message.Message):
         run_seconds: _builtins.float = ...,
         encode_seconds: _builtins.float = ...,
         total_seconds: _builtins.float = ...,
+        score_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode_seconds", b"decode_seconds", "encode_seconds", b"encode_seconds", "queue_seconds", b"queue_seconds", "run_seconds", b"run_seconds", "total_seconds", b"total_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode_seconds", b"decode_seconds", "encode_seconds", b"encode_seconds", "queue_seconds", b"queue_seconds", "run_seconds", b"run_seconds", "score_seconds", b"score_seconds", "total_seconds", b"total_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Timings: _TypeAlias = Timings  # noqa: Y015
+
+@_typing.final
+class Quality(_message.Message):
+    """How close the result is to its style and content, from the ONNX-exported VGG features
+    (styletx_core.scoring). Distances are relative: 0 is identical statistics; lower is closer.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class StyleDistanceEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    STYLE_DISTANCE_FIELD_NUMBER: _builtins.int
+    STYLE_DISTANCE_MEAN_FIELD_NUMBER: _builtins.int
+    CONTENT_DISTANCE_FIELD_NUMBER: _builtins.int
+    COLOR_DISTANCE_FIELD_NUMBER: _builtins.int
+    COLOR_DISTANCE_CONTENT_FIELD_NUMBER: _builtins.int
+    SCORER_FIELD_NUMBER: _builtins.int
+    style_distance_mean: _builtins.float
+    """Mean of style_distance over the layers."""
+    content_distance: _builtins.float
+    """‖F(result) − F(content)‖ / ‖F(content)‖ at relu4_2."""
+    color_distance: _builtins.float
+    """Wasserstein-2 distance of CIE Lab colour statistics to the style's (about ΔE units)."""
+    color_distance_content: _builtins.float
+    """The same to the content's colours (small when colours are preserved)."""
+    scorer: _builtins.str
+    """The feature network that scored ("vgg19") and onnxruntime's provider."""
+    @_builtins.property
+    def style_distance(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Per style layer (relu1_1 … relu5_1): ‖G(result) − G(style)‖ / ‖G(style)‖ of Gram matrices, against
+        the weighted blend of the styles.
+        """
+
+    def __init__(
+        self,
+        *,
+        style_distance: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        style_distance_mean: _builtins.float = ...,
+        content_distance: _builtins.float = ...,
+        color_distance: _builtins.float = ...,
+        color_distance_content: _builtins.float = ...,
+        scorer: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["color_distance", b"color_distance", "color_distance_content", b"color_distance_content", "content_distance", b"content_distance", "scorer", b"scorer", "style_distance", b"style_distance", "style_distance_mean", b"style_distance_mean"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Quality: _TypeAlias = Quality  # noqa: Y015
 
 @_typing.final
 class Completed(_message.Message):
@@ -890,12 +1048,16 @@ class Completed(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     ITERATIONS_FIELD_NUMBER: _builtins.int
     RESULT_SHA256_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
+    QUALITY_UNAVAILABLE_FIELD_NUMBER: _builtins.int
     seed: _builtins.int
     """Seed used: repeat the request with it to get the same image."""
     iterations: _builtins.int
     """Iterations run over all scales."""
     result_sha256: _builtins.str
     """SHA-256 of the encoded result (hex)."""
+    quality_unavailable: _builtins.str
+    """Why quality is absent ("" when present): no ONNX feature network, no style image, skip_quality, ..."""
     @_builtins.property
     def timings(self) -> Global___Timings:
         """Where the time went."""
@@ -903,6 +1065,10 @@ class Completed(_message.Message):
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Quality and cost figures (final losses, equivalent_iterations, iterations_per_second, ...)."""
+
+    @_builtins.property
+    def quality(self) -> Global___Quality:
+        """Quality scores of the result; absent when they could not be computed (see quality_unavailable)."""
 
     def __init__(
         self,
@@ -912,10 +1078,12 @@ class Completed(_message.Message):
         seed: _builtins.int = ...,
         iterations: _builtins.int = ...,
         result_sha256: _builtins.str = ...,
+        quality: Global___Quality | None = ...,
+        quality_unavailable: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["timings", b"timings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quality", b"quality", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["iterations", b"iterations", "metrics", b"metrics", "result_sha256", b"result_sha256", "seed", b"seed", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["iterations", b"iterations", "metrics", b"metrics", "quality", b"quality", "quality_unavailable", b"quality_unavailable", "result_sha256", b"result_sha256", "seed", b"seed", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1014,12 +1182,15 @@ class ModelInfo(_message.Message):
     MODES_FIELD_NUMBER: _builtins.int
     WEIGHTS_FIELD_NUMBER: _builtins.int
     AVAILABLE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name ("vgg19")."""
     weights: _builtins.str
     """Where its weights come from (file, package, random)."""
     available: _builtins.bool
     """Whether the weights are present now (else fetched on first use)."""
+    description: _builtins.str
+    """What it does (CycleGAN generators: the translation they learned) and its licence."""
     @_builtins.property
     def modes(self) -> _containers.RepeatedScalarFieldContainer[Global___Mode.ValueType]:
         """Which modes use it."""
@@ -1031,10 +1202,11 @@ class ModelInfo(_message.Message):
         modes: _abc.Iterable[Global___Mode.ValueType] | None = ...,
         weights: _builtins.str = ...,
         available: _builtins.bool = ...,
+        description: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "modes", b"modes", "name", b"name", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "description", b"description", "modes", b"modes", "name", b"name", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1084,6 +1256,8 @@ class Limits(_message.Message):
     WORKERS_FIELD_NUMBER: _builtins.int
     MAX_SIZE_FIELD_NUMBER: _builtins.int
     MAX_CHUNK_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_FRAME_BYTES_FIELD_NUMBER: _builtins.int
+    VIDEO_BUFFER_FRAMES_FIELD_NUMBER: _builtins.int
     max_pixels: _builtins.int
     """Largest decoded input image, in pixels."""
     max_receive_message_bytes: _builtins.int
@@ -1100,6 +1274,10 @@ class Limits(_message.Message):
     """Largest params.size."""
     max_chunk_bytes: _builtins.int
     """Largest ResultChunk.data."""
+    max_frame_bytes: _builtins.int
+    """Largest encoded VideoFrame.image, both ways."""
+    video_buffer_frames: _builtins.int
+    """Frames a StylizeVideo stream may have waiting on the server (received, not yet sent back)."""
     def __init__(
         self,
         *,
@@ -1111,14 +1289,88 @@ class Limits(_message.Message):
         workers: _builtins.int = ...,
         max_size: _builtins.int = ...,
         max_chunk_bytes: _builtins.int = ...,
+        max_frame_bytes: _builtins.int = ...,
+        video_buffer_frames: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_chunk_bytes", b"max_chunk_bytes", "max_pixels", b"max_pixels", "max_receive_message_bytes", b"max_receive_message_bytes", "max_send_message_bytes", b"max_send_message_bytes", "max_size", b"max_size", "max_styles", b"max_styles", "queue_capacity", b"queue_capacity", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_chunk_bytes", b"max_chunk_bytes", "max_frame_bytes", b"max_frame_bytes", "max_pixels", b"max_pixels", "max_receive_message_bytes", b"max_receive_message_bytes", "max_send_message_bytes", b"max_send_message_bytes", "max_size", b"max_size", "max_styles", b"max_styles", "queue_capacity", b"queue_capacity", "video_buffer_frames", b"video_buffer_frames", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Limits: _TypeAlias = Limits  # noqa: Y015
+
+@_typing.final
+class ParityGate(_message.Message):
+    """The start-up check of the ONNX feature network (used for Quality) against the torch one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LayerErrorsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CHECKED_FIELD_NUMBER: _builtins.int
+    OK_FIELD_NUMBER: _builtins.int
+    MAX_ERROR_FIELD_NUMBER: _builtins.int
+    TOLERANCE_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    ONNX_PATH_FIELD_NUMBER: _builtins.int
+    LAYER_ERRORS_FIELD_NUMBER: _builtins.int
+    checked: _builtins.bool
+    """Whether the gate ran (false: disabled, or the engine has no VGG weights to compare)."""
+    ok: _builtins.bool
+    """Within tolerance; a server whose gate failed reports NOT_SERVING and refuses jobs."""
+    max_error: _builtins.float
+    """Largest relative error over layers and probe images."""
+    tolerance: _builtins.float
+    """Largest relative error allowed."""
+    provider: _builtins.str
+    """onnxruntime execution provider that ran the export."""
+    message: _builtins.str
+    """One line: the verdict, or why the gate could not run."""
+    onnx_path: _builtins.str
+    """The ONNX file that was checked."""
+    @_builtins.property
+    def layer_errors(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Largest relative error per layer."""
+
+    def __init__(
+        self,
+        *,
+        checked: _builtins.bool = ...,
+        ok: _builtins.bool = ...,
+        max_error: _builtins.float = ...,
+        tolerance: _builtins.float = ...,
+        provider: _builtins.str = ...,
+        message: _builtins.str = ...,
+        onnx_path: _builtins.str = ...,
+        layer_errors: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checked", b"checked", "layer_errors", b"layer_errors", "max_error", b"max_error", "message", b"message", "ok", b"ok", "onnx_path", b"onnx_path", "provider", b"provider", "tolerance", b"tolerance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParityGate: _TypeAlias = ParityGate  # noqa: Y015
 
 @_typing.final
 class GetServerInfoResponse(_message.Message):
@@ -1133,6 +1385,8 @@ class GetServerInfoResponse(_message.Message):
     DEFAULTS_FIELD_NUMBER: _builtins.int
     MODES_FIELD_NUMBER: _builtins.int
     QUEUE_DEPTH_FIELD_NUMBER: _builtins.int
+    PARITY_FIELD_NUMBER: _builtins.int
+    PRESETS_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """Server version."""
     queue_depth: _builtins.int
@@ -1157,6 +1411,14 @@ class GetServerInfoResponse(_message.Message):
     def modes(self) -> _containers.RepeatedScalarFieldContainer[Global___Mode.ValueType]:
         """Modes this server implements; others answer UNIMPLEMENTED."""
 
+    @_builtins.property
+    def parity(self) -> Global___ParityGate:
+        """The ONNX parity gate's result."""
+
+    @_builtins.property
+    def presets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """MODE_PRESET's style names."""
+
     def __init__(
         self,
         *,
@@ -1167,11 +1429,304 @@ class GetServerInfoResponse(_message.Message):
         defaults: Global___StylizeParams | None = ...,
         modes: _abc.Iterable[Global___Mode.ValueType] | None = ...,
         queue_depth: _builtins.int = ...,
+        parity: Global___ParityGate | None = ...,
+        presets: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["defaults", b"defaults", "limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["defaults", b"defaults", "limits", b"limits", "parity", b"parity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["defaults", b"defaults", "devices", b"devices", "limits", b"limits", "models", b"models", "modes", b"modes", "queue_depth", b"queue_depth", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["defaults", b"defaults", "devices", b"devices", "limits", b"limits", "models", b"models", "modes", b"modes", "parity", b"parity", "presets", b"presets", "queue_depth", b"queue_depth", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetServerInfoResponse: _TypeAlias = GetServerInfoResponse  # noqa: Y015
+
+@_typing.final
+class VideoConfig(_message.Message):
+    """How every frame of a StylizeVideo stream is made (the stream's first request)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STYLES_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    PRESET_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    FAST_FIELD_NUMBER: _builtins.int
+    CYCLEGAN_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
+    OUTPUT_FORMAT_FIELD_NUMBER: _builtins.int
+    mode: Global___Mode.ValueType
+    """MODE_FAST (default), MODE_PRESET, MODE_CYCLEGAN, MODE_OPTIMIZE or MODE_HYBRID."""
+    model_name: _builtins.str
+    """MODE_CYCLEGAN: the generator."""
+    preset: _builtins.str
+    """MODE_PRESET: the pre-trained style."""
+    consistency: _builtins.bool
+    """Temporal consistency by optical flow (the warped previous output guides each frame); unset: on."""
+    alpha: _builtins.float
+    """Feed-forward modes: weight of the warped previous output on reliable pixels (0–0.95); unset: 0.6."""
+    output_format: Global___OutputFormat.ValueType
+    """Encoding of the stylised frames; unset: PNG."""
+    @_builtins.property
+    def styles(self) -> _containers.RepeatedCompositeFieldContainer[Global___Style]:
+        """Style images (MODE_FAST, MODE_OPTIMIZE, MODE_HYBRID) with blend weights."""
+
+    @_builtins.property
+    def params(self) -> Global___StylizeParams:
+        """Engine options (MODE_OPTIMIZE, MODE_HYBRID; params.size is ignored: frames keep their size)."""
+
+    @_builtins.property
+    def fast(self) -> Global___FastParams:
+        """Feed-forward options (MODE_FAST, MODE_PRESET, MODE_HYBRID)."""
+
+    @_builtins.property
+    def cyclegan(self) -> Global___CycleGANParams:
+        """MODE_CYCLEGAN tiling."""
+
+    def __init__(
+        self,
+        *,
+        styles: _abc.Iterable[Global___Style] | None = ...,
+        mode: Global___Mode.ValueType = ...,
+        model_name: _builtins.str = ...,
+        preset: _builtins.str = ...,
+        params: Global___StylizeParams | None = ...,
+        fast: Global___FastParams | None = ...,
+        cyclegan: Global___CycleGANParams | None = ...,
+        consistency: _builtins.bool | None = ...,
+        alpha: _builtins.float | None = ...,
+        output_format: Global___OutputFormat.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_alpha", b"_alpha", "_consistency", b"_consistency", "alpha", b"alpha", "consistency", b"consistency", "cyclegan", b"cyclegan", "fast", b"fast", "params", b"params"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_alpha", b"_alpha", "_consistency", b"_consistency", "alpha", b"alpha", "consistency", b"consistency", "cyclegan", b"cyclegan", "fast", b"fast", "mode", b"mode", "model_name", b"model_name", "output_format", b"output_format", "params", b"params", "preset", b"preset", "styles", b"styles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__alpha: _TypeAlias = _typing.Literal["alpha"]  # noqa: Y015
+    _WhichOneofArgType__alpha: _TypeAlias = _typing.Literal["_alpha", b"_alpha"]  # noqa: Y015
+    _WhichOneofReturnType__consistency: _TypeAlias = _typing.Literal["consistency"]  # noqa: Y015
+    _WhichOneofArgType__consistency: _TypeAlias = _typing.Literal["_consistency", b"_consistency"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__alpha) -> _WhichOneofReturnType__alpha | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__consistency) -> _WhichOneofReturnType__consistency | None: ...
+
+Global___VideoConfig: _TypeAlias = VideoConfig  # noqa: Y015
+
+@_typing.final
+class VideoFrame(_message.Message):
+    """One video frame: an encoded image (every frame of a stream has the same size)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """0-based position in the clip; frames are sent, and returned, in order."""
+    image: _builtins.bytes
+    """Encoded image (PNG, JPEG, ...): at most Limits.max_frame_bytes."""
+    format: Global___OutputFormat.ValueType
+    """Encoding of image (set by the server on stylised frames)."""
+    width: _builtins.int
+    """Width in pixels (set by the server)."""
+    height: _builtins.int
+    """Height in pixels (set by the server)."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        image: _builtins.bytes = ...,
+        format: Global___OutputFormat.ValueType = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "height", b"height", "image", b"image", "index", b"index", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VideoFrame: _TypeAlias = VideoFrame  # noqa: Y015
+
+@_typing.final
+class StylizeVideoRequest(_message.Message):
+    """One message of the client's side of StylizeVideo."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONFIG_FIELD_NUMBER: _builtins.int
+    FRAME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def config(self) -> Global___VideoConfig:
+        """How to stylise (first message only)."""
+
+    @_builtins.property
+    def frame(self) -> Global___VideoFrame:
+        """The next frame."""
+
+    def __init__(
+        self,
+        *,
+        config: Global___VideoConfig | None = ...,
+        frame: Global___VideoFrame | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "frame", b"frame", "item", b"item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "frame", b"frame", "item", b"item"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["config", "frame"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___StylizeVideoRequest: _TypeAlias = StylizeVideoRequest  # noqa: Y015
+
+@_typing.final
+class VideoAccepted(_message.Message):
+    """The video job was admitted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    QUEUE_POSITION_FIELD_NUMBER: _builtins.int
+    BUFFER_FRAMES_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """Server-assigned id."""
+    queue_position: _builtins.int
+    """Jobs ahead of this one."""
+    buffer_frames: _builtins.int
+    """Frames the server buffers for this stream at most."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        queue_position: _builtins.int = ...,
+        buffer_frames: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer_frames", b"buffer_frames", "job_id", b"job_id", "queue_position", b"queue_position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VideoAccepted: _TypeAlias = VideoAccepted  # noqa: Y015
+
+@_typing.final
+class VideoStarted(_message.Message):
+    """A worker picked the video job up: frames are read from now on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    QUEUE_SECONDS_FIELD_NUMBER: _builtins.int
+    device: _builtins.str
+    """Device that runs it."""
+    queue_seconds: _builtins.float
+    """Seconds spent in the queue."""
+    def __init__(
+        self,
+        *,
+        device: _builtins.str = ...,
+        queue_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "queue_seconds", b"queue_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VideoStarted: _TypeAlias = VideoStarted  # noqa: Y015
+
+@_typing.final
+class VideoCompleted(_message.Message):
+    """The client half-closed and every frame was sent back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRAMES_FIELD_NUMBER: _builtins.int
+    RUN_SECONDS_FIELD_NUMBER: _builtins.int
+    FRAMES_PER_SECOND_FIELD_NUMBER: _builtins.int
+    QUEUE_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_BUFFERED_FRAMES_FIELD_NUMBER: _builtins.int
+    frames: _builtins.int
+    """Frames stylised."""
+    run_seconds: _builtins.float
+    """From the worker starting to the last frame, in seconds."""
+    frames_per_second: _builtins.float
+    """Frames per second over run_seconds."""
+    queue_seconds: _builtins.float
+    """Seconds spent in the queue."""
+    max_buffered_frames: _builtins.int
+    """Most frames this stream had on the server at once (received, not yet sent back)."""
+    def __init__(
+        self,
+        *,
+        frames: _builtins.int = ...,
+        run_seconds: _builtins.float = ...,
+        frames_per_second: _builtins.float = ...,
+        queue_seconds: _builtins.float = ...,
+        max_buffered_frames: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frames", b"frames", "frames_per_second", b"frames_per_second", "max_buffered_frames", b"max_buffered_frames", "queue_seconds", b"queue_seconds", "run_seconds", b"run_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VideoCompleted: _TypeAlias = VideoCompleted  # noqa: Y015
+
+@_typing.final
+class StylizeVideoResponse(_message.Message):
+    """One message of the server's side of StylizeVideo."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    QUEUE_UPDATE_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
+    FRAME_FIELD_NUMBER: _builtins.int
+    COMPLETED_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job this message belongs to."""
+    @_builtins.property
+    def accepted(self) -> Global___VideoAccepted:
+        """The job was admitted (always first)."""
+
+    @_builtins.property
+    def queue_update(self) -> Global___QueueUpdate:
+        """The job moved up the queue."""
+
+    @_builtins.property
+    def started(self) -> Global___VideoStarted:
+        """A worker picked the job up."""
+
+    @_builtins.property
+    def frame(self) -> Global___VideoFrame:
+        """A stylised frame, in input order."""
+
+    @_builtins.property
+    def completed(self) -> Global___VideoCompleted:
+        """All frames done (always last)."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        accepted: Global___VideoAccepted | None = ...,
+        queue_update: Global___QueueUpdate | None = ...,
+        started: Global___VideoStarted | None = ...,
+        frame: Global___VideoFrame | None = ...,
+        completed: Global___VideoCompleted | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "completed", b"completed", "event", b"event", "frame", b"frame", "queue_update", b"queue_update", "started", b"started"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "completed", b"completed", "event", b"event", "frame", b"frame", "job_id", b"job_id", "queue_update", b"queue_update", "started", b"started"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["accepted", "queue_update", "started", "frame", "completed"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___StylizeVideoResponse: _TypeAlias = StylizeVideoResponse  # noqa: Y015

@@ -40,6 +40,11 @@ class StyleTransferStub:
                 request_serializer=styletx_dot_v1_dot_styletx__pb2.StylizeRequest.SerializeToString,
                 response_deserializer=styletx_dot_v1_dot_styletx__pb2.StylizeEvent.FromString,
                 _registered_method=True)
+        self.StylizeVideo = channel.stream_stream(
+                '/styletx.v1.StyleTransfer/StylizeVideo',
+                request_serializer=styletx_dot_v1_dot_styletx__pb2.StylizeVideoRequest.SerializeToString,
+                response_deserializer=styletx_dot_v1_dot_styletx__pb2.StylizeVideoResponse.FromString,
+                _registered_method=True)
         self.GetServerInfo = channel.unary_unary(
                 '/styletx.v1.StyleTransfer/GetServerInfo',
                 request_serializer=styletx_dot_v1_dot_styletx__pb2.GetServerInfoRequest.SerializeToString,
@@ -60,6 +65,15 @@ class StyleTransferServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StylizeVideo(self, request_iterator, context):
+        """Stylise a video: the first request carries a VideoConfig, every later one a frame; the stylised frames
+        come back in order. The server reads the next frame only when it has room for it (a few frames), so a
+        client that sends faster than the server stylises is held back by gRPC flow control.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetServerInfo(self, request, context):
         """What this server offers: version, models, devices, limits and the default parameters.
         """
@@ -74,6 +88,11 @@ def add_StyleTransferServicer_to_server(servicer, server):
                     servicer.Stylize,
                     request_deserializer=styletx_dot_v1_dot_styletx__pb2.StylizeRequest.FromString,
                     response_serializer=styletx_dot_v1_dot_styletx__pb2.StylizeEvent.SerializeToString,
+            ),
+            'StylizeVideo': grpc.stream_stream_rpc_method_handler(
+                    servicer.StylizeVideo,
+                    request_deserializer=styletx_dot_v1_dot_styletx__pb2.StylizeVideoRequest.FromString,
+                    response_serializer=styletx_dot_v1_dot_styletx__pb2.StylizeVideoResponse.SerializeToString,
             ),
             'GetServerInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetServerInfo,
@@ -109,6 +128,33 @@ class StyleTransfer:
             '/styletx.v1.StyleTransfer/Stylize',
             styletx_dot_v1_dot_styletx__pb2.StylizeRequest.SerializeToString,
             styletx_dot_v1_dot_styletx__pb2.StylizeEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StylizeVideo(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/styletx.v1.StyleTransfer/StylizeVideo',
+            styletx_dot_v1_dot_styletx__pb2.StylizeVideoRequest.SerializeToString,
+            styletx_dot_v1_dot_styletx__pb2.StylizeVideoResponse.FromString,
             options,
             channel_credentials,
             insecure,

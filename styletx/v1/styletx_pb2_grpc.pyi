@@ -44,6 +44,11 @@ class StyleTransferStub:
     and carries the result as one or more ResultChunk events. Cancelling the call stops the job within one
     iteration; so does the deadline.
     """
+    StylizeVideo: _grpc.StreamStreamMultiCallable[_styletx_pb2.StylizeVideoRequest, _styletx_pb2.StylizeVideoResponse]
+    """Stylise a video: the first request carries a VideoConfig, every later one a frame; the stylised frames
+    come back in order. The server reads the next frame only when it has room for it (a few frames), so a
+    client that sends faster than the server stylises is held back by gRPC flow control.
+    """
     GetServerInfo: _grpc.UnaryUnaryMultiCallable[_styletx_pb2.GetServerInfoRequest, _styletx_pb2.GetServerInfoResponse]
     """What this server offers: version, models, devices, limits and the default parameters."""
 
@@ -56,6 +61,11 @@ class StyleTransferAsyncStub(StyleTransferStub):
     """Stylise one content image. The stream starts with Accepted, ends with Completed (or an error status),
     and carries the result as one or more ResultChunk events. Cancelling the call stops the job within one
     iteration; so does the deadline.
+    """
+    StylizeVideo: _aio.StreamStreamMultiCallable[_styletx_pb2.StylizeVideoRequest, _styletx_pb2.StylizeVideoResponse]  # type: ignore[assignment]
+    """Stylise a video: the first request carries a VideoConfig, every later one a frame; the stylised frames
+    come back in order. The server reads the next frame only when it has room for it (a few frames), so a
+    client that sends faster than the server stylises is held back by gRPC flow control.
     """
     GetServerInfo: _aio.UnaryUnaryMultiCallable[_styletx_pb2.GetServerInfoRequest, _styletx_pb2.GetServerInfoResponse]  # type: ignore[assignment]
     """What this server offers: version, models, devices, limits and the default parameters."""
@@ -72,6 +82,17 @@ class StyleTransferServicer(metaclass=_abc_1.ABCMeta):
         """Stylise one content image. The stream starts with Accepted, ends with Completed (or an error status),
         and carries the result as one or more ResultChunk events. Cancelling the call stops the job within one
         iteration; so does the deadline.
+        """
+
+    @_abc_1.abstractmethod
+    def StylizeVideo(
+        self,
+        request_iterator: _MaybeAsyncIterator[_styletx_pb2.StylizeVideoRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_styletx_pb2.StylizeVideoResponse], _abc.AsyncIterator[_styletx_pb2.StylizeVideoResponse]]:
+        """Stylise a video: the first request carries a VideoConfig, every later one a frame; the stylised frames
+        come back in order. The server reads the next frame only when it has room for it (a few frames), so a
+        client that sends faster than the server stylises is held back by gRPC flow control.
         """
 
     @_abc_1.abstractmethod

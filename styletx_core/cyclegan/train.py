@@ -17,8 +17,9 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -129,8 +130,8 @@ class UnpairedImages(torch.utils.data.Dataset[tuple[Tensor, Tensor]]):
 
     def _load(self, path: Path, rng: np.random.Generator) -> Tensor:
         try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
+            with Image.open(path) as src:
+                img = src.convert("RGB")
         except (OSError, ValueError) as exc:
             raise ImageError(f"cannot read {path}: {exc}", "training image") from None
         scale = self.opts.load_size / min(img.size)
@@ -224,14 +225,13 @@ class _State:
 
 def _build(opts: TrainOptions, device: torch.device) -> _State:
     rng = torch.Generator().manual_seed(opts.seed)
-    nets = [CycleGANGenerator(opts.generator_config()), CycleGANGenerator(opts.generator_config()),
-            PatchDiscriminator(opts.ndf), PatchDiscriminator(opts.ndf)]
-    for net in nets:
+    g_ab, g_ba = CycleGANGenerator(opts.generator_config()), CycleGANGenerator(opts.generator_config())
+    d_a, d_b = PatchDiscriminator(opts.ndf), PatchDiscriminator(opts.ndf)
+    for net in (g_ab, g_ba, d_a, d_b):
         _init_weights(net, rng)
         net.to(device)
         if device.type == "cuda":
-            net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    g_ab, g_ba, d_a, d_b = nets
+            net.to(memory_format=torch.channels_last)
     decay_start = int(opts.steps * opts.decay_from)
 
     def factor(step: int) -> float:
@@ -298,7 +298,7 @@ def _discriminator_step(s: _State, a: Tensor, b: Tensor, fake_a: Tensor, fake_b:
 
 def _save_checkpoint(s: _State, opts: TrainOptions, out_dir: Path) -> None:
     """Everything to resume, written atomically; plus the two generators in the reference layout."""
-    payload = {name: net.state_dict() for name, net in s.networks().items()}
+    payload: dict[str, Any] = {name: net.state_dict() for name, net in s.networks().items()}
     payload.update(opt_G=s.opt_g.state_dict(), opt_D=s.opt_d.state_dict(), sched_G=s.sched_g.state_dict(),
                    sched_D=s.sched_d.state_dict(), rng=s.rng.get_state(), step=s.step, options=asdict(opts))
     tmp = out_dir / f".{CHECKPOINT}.tmp"
@@ -411,11 +411,3 @@ def _run(s: _State, opts: TrainOptions, files_a: list[Path], files_b: list[Path]
                                       time.perf_counter() - start))
     finally:
         _save_checkpoint(s, opts, out)
-
-
-def options_from_dict(values: dict[str, object]) -> TrainOptions:
-    """``TrainOptions`` from a mapping, ignoring unknown keys (for CLI/config use)."""
-    names = {f.name for f in fields(TrainOptions)}
-    return TrainOptions(**{k: v for k, v in values.items() if k in names})  # type: ignore[arg-type]
-
-

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from styletx_core.errors import OptionError
+from styletx_core.errors import OptionError, ResourceLimitError
 
 from . import _models
 from ._ops import (
@@ -53,7 +53,8 @@ def preset_index(name: str) -> int:
 class PresetStylizer:
     """One forward pass with one of the 26 built-in styles, or a weighted blend of several.
 
-    Args as :class:`~styletx_core.fast.FastStylizer` (``device``, ``model_dir``, ``cache_dir``, ``threads``).
+    Args as :class:`~styletx_core.fast.FastStylizer` (``device``, ``model_dir``, ``cache_dir``, ``threads``,
+    ``max_pixels``).
     """
 
     names = PRESET_NAMES
@@ -65,9 +66,11 @@ class PresetStylizer:
         model_dir: str | os.PathLike[str] | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         threads: int | None = None,
+        max_pixels: int = 4096 * 4096,
     ) -> None:
         self._pool = _models.SessionPool(device, model_dir, cache_dir, threads)
         self.device = device
+        self.max_pixels = max_pixels
 
     def load(self) -> PresetStylizer:
         """Open the session now rather than on the first request."""
@@ -102,6 +105,10 @@ class PresetStylizer:
         check_long_side("processing_size", processing_size)
         out_size = fit_size(content.size, size)
         work_size = fit_size(content.size, processing_size) if processing_size else out_size
+        width, height = max(out_size, work_size, key=lambda wh: wh[0] * wh[1])
+        if width * height > self.max_pixels:
+            raise ResourceLimitError(f"{width}×{height} has {width * height} pixels; the limit is "
+                                     f"{self.max_pixels}")
         work = to_unit_array(content, work_size)
         result = from_unit_array(self._run(work, mix))
         if result.size != out_size:

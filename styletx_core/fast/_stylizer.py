@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from styletx_core.errors import ImageError, OptionError
+from styletx_core.errors import ImageError, OptionError, ResourceLimitError
 from styletx_core.progress import StylizeResult
 
 from . import _models
@@ -50,6 +50,8 @@ class FastStylizer:
         cache_dir: overrides ``$STYLETX_CACHE`` for the default model directory.
         embedding_cache_size: how many style embeddings to keep, keyed by a hash of the image's pixels.
         threads: onnxruntime intra-op threads (default: onnxruntime's choice, all cores).
+        max_pixels: refuse outputs or network inputs above this many pixels with
+            :class:`~styletx_core.errors.ResourceLimitError` (the engine's default limit).
     """
 
     def __init__(
@@ -60,8 +62,10 @@ class FastStylizer:
         cache_dir: str | os.PathLike[str] | None = None,
         embedding_cache_size: int = 64,
         threads: int | None = None,
+        max_pixels: int = 4096 * 4096,
     ) -> None:
         self._pool = _models.SessionPool(device, model_dir, cache_dir, threads)
+        self.max_pixels = max_pixels
         self.device = device
         self._lock = threading.Lock()
         self._embeddings: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -160,6 +164,10 @@ class FastStylizer:
         check_long_side("processing_size", processing_size)
         out_size = fit_size(content.size, size)
         work_size = fit_size(content.size, processing_size) if processing_size else out_size
+        for what, (width, height) in (("output", out_size), ("processing size", work_size)):
+            if width * height > self.max_pixels:
+                raise ResourceLimitError(f"{what} {width}×{height} has {width * height} pixels; the limit is "
+                                         f"{self.max_pixels}")
         result = from_unit_array(self.transform_array(to_unit_array(content, work_size), embedding))
         if result.size != out_size:
             result = result.resize(out_size, Image.Resampling.LANCZOS)

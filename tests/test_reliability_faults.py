@@ -1,0 +1,133 @@
+"""Injected faults in the real engine: the failing job ends with a clear status, the server carries on.
+
+The engine's test-only switch (``StylizeOptions.extra = {"fault": ..., "fault_at": n}``) cannot be set by a
+request, so :class:`FaultyEngine` sets it from the test side, one fault per job, around the real
+:class:`~styletx_core.engine.StyleTransfer` (random weights, 32 px, Adam).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+from test_reliability_fuzz import encode
+from test_server_fake import ServerThread
+
+from server.errors import MAX_MESSAGE_CHARS, ServiceError, from_engine_error
+from styletx.v1 import styletx_pb2 as pb
+from styletx.v1 import styletx_pb2_grpc as pb_grpc
+from styletx_core.engine import NumericalError
+from styletx_core.options import StylizeOptions
+from styletx_core.progress import Callback, StylizeResult
+
+
+class FaultyEngine:
+    """The real engine; each ``stylize`` takes the next fault from ``faults`` (none when it is empty)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.faults: collections.deque[dict[str, Any]] = collections.deque()
+        self._lock = threading.Lock()
+
+    def stylize(self, content: Image.Image, styles: Sequence[Image.Image], opts: StylizeOptions,
+                callback: Callback | None = None, init_image: Image.Image | None = None) -> StylizeResult:
+        with self._lock:
+            fault = self.faults.popleft() if self.faults else None
+        if fault is not None:
+            opts = opts.replace(extra=fault)
+        return self.engine.stylize(content, styles, opts, callback=callback, init_image=init_image)
+
+    def variations(self, *args: Any, **kwargs: Any) -> list[StylizeResult]:
+        return self.engine.variations(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # target_cache_info, device, weights: the real engine's
+        return getattr(self.engine, name)
+
+
+def job(iterations: int = 3) -> pb.StylizeRequest:
+    content = Image.new("RGB", (32, 24), (180, 90, 30))
+    content.putpixel((3, 3), (0, 0, 0))
+    return pb.StylizeRequest(
+        content=encode(content, "PNG"), styles=[pb.Style(image=encode(Image.new("RGB", (16, 16), (20, 40, 200)),
+                                                                      "PNG"))],
+        params=pb.StylizeParams(size=32, min_size=32, iterations=iterations, coarse_iterations=0,
+                                optimizer=pb.OPTIMIZER_ADAM, seed=1),
+        skip_quality=True)  # the quality pass is not what is tested here
+
+
+@pytest.fixture(scope="module")
+def faulty(engine: Any) -> FaultyEngine:
+    return FaultyEngine(engine)
+
+
+@pytest.fixture(scope="module")
+def server(faulty: FaultyEngine) -> Iterator[ServerThread]:
+    thread = ServerThread(lambda device: faulty, workers=1, queue_size=4)
+    yield thread
+    thread.stop()
+
+
+def _run(call: Any) -> tuple[list[str], grpc.StatusCode, str]:
+    kinds: list[str] = []
+    try:
+        kinds.extend(str(event.WhichOneof("event")) for event in call)
+    except grpc.RpcError as error:
+        return kinds, error.code(), error.details() or ""
+    return kinds, grpc.StatusCode.OK, ""
+
+
+@pytest.mark.parametrize(("fault", "code", "words"), [
+    ("oom", grpc.StatusCode.RESOURCE_EXHAUSTED, "ran out of memory"),
+    ("nan", grpc.StatusCode.INTERNAL, "loss became nan at iteration 2"),
+    ("other", grpc.StatusCode.INTERNAL, "injected fault"),
+])
+def test_a_fault_fails_only_its_job(server: ServerThread, faulty: FaultyEngine, fault: str,
+                                    code: grpc.StatusCode, words: str) -> None:
+    faulty.faults.append({"fault": fault, "fault_at": 2})
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.StyleTransferStub(channel)
+        failing = stub.Stylize(job(), timeout=120)
+        assert next(failing).WhichOneof("event") == "accepted"
+        behind = stub.Stylize(job(), timeout=120)  # queued behind the failing job: must still run
+        kinds, status, message = _run(failing)
+        assert status == code and words in message, (status, message)
+        assert "progress" in kinds and "completed" not in kinds  # iteration 1 was reported, then the fault
+        kinds, status, message = _run(behind)
+        assert status == grpc.StatusCode.OK and kinds[-1] == "completed", (status, message)
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_an_image_too_thin_for_the_network_is_refused_by_name(server: ServerThread) -> None:
+    request = job()
+    request.content = encode(Image.new("RGB", (1, 200)), "PNG")
+    with grpc.insecure_channel(server.target) as channel:
+        _, status, message = _run(pb_grpc.StyleTransferStub(channel).Stylize(request, timeout=60))
+    assert status == grpc.StatusCode.INVALID_ARGUMENT and message.startswith("content"), (status, message)
+
+
+@pytest.mark.parametrize(("error", "code", "words"), [
+    (MemoryError(), grpc.StatusCode.RESOURCE_EXHAUSTED, "out of memory"),
+    (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), grpc.StatusCode.RESOURCE_EXHAUSTED,
+     "smaller size"),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"),
+     grpc.StatusCode.RESOURCE_EXHAUSTED, "smaller size"),
+    (NumericalError("the loss became inf at iteration 7; try lower weights"), grpc.StatusCode.INTERNAL,
+     "job j failed: the loss became inf"),
+    (ZeroDivisionError("division by zero"), grpc.StatusCode.INTERNAL, "ZeroDivisionError"),
+])
+def test_engine_errors_map_to_statuses(error: BaseException, code: grpc.StatusCode, words: str) -> None:
+    failure = from_engine_error(error, "j")
+    assert failure.code == code and words in failure.message, failure.message
+
+
+def test_error_messages_are_bounded() -> None:
+    """A message quoting a hostile request must not outgrow the client's 8 KiB trailer limit."""
+    error = ServiceError.invalid("params.content_layers", "unknown layer(s) " + "x" * 100_000)
+    assert len(error.message) <= MAX_MESSAGE_CHARS and error.message.startswith("params.content_layers: ")
