@@ -164,11 +164,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     gen = load_generator(fetch_vintagify())
-    results: dict[str, Any] = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,
-                    "torch": torch.__version__, "load_average_start": os.getloadavg()},
-        "note": "CPU only; the machine was shared with other jobs: compare ratios within this run",
-    }
+    out = ROOT / "bench" / "results" / "cyclegan.json"
+    # Sections not run this time (--skip) keep their figures from the previous run, with its machine record.
+    results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
+    results["note"] = "CPU only; the machine was shared with other jobs: compare ratios within one section"
+    results.setdefault("runs", []).append(
+        {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,
+         "torch": torch.__version__, "load_average_start": os.getloadavg(),
+         "sections": [s for s in ("latency", "train", "learning") if s not in args.skip]
+         + (["tiling"] if args.tiling else [])})
     if "latency" not in args.skip:
         results["generator_latency_cpu"] = latency(gen, args.repeats)
     if "train" not in args.skip:
@@ -177,8 +181,7 @@ def main() -> None:
         results["learning_run"] = learning(args.learning_steps)
     if args.tiling:
         results["tiling_vs_untiled"] = tiling(gen)
-    results["machine"]["load_average_end"] = os.getloadavg()
-    out = ROOT / "bench" / "results" / "cyclegan.json"
+    results["runs"][-1]["load_average_end"] = os.getloadavg()
     out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     print(out)
 

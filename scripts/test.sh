@@ -9,4 +9,6 @@ echo "== ruff"; ruff check .
 echo "== mypy"; mypy styletx_core server client
 echo "== import contracts"; lint-imports
 echo "== weights"; styletx weights fetch --arch all
-echo "== pytest"; python -m pytest -q -p no:cacheprovider --durations=15 "$@"
+echo "== chart/image test tools"; bash deploy/install-test-tools.sh
+echo "== pytest"; python -m pytest -q -p no:cacheprovider --durations=20 "$@"
+echo "== container image"; bash deploy/test-image.sh

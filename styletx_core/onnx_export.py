@@ -191,7 +191,7 @@ def export_vgg_onnx(
         onnx.checker.check_model(onnx_model, full_check=True)
     except onnx.checker.ValidationError as exc:  # a bug here, not bad input: still say what failed
         raise ModelError(f"the exported graph does not validate: {exc}") from None
-    _write_atomic(Path(path), onnx_model.SerializeToString())
+    write_atomic(Path(path), onnx_model.SerializeToString())
     _LOGGER.info("exported %s (%s) to %s", meta.arch, ", ".join(meta.layers), path)
     return meta
 
@@ -270,7 +270,7 @@ def _initializer(name: str, tensor: torch.Tensor | torch.nn.Module | None) -> Te
     return numpy_helper.from_array(tensor.detach().to("cpu", torch.float32).numpy(), name)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Write then rename, so a crash or a concurrent export never leaves half a model behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")

