@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh server
-.venv/bin/styletx weights fetch --arch vgg19
+.venv/bin/styletx weights fetch --arch vgg19 --vgg-only
 port=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p out
 .venv/bin/styletx-server --host 127.0.0.1 --port "$port" --metrics-port 0 --log-level WARNING &

