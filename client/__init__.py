@@ -19,6 +19,7 @@ from ._events import (
     EventStream,
     Preview,
     Progress,
+    Quality,
     QueueUpdate,
     ResultChunk,
     Started,
@@ -26,6 +27,7 @@ from ._events import (
 )
 from ._options import KeepAliveOptions, RetryPolicy, TLSOptions, service_config
 from ._request import build_request
+from ._video import VideoDone, VideoFrame, VideoStream, stylize_frames
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -40,6 +42,7 @@ __all__ = [
     "LocalClient",
     "Preview",
     "Progress",
+    "Quality",
     "QueueUpdate",
     "ResultChunk",
     "RetryPolicy",
@@ -47,8 +50,12 @@ __all__ = [
     "StyletxError",
     "StylizeOutput",
     "TLSOptions",
+    "VideoDone",
+    "VideoFrame",
+    "VideoStream",
     "build_request",
     "load_backend",
     "service_config",
     "stylize",
+    "stylize_frames",
 ]

@@ -139,14 +139,16 @@ class StyletxServer:
         service = StyleTransferService(engines, devices, limits, pb.GetServerInfoResponse(), metrics)
         service._info = build_info(devices, limits, sorted(service.modes), config)
         self.service = service
+        serving = await service.prepare(config)  # the modes' settings and the ONNX parity gate
         self._server = self._grpc_server(limits)
         service.start()
         await self._server.start()
         if config.metrics_port:
             http_server, _ = metrics.serve(config.metrics_port, config.metrics_host)
             self.metrics_port = http_server.server_port
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set("", status)
+        await self.health.set(SERVICE_NAME, status)
         _LOGGER.info("serving %s on port %d (devices %s)", SERVICE_NAME, self.port, ",".join(devices),
                      extra={"port": self.port, "metrics_port": self.metrics_port})
         return self.port

@@ -32,6 +32,9 @@ class Metrics:
                                   registry=self.registry)
         self.cache_misses = Counter("styletx_style_cache_misses", "Style targets computed",
                                     registry=self.registry)
+        self.parity_gate_ok = Gauge("styletx_parity_gate_ok",
+                                    "1 when the ONNX parity gate passed (or is off), 0 when it failed",
+                                    registry=self.registry)
         self._cache_seen: dict[int, tuple[int, int]] = {}
         self._lock = threading.Lock()
 

@@ -117,6 +117,7 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
 
     async def _run_gate(self) -> bool:
         self.parity = await asyncio.to_thread(self.models.parity_gate, self._engines[0])
+        self.metrics.parity_gate_ok.set(1 if self.parity.ok else 0)
         return self.parity.ok
 
     @property

@@ -17,8 +17,8 @@ from google.protobuf.message import Message
 from PIL import Image
 
 from styletx.v1 import styletx_pb2 as pb
-from styletx_core.errors import ImageError, OptionError
 from styletx_core.engine import check_geometry
+from styletx_core.errors import ImageError, OptionError
 from styletx_core.imageio import DEFAULT_MAX_PIXELS, load_image
 from styletx_core.options import LIMITS, StylizeOptions
 

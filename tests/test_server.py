@@ -203,7 +203,9 @@ def test_bad_input_is_invalid_argument_naming_the_field(
     assert bad_request.field_violations[0].field == field
 
 
-def test_mode_without_an_engine_is_unimplemented(stub: pb_grpc.StyleTransferStub) -> None:
+def test_mode_the_server_does_not_offer_is_unimplemented(server: ServerThread, stub: pb_grpc.StyleTransferStub,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server.server.service, "modes", frozenset({pb.MODE_OPTIMIZE}))
     with pytest.raises(grpc.RpcError) as caught:
         list(stub.Stylize(_broken(request(), mode=pb.MODE_FAST), timeout=10))
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED and "mode" in caught.value.details()
@@ -217,8 +219,9 @@ def test_server_info_publishes_limits_and_defaults(stub: pb_grpc.StyleTransferSt
     )
     assert info.limits.max_chunk_bytes == 1 << 20 and info.limits.workers == 1
     assert params_to_options(info.defaults, None) == StylizeOptions()
-    assert list(info.modes) == [pb.MODE_OPTIMIZE] and [d.name for d in info.devices] == ["cpu"]
-    assert {m.name for m in info.models} == {"vgg16", "vgg19"} and info.version
+    assert list(info.modes) == [pb.MODE_OPTIMIZE, pb.MODE_FAST, pb.MODE_PRESET, pb.MODE_HYBRID, pb.MODE_CYCLEGAN]
+    assert [d.name for d in info.devices] == ["cpu"]
+    assert {"vgg16", "vgg19", "magenta-arbitrary", "multistyle26"} <= {m.name for m in info.models} and info.version
 
 
 def test_health_and_reflection(server: ServerThread) -> None:

@@ -84,6 +84,9 @@ def validate_video(config: pb.VideoConfig, limits: Limits, modes: frozenset[int]
     tile, overlap = tiling(config.cyclegan, "config.cyclegan.")
     if not config.styles and mode not in (pb.MODE_PRESET, pb.MODE_CYCLEGAN):
         raise ServiceError.invalid("config.styles", "needs at least one style image")
+    if len(config.styles) > limits.max_styles:
+        raise ServiceError.invalid("config.styles",
+                                   f"has {len(config.styles)} images; the limit is {limits.max_styles}")
     options = params_to_options(config.params, style_blend(config.styles, "config.styles"), "config.params.")
     alpha = config.alpha if config.HasField("alpha") else 0.6
     if not 0.0 <= alpha <= 0.95:
