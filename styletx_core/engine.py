@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from . import color
 from .errors import EngineError, ImageError, OptionError, ResourceLimitError
-from .imageio import pil_to_tensor, resize_long_side, tensor_to_pil
+from .imageio import pil_to_tensor, tensor_to_pil
 from .losses import ContentLoss, LayerApply, Scale, SumLoss, TVLoss
 from .options import StylizeOptions
 from .progress import Callback, Iterate, StylizeResult
@@ -276,7 +276,7 @@ class StyleTransfer:
             for layer, weight in zip(opts.style_layers, layer_weights, strict=True)
         ]
         tv_terms = [Scale(LayerApply(TVLoss(), None), opts.tv_weight)]
-        groups = {"content": content_terms, "style": style_terms, "tv": tv_terms}
+        groups: dict[str, Sequence[torch.nn.Module]] = {"content": content_terms, "style": style_terms, "tv": tv_terms}
         groups.update({name: [LayerApply(module, None)] for name, module in extra.items()})
         return SumLoss({name: torch.nn.ModuleList(terms) for name, terms in groups.items()}).to(self.device)
 

@@ -28,7 +28,7 @@ class _Sqrtm(torch.autograd.Function):
 
 
 def _sqrtm(matrix: torch.Tensor) -> torch.Tensor:
-    return _Sqrtm.apply(matrix)  # type: ignore[no-any-return]
+    return _Sqrtm.apply(matrix)
 
 
 def mean_and_covariance(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
