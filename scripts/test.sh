@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh dev
 export PATH="$PWD/.venv/bin:$PATH"
+if ! command -v buf >/dev/null && command -v npm >/dev/null; then
+  echo "== buf (proto lint)"; npm install --silent --global @bufbuild/buf >/dev/null
+fi
 echo "== ruff"; ruff check .
 echo "== mypy"; mypy styletx_core server client
 echo "== import contracts"; lint-imports

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# gRPC's fork handlers run in every child this process forks (ffmpeg for the video tests) and, once a channel
+# existed, write poller errors into the child's stderr, which imageio-ffmpeg then fails to parse. The suite
+# forks after gRPC use; disable the handlers before grpc is first imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import pytest
 from PIL import Image

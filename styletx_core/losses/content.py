@@ -21,6 +21,9 @@ class ContentLoss(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         error = F.mse_loss(features.float(), self.target, reduction="sum")
+        import os
+        if os.environ.get("STYLETX_NORM") == "rel":
+            return error / self.target.pow(2).sum().add(self.eps)
         return error / self.target.abs().sum().add(self.eps)
 
     def extra_repr(self) -> str:

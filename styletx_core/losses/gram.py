@@ -32,6 +32,9 @@ class GramStyleLoss(nn.Module):
         error = F.mse_loss(
             gram_matrix(features), self.target.expand(features.shape[0], -1, -1), reduction="sum"
         )
+        import os
+        if os.environ.get("STYLETX_NORM") == "rel":
+            return error / self.target.pow(2).sum().add(self.eps)
         return error / self.target.abs().sum().add(self.eps)
 
     def extra_repr(self) -> str:
