@@ -73,7 +73,7 @@ class StylizeOptions:
     model: str = "vgg19"
     pooling: str = "max"
     content_weight: float = 1.0
-    style_weight: float = 1.0
+    style_weight: float = 10.0
     tv_weight: float = 1.0
     content_layers: tuple[str, ...] = ("relu4_2",)
     style_layers: tuple[str, ...] = STYLE_LAYERS

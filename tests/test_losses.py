@@ -32,7 +32,7 @@ def test_gram_loss_by_hand() -> None:
     target = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     features = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 2, 1, 2)
     gram = np.array([[2.5, 5.5], [5.5, 12.5]])
-    expected = ((gram - np.eye(2)) ** 2).sum() / 2.0  # divided by |target|₁ = 2
+    expected = ((gram - np.eye(2)) ** 2).sum() / 2.0  # relative to ‖target‖² = 2
     assert GramStyleLoss(target)(features).item() == pytest.approx(expected, rel=1e-6)
 
 
@@ -48,7 +48,7 @@ def test_gram_loss_is_zero_at_target_and_size_invariant() -> None:
 def test_content_loss_by_hand() -> None:
     target = torch.tensor([1.0, -2.0, 3.0]).view(1, 3, 1, 1)
     features = torch.tensor([2.0, 0.0, 3.0]).view(1, 3, 1, 1)
-    assert ContentLoss(target)(features).item() == pytest.approx((1 + 4 + 0) / 6, rel=1e-6)
+    assert ContentLoss(target)(features).item() == pytest.approx((1 + 4 + 0) / (1 + 4 + 9), rel=1e-6)
 
 
 def test_mean_and_covariance_by_hand() -> None:
@@ -97,7 +97,7 @@ def test_combinators_weight_and_sum() -> None:
     })
     value, parts = total(features, image)
     assert parts["tv"].item() == pytest.approx(3.0)
-    assert parts["content"].item() == pytest.approx(0.5 * 2 / 1e-8, rel=1e-3)
+    assert parts["content"].item() == pytest.approx(0.5 * 2 / 1e-8, rel=1e-3)  # zero target: only eps remains
     assert value.item() == pytest.approx(parts["tv"].item() + parts["content"].item())
     assert "weight=3" in repr(total) and "layer=relu1_1" in repr(total)
     assert math.isfinite(value.item())
