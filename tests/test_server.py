@@ -294,8 +294,4 @@ def test_real_engine_job(engine_real: Any) -> None:
 
 @pytest.fixture(scope="module")
 def engine_real(request: pytest.FixtureRequest) -> Any:
-    from pathlib import Path
-
-    if not (Path(__file__).resolve().parents[1] / "styletx_core" / "engine.py").exists():
-        pytest.skip("styletx_core/engine.py has not landed yet")
     return request.getfixturevalue("engine")
