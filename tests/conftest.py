@@ -74,7 +74,8 @@ def engine(random_vgg_weights: Path):  # type: ignore[no-untyped-def]
 
 
 def require_tool(available: bool, message: str) -> None:
-    """Skip when a lint tool is missing on a developer's machine; fail in CI, where the test command installs it."""
+    """Skip when a tool or prepared model is missing on a developer's machine; fail in CI, where the test
+    command installs and prepares them (so a skip there could hide a failure)."""
     if available:
         return
     if os.environ.get("CI"):

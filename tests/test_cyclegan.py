@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require_tool
 from PIL import Image
 
 from styletx_core.cyclegan import (
@@ -287,7 +288,7 @@ def vintage_path() -> Path:
         try:
             path = fetch_vintagify()
         except WeightsUnavailableError as exc:
-            pytest.skip(f"vintagify weights not prepared and not downloadable: {exc}")
+            require_tool(False, f"vintagify weights not prepared and not downloadable: {exc}")
     return path
 
 

@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from conftest import require_tool
 from PIL import Image
 from test_server_fake import ServerThread
 
@@ -210,8 +211,8 @@ def test_cyclegan_job_is_tiled_as_requested(
 def test_cyclegan_vintage_is_served_by_name(stub: pb_grpc.StyleTransferStub, content: Image.Image) -> None:
     from styletx_core.cyclegan import cached_pretrained
 
-    if cached_pretrained("vintage") is None:
-        pytest.skip("the vintage generator is not prepared (styletx weights fetch)")
+    require_tool(cached_pretrained("vintage") is not None,
+                 "the vintage generator is not prepared (styletx weights fetch)")
     image = run(stub, request(content, [], pb.MODE_CYCLEGAN, model_name="vintage"))[1]
     assert image.size == (64, 48) and mean_difference(image, content) > 1
 
