@@ -366,28 +366,34 @@ def test_concurrent_streams_per_connection_are_capped(engine: FakeEngine) -> Non
             stub = pb_grpc.StyleTransferStub(channel)
             calls = [stub.Stylize(_request(content, iterations=100), timeout=60) for _ in range(4)]
             accepted = [threading.Event() for _ in calls]
-            for call, flag in zip(calls, accepted, strict=True):
-                threading.Thread(target=_first_event, args=(call, flag), daemon=True).start()
+            events: list[list[str]] = [[] for _ in calls]
+            readers = [threading.Thread(target=_read_events, args=(call, flag, seen), daemon=True)
+                       for call, flag, seen in zip(calls, accepted, events, strict=True)]
+            for reader in readers:
+                reader.start()
             time.sleep(0.5)
             queue = server.server.service.queue  # type: ignore[union-attr]
             assert sum(f.is_set() for f in accepted) == 2 and queue.running + queue.depth == 2
             second = pb_grpc.StyleTransferStub(other).Stylize(_request(content), timeout=30)
             assert next(second).WhichOneof("event") == "accepted"  # another connection gets a stream at once
             second.cancel()
-            for call in calls:  # the waiting ones get their streams as the first ones finish
-                assert [e.WhichOneof("event") for e in call][-1] == "completed"
+            for reader, seen in zip(readers, events, strict=True):  # the waiting ones get streams as others finish
+                reader.join(timeout=60)
+                assert seen and seen[-1] == "completed", seen
             assert all(f.is_set() for f in accepted)
     finally:
         server.stop()
 
 
-def _first_event(call: Any, flag: threading.Event) -> None:
-    """Set ``flag`` when the call's first event (Accepted) arrives."""
+def _read_events(call: Any, flag: threading.Event, seen: list[str]) -> None:
+    """Read the whole stream in this one thread (a call is not read from two threads); set ``flag`` at the
+    first event (Accepted). An error ends the list with its status code."""
     try:
-        next(call)
-        flag.set()
-    except grpc.RpcError:
-        pass
+        for event in call:
+            seen.append(event.WhichOneof("event"))
+            flag.set()
+    except grpc.RpcError as error:
+        seen.append(str(error.code()))
 
 
 def test_max_concurrent_streams_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
