@@ -19,8 +19,8 @@
 #   KEEP_IMAGE=0   remove the built image at the end (default 1: keep it, so the next run hits the cache)
 #   SMOKE_ARGS     extra arguments for deploy/smoke_client.py (e.g. "--size 128")
 #   PRUNE          after the checks, drop dangling styletx images and old build cache: 1 always, 0 never,
-#                  auto (default) when the docker disk has less than PRUNE_BELOW_GB (30) GB free
-#   BUILDER_KEEP   BuildKit cache kept when pruning (default 20GB; the oldest entries go first)
+#                  auto (default) when the docker disk has less than PRUNE_BELOW_GB (60) GB free
+#   BUILDER_KEEP   BuildKit cache kept when pruning (default 8GB: one CPU image's layers; the oldest entries go first)
 #   BUILD_LOG      keep the docker build log at this path (default: a temp file, removed)
 #   DOCKER         docker CLI (default /usr/bin/docker from docker.io: its built-in BuildKit needs no buildx)
 set -Eeuo pipefail
@@ -285,11 +285,11 @@ prune() {
         auto)  # deleting gigabytes takes minutes on a busy disk: only when space runs short
             root=$("$DOCKER" info -f '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib/docker)
             free_gb=$(df --output=avail -BG "$root" | tail -1 | tr -dc 0-9)
-            ((free_gb < ${PRUNE_BELOW_GB:-30})) || return 0 ;;
+            ((free_gb < ${PRUNE_BELOW_GB:-60})) || return 0 ;;
     esac
     "$DOCKER" image prune -f --filter "label=org.opencontainers.image.title=styletx" >/dev/null || true
-    "$DOCKER" builder prune -f --keep-storage "${BUILDER_KEEP:-20GB}" >/dev/null 2>&1 || true
-    log "pruned dangling images and build cache beyond ${BUILDER_KEEP:-20GB} in $((SECONDS - t))s"
+    "$DOCKER" builder prune -f --keep-storage "${BUILDER_KEEP:-8GB}" >/dev/null 2>&1 || true
+    log "pruned dangling images and build cache beyond ${BUILDER_KEEP:-8GB} in $((SECONDS - t))s"
 }
 
 main() {
