@@ -24,6 +24,7 @@ from . import color
 from .errors import EngineError, ImageError, OptionError, ResourceLimitError
 from .imageio import pil_to_tensor, tensor_to_pil
 from .losses import ContentLoss, LayerApply, Scale, SumLoss, TVLoss
+from .memory import ScalePlan, available_memory, plan_scale
 from .options import StylizeOptions
 from .progress import Callback, Iterate, StylizeResult
 from .targets import TargetCache, style_targets
@@ -60,19 +61,25 @@ INITS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.T
 }
 
 
-def _lbfgs(image: torch.Tensor, opts: StylizeOptions) -> torch.optim.Optimizer:
+#: Share of the free memory a job plans to use when no budget is set: the estimate has no allocator slack.
+MEMORY_HEADROOM = 0.9
+#: L-BFGS history pairs when memory allows (the memory plan may keep fewer at large sizes).
+LBFGS_HISTORY = 50
+
+
+def _lbfgs(image: torch.Tensor, opts: StylizeOptions, plan: ScalePlan) -> torch.optim.Optimizer:
     # One closure evaluation per step so that every iteration is reported and can be cancelled; the history
     # survives between step() calls, so this is the same algorithm as one long L-BFGS run (neural-style's).
     return torch.optim.LBFGS(
-        [image], lr=1.0, max_iter=1, history_size=50, tolerance_grad=0.0, tolerance_change=0.0
+        [image], lr=1.0, max_iter=1, history_size=plan.history_size, tolerance_grad=0.0, tolerance_change=0.0
     )
 
 
-def _adam(image: torch.Tensor, opts: StylizeOptions) -> torch.optim.Optimizer:
+def _adam(image: torch.Tensor, opts: StylizeOptions, plan: ScalePlan) -> torch.optim.Optimizer:
     return torch.optim.Adam([image], lr=opts.learning_rate, betas=(0.9, 0.99))
 
 
-OPTIMIZERS: dict[str, Callable[[torch.Tensor, StylizeOptions], torch.optim.Optimizer]] = {
+OPTIMIZERS: dict[str, Callable[[torch.Tensor, StylizeOptions, ScalePlan], torch.optim.Optimizer]] = {
     "lbfgs": _lbfgs,
     "adam": _adam,
 }
@@ -84,6 +91,7 @@ class _Run:
 
     opts: StylizeOptions
     sizes: list[tuple[int, int]]
+    plans: list[ScalePlan]
     callback: Callback | None
     start: float = field(default_factory=time.perf_counter)
     done: int = 0
@@ -115,6 +123,8 @@ class StyleTransfer:
         weights: weights source for both VGGs (``"auto"``, ``"offline"``, ``"torchvision"``, ``"file"``).
         weights_path: a .safetensors/.pth file for ``weights="file"`` (server-side setting, never a request's).
         max_pixels: refuse outputs above this many pixels with :class:`ResourceLimitError`.
+        memory_budget: bytes one job may use (``None``: what the device has free when the job starts); the
+            memory plan (:mod:`styletx_core.memory`) fits each scale into it or refuses the job up front.
     """
 
     def __init__(
@@ -125,6 +135,7 @@ class StyleTransfer:
         cache_dir: str | os.PathLike[str] | None = None,
         max_pixels: int = 4096 * 4096,
         target_cache_size: int = 64,
+        memory_budget: int | None = None,
     ) -> None:
         self.device = torch.device(
             "cuda"
@@ -137,6 +148,7 @@ class StyleTransfer:
         self.weights_path = weights_path
         self.cache_dir = cache_dir
         self.max_pixels = max_pixels
+        self.memory_budget = memory_budget
         self._weights: dict[str, LoadedWeights] = {}
         self._networks: dict[tuple[str, str], VGGFeatures] = {}
         self.targets = TargetCache(target_cache_size)
@@ -183,13 +195,17 @@ class StyleTransfer:
         torch.manual_seed(seed)
         content_t, style_ts = self._prepare_colors(content, styles, opts)
         sizes = [_fit(content.size, s) for s in opts.scales()]
-        run = _Run(opts, sizes, callback)
+        run = _Run(opts, sizes, self.memory_plan(sizes, opts), callback)
         net = self.network(opts.model, opts.pooling)
         image = None
-        for index, size in enumerate(sizes):
-            image = self._init_image(image, content_t, style_ts, init_image, size, generator, opts)
-            losses = self._build_losses(net, content_t, style_ts, size, opts, extra_losses or {})
-            image = self._run_scale(net, image, losses, index, run)
+        try:
+            for index, size in enumerate(sizes):
+                image = self._init_image(image, content_t, style_ts, init_image, size, generator, opts)
+                losses = self._build_losses(net, content_t, style_ts, size, opts, extra_losses or {})
+                net.checkpoint = run.plans[index].checkpoint
+                image = self._run_scale(net, image, losses, index, run)
+        finally:
+            net.checkpoint = False
         assert image is not None
         if opts.preserve_color == "luminance":
             image = color.recombine_luminance(image, pil_to_tensor(content).to(self.device))
@@ -201,7 +217,18 @@ class StyleTransfer:
             elapsed=time.perf_counter() - run.start,
             losses=dict(run.history[-1]) if run.history else {},
             history=run.history,
+            memory_plan=[plan.as_dict() for plan in run.plans],
         )
+
+    def precision(self, opts: StylizeOptions) -> str:
+        """The precision a job runs at: ``opts.precision``, with ``auto`` resolved for this device."""
+        return "fp32" if opts.precision == "auto" else opts.precision
+
+    def memory_plan(self, sizes: Sequence[tuple[int, int]], opts: StylizeOptions) -> list[ScalePlan]:
+        """One plan per scale; raises :class:`ResourceLimitError` (before any work) if a scale cannot fit."""
+        budget = self.memory_budget or int(MEMORY_HEADROOM * available_memory(self.device))
+        precision = self.precision(opts)
+        return [plan_scale(opts.model, w, h, precision, opts.optimizer, LBFGS_HISTORY, budget) for w, h in sizes]
 
     def _check_request(
         self, content: Image.Image, styles: Sequence[Image.Image], opts: StylizeOptions
@@ -286,7 +313,7 @@ class StyleTransfer:
         """Optimise one scale; returns the image (the EMA average for Adam)."""
         opts = run.opts
         image = image.detach().contiguous().requires_grad_(True)
-        optimizer = OPTIMIZERS[opts.optimizer](image, opts)
+        optimizer = OPTIMIZERS[opts.optimizer](image, opts, run.plans[index])
         average = _EMA(image, opts.ema_decay) if opts.optimizer == "adam" else None
         last: dict[str, torch.Tensor] = {}
 
@@ -314,7 +341,7 @@ class StyleTransfer:
         return result.detach().clamp(0, 1)
 
     def _autocast(self, opts: StylizeOptions) -> contextlib.AbstractContextManager[object]:
-        if opts.precision == "bf16":
+        if self.precision(opts) == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 

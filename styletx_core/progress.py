@@ -53,3 +53,5 @@ class StylizeResult:
     losses: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     """Per-iteration ``{iteration, scale, loss, content, style, tv, elapsed}`` for loss curves."""
+    memory_plan: list[dict[str, int | bool]] = field(default_factory=list)
+    """Per scale: L-BFGS history, activation checkpointing, estimated and budgeted bytes."""

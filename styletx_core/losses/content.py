@@ -19,10 +19,11 @@ class ContentLoss(nn.Module):
         super().__init__()
         self.register_buffer("target", target.detach().float())
         self.eps = eps
+        self.norm = float(self.target.pow(2).sum()) + eps
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         error = F.mse_loss(features.float(), self.target, reduction="sum")
-        return error / self.target.pow(2).sum().add(self.eps)
+        return error / self.norm
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self.target.shape)}"

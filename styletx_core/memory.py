@@ -1,0 +1,135 @@
+"""The memory plan: what one scale of a job needs, and how it is made to fit a budget.
+
+Peak memory of an iteration is the activations autograd keeps for the backward pass (linear in the pixel
+count: ≈ 1.5 KiB per pixel for VGG19 in fp32) plus the optimiser's state (L-BFGS keeps ``2 × history`` copies
+of the image: 15 GB for a 4096×3072 image at the default history of 50). When the estimate exceeds the
+budget, the plan, in order:
+
+1. shortens the L-BFGS history (down to :data:`MIN_HISTORY` pairs; convergence barely changes above 10);
+2. recomputes activations segment by segment in the backward pass (:attr:`VGGFeatures.checkpoint`), keeping
+   only the feature taps: ≈ 30 % less activation memory for one more forward pass (≈ +40 % time);
+3. refuses the job with :class:`ResourceLimitError` before any work starts.
+
+The estimate is deliberately simple (per-layer tensor sizes, no allocator slack) and is checked against the
+measured peak RSS in ``bench/perf.py`` (sections ``scaling`` and ``memory``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import ResourceLimitError
+from .vgg import CFGS, layer_names
+
+__all__ = ["BASE_BYTES", "MIN_HISTORY", "ScalePlan", "activation_bytes", "available_memory", "optimizer_bytes",
+           "plan_scale"]
+
+#: L-BFGS history pairs kept at the very least; below this a job is checkpointed instead.
+MIN_HISTORY = 10
+#: Weights, targets, interpreter and allocator slack, on top of the per-pixel estimate.
+BASE_BYTES = 768 * 2**20
+_TAPS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1")
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    """How one scale runs: L-BFGS history, activation checkpointing, and the estimate it was based on."""
+
+    width: int
+    height: int
+    history_size: int
+    checkpoint: bool
+    estimate_bytes: int
+    budget_bytes: int
+
+    def as_dict(self) -> dict[str, int | bool]:
+        return asdict(self)
+
+
+def _layers(arch: str, deepest: str = "relu5_1") -> list[tuple[str, int, int]]:
+    """(name, channels, downsampling factor per side) of each layer up to ``deepest``."""
+    names = layer_names(arch)
+    widths = iter(c for c in CFGS[arch] if isinstance(c, int))
+    result, channels, factor = [], 3, 1
+    for name in names[: names.index(deepest) + 1]:
+        if name.startswith("conv"):
+            channels = next(widths)
+        elif name.startswith("pool"):
+            factor *= 2
+        result.append((name, channels, factor))
+    return result
+
+
+def activation_bytes(arch: str, pixels: int, precision: str, checkpoint: bool) -> int:
+    """Estimated bytes autograd holds at the peak of one forward + backward for an image of ``pixels``.
+
+    Per input pixel: every ReLU output (in place on its convolution's) and pooling output plus its int64
+    indices; with ``checkpoint`` only the feature taps plus the largest segment being recomputed. On top, two
+    gradients of the largest activation in flight, and under bf16 the fp32 copy of relu1_1 that its Gram
+    matrix makes while it runs.
+    """
+    element = 2 if precision == "bf16" else 4
+    taps, segment, segments, largest = 0.0, 0.0, [], 0.0
+    for name, channels, factor in _layers(arch):
+        if name.startswith("conv"):
+            continue
+        size = channels / factor**2
+        stored = size * element + (size * 8 if name.startswith("pool") else 0)
+        largest = max(largest, size * element)
+        if name in _TAPS:
+            taps += stored
+            segments.append(segment)
+            segment = 0.0
+        else:
+            segment += stored
+    per_pixel = taps + (max(segments) if checkpoint else sum(segments)) + 2 * largest
+    if element != 4:
+        per_pixel += 64 * 4
+    return int(pixels * per_pixel)
+
+
+def optimizer_bytes(optimizer: str, image_bytes: int, history: int) -> int:
+    vectors = 2 * history + 6 if optimizer == "lbfgs" else 5  # Adam: moments, EMA, image, gradient
+    return vectors * image_bytes
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes a job may use now: free GPU memory, or the kernel's MemAvailable (cgroup limit if lower)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    available = 0
+    for line in Path("/proc/meminfo").read_text().splitlines() if Path("/proc/meminfo").exists() else []:
+        if line.startswith("MemAvailable:"):
+            available = int(line.split()[1]) * 1024
+    limit = Path("/sys/fs/cgroup/memory.max")
+    if limit.exists() and limit.read_text().strip().isdigit():
+        available = min(available or 2**62, int(limit.read_text()))
+    return available or int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def plan_scale(arch: str, width: int, height: int, precision: str, optimizer: str, history: int,
+               budget: int) -> ScalePlan:
+    """The cheapest plan for one scale that fits ``budget`` bytes; :class:`ResourceLimitError` if none does."""
+    pixels = width * height
+    image_bytes = 3 * pixels * 4
+
+    def estimate(h: int, checkpoint: bool) -> int:
+        return BASE_BYTES + activation_bytes(arch, pixels, precision, checkpoint) + optimizer_bytes(
+            optimizer, image_bytes, h)
+
+    shortest = min(history, MIN_HISTORY)
+    for checkpoint in (False, True):
+        if estimate(shortest, checkpoint) <= budget:
+            spare = budget - estimate(0, checkpoint)
+            fitting = history if optimizer != "lbfgs" else min(history, spare // (2 * image_bytes))
+            return ScalePlan(width, height, int(fitting), checkpoint, estimate(int(fitting), checkpoint), budget)
+    need = estimate(shortest, True)
+    raise ResourceLimitError(
+        f"a {width}×{height} scale needs about {need / 2**30:.1f} GiB even with activation checkpointing and "
+        f"an L-BFGS history of {shortest}; {budget / 2**30:.1f} GiB is available (use a smaller size, bf16 "
+        "precision, or a device with more memory)")

@@ -1,0 +1,116 @@
+"""The memory plan (history, checkpointing, refusal), checkpointed features and the one-matmul Gram backward."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from styletx_core.engine import StyleTransfer
+from styletx_core.errors import ResourceLimitError
+from styletx_core.losses import gram_matrix
+from styletx_core.memory import BASE_BYTES, MIN_HISTORY, activation_bytes, optimizer_bytes, plan_scale
+from styletx_core.options import StylizeOptions
+from styletx_core.vgg import CAFFE_PREPROCESSING, VGGFeatures, make_layers
+
+GIB = 2**30
+
+
+def test_small_images_keep_the_defaults() -> None:
+    plan = plan_scale("vgg19", 512, 384, "fp32", "lbfgs", 50, 8 * GIB)
+    assert (plan.history_size, plan.checkpoint) == (50, False)
+    assert plan.estimate_bytes <= plan.budget_bytes
+
+
+def test_a_shrinking_budget_shortens_history_then_checkpoints_then_refuses() -> None:
+    args = ("vgg19", 4096, 3072, "bf16", "lbfgs", 50)
+    plans = [plan_scale(*args, budget * GIB) for budget in (40, 22, 18)]
+    assert plans[0].history_size == 50 and not plans[0].checkpoint
+    assert MIN_HISTORY <= plans[1].history_size < 50 and not plans[1].checkpoint
+    assert plans[2].checkpoint
+    assert all(p.estimate_bytes <= p.budget_bytes for p in plans)
+    with pytest.raises(ResourceLimitError, match=r"4096×3072.*GiB"):
+        plan_scale(*args, 6 * GIB)
+
+
+def test_activation_estimate_grows_with_pixels_and_shrinks_with_bf16_and_checkpointing() -> None:
+    base = activation_bytes("vgg19", 10**6, "fp32", False)
+    assert activation_bytes("vgg19", 4 * 10**6, "fp32", False) == pytest.approx(4 * base, rel=1e-6)
+    assert activation_bytes("vgg19", 10**6, "bf16", False) < base
+    assert activation_bytes("vgg19", 10**6, "fp32", True) < base
+    assert activation_bytes("vgg16", 10**6, "fp32", False) < base
+
+
+def test_checkpointed_features_and_gradients_match(random_vgg_weights) -> None:
+    import safetensors.torch
+
+    state = safetensors.torch.load_file(str(random_vgg_weights))
+    net = VGGFeatures("vgg19", state, CAFFE_PREPROCESSING, ["relu1_1", "relu3_1", "relu4_2", "relu5_1"])
+    image = torch.rand(1, 3, 48, 64)
+    results = []
+    for checkpoint in (False, True):
+        net.checkpoint = checkpoint
+        x = image.clone().requires_grad_(True)
+        features = net(x)
+        sum(f.pow(2).mean() for f in features.values()).backward()
+        results.append((features, x.grad))
+    (plain, plain_grad), (ckpt, ckpt_grad) = results
+    assert plain.keys() == ckpt.keys()
+    for name in plain:
+        torch.testing.assert_close(plain[name], ckpt[name])
+    torch.testing.assert_close(plain_grad, ckpt_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_in_place_relu_is_off_when_a_convolution_is_tapped() -> None:
+    state = make_layers("vgg16", "relu2_1").state_dict()
+    net = VGGFeatures("vgg16", state, CAFFE_PREPROCESSING, ["conv1_2", "relu2_1"])
+    features = net(torch.rand(1, 3, 32, 32))
+    assert features["conv1_2"].min() < 0  # a pre-activation keeps its negative values
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_gram_backward_matches_autograd(layout: torch.memory_format) -> None:
+    features = torch.randn(2, 5, 6, 7, dtype=torch.float64).contiguous(memory_format=layout)
+    features.requires_grad_(True)
+    torch.autograd.gradcheck(gram_matrix, (features,))
+    flat = features.flatten(2)
+    torch.testing.assert_close(gram_matrix(features), flat @ flat.transpose(1, 2) / 42)
+
+
+def test_gram_of_bf16_features_is_fp32_under_autocast() -> None:
+    features = torch.randn(1, 4, 8, 8).to(torch.bfloat16).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        gram = gram_matrix(features)
+    assert gram.dtype == torch.float32
+    gram.sum().backward()
+    assert features.grad is not None and features.grad.dtype == torch.bfloat16
+
+
+def test_engine_refuses_up_front_when_no_plan_fits(engine: StyleTransfer, content_image: Image.Image,
+                                                   style_image: Image.Image) -> None:
+    tight = StyleTransfer(device="cpu", weights=engine.weights_source, weights_path=engine.weights_path,
+                          memory_budget=256 * 2**20)
+    calls: list[object] = []
+    with pytest.raises(ResourceLimitError, match="GiB"):
+        tight.stylize(content_image, [style_image], StylizeOptions(size=64, iterations=2), calls.append)
+    assert calls == []
+
+
+def test_engine_checkpoints_when_the_budget_asks_for_it(engine: StyleTransfer, content_image: Image.Image,
+                                                        style_image: Image.Image) -> None:
+    # A budget that fits only the checkpointed plan with the shortest history.
+    image_bytes = 3 * 96 * 72 * 4
+    budget = BASE_BYTES + activation_bytes("vgg19", 96 * 72, "fp32", True) + optimizer_bytes(
+        "lbfgs", image_bytes, MIN_HISTORY)
+    tight = StyleTransfer(device="cpu", weights=engine.weights_source, weights_path=engine.weights_path,
+                          memory_budget=budget)
+    opts = StylizeOptions(size=96, min_size=96, iterations=4, seed=2, precision="fp32")
+    result = tight.stylize(content_image, [style_image], opts)
+    reference = engine.stylize(content_image, [style_image], opts)
+    assert result.memory_plan[0]["checkpoint"] is True and result.memory_plan[0]["history_size"] == MIN_HISTORY
+    assert reference.memory_plan[0]["checkpoint"] is False
+    # Same algorithm and seed (4 iterations never fill a history of 10): the pixels agree up to rounding.
+    ours = np.asarray(result.image, dtype=np.float32)
+    theirs = np.asarray(reference.image, dtype=np.float32)
+    assert np.abs(ours - theirs).mean() < 1.0
