@@ -364,7 +364,8 @@ def section_pastiche(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workspace = Path(tmp)
         cmd = [sys.executable, "-m", "pastiche", "--size", "512", "--num-steps", str(args.pastiche_steps),
-               "--seed", "0", "--workspace", str(workspace), "--workspace-step", "10", "--info-step", "10",
+               "--seed", "0", "--workspace", str(workspace), "--workspace-step", str(args.pastiche_every),
+               "--info-step", str(args.pastiche_every),
                "-c", str(IMAGES / "content" / pair.content), "-s", str(IMAGES / "style" / pair.style),
                "-o", str(workspace / "final.png")]
         LOG.info("pastiche: %s", " ".join(cmd))
@@ -484,44 +485,60 @@ def section_service(args: argparse.Namespace) -> None:
                 start = time.perf_counter()
                 client.stylize(content_bytes, [styles[0]], **params)
                 singles.append(time.perf_counter() - start)
-        positions, ends = concurrent_jobs(server.target, clients, content_bytes, styles[0], params)
+        queue = concurrent_jobs(server.target, clients, content_bytes, styles[0], params)
         server.stop()
     single = statistics.median(singles)
-    wall = max(ends)
-    write("service", {"job": params, "clients": clients, "single_job_s": single, "concurrent_wall_s": wall,
-                      "efficiency": clients * single / wall, "accepted_positions": positions,
-                      "positions_correct": sorted(positions) == list(range(clients)),
+    write("service", {"job": params, "clients": clients, "single_job_s": single, **queue,
+                      "efficiency": clients * single / queue["wall_s"],
                       "style_uncached_s": uncached, "style_cached_s": cached,
                       "cache_saving": 1 - cached / uncached})
 
 
 def concurrent_jobs(target: str, clients: int, content: bytes, style: bytes,
-                    params: dict[str, Any]) -> tuple[list[int], list[float]]:
-    """Start ``clients`` streams at once; the queue position each was given, and when each finished."""
+                    params: dict[str, Any]) -> dict[str, Any]:
+    """``clients`` streams, each opened once the previous one was admitted (so the expected positions are
+    known: 0 for the first, which starts at once, then 0, 1, 2 … jobs waiting ahead); every stream read to the
+    end. Returns the wall time, the reported positions, and whether each job's QueueUpdates counted down to 0
+    and the jobs started in admission order (FIFO)."""
     import threading
 
-    from client import Accepted, Client
+    from client import Accepted, Client, QueueUpdate, Started
 
-    positions: list[int] = []
-    ends: list[float] = []
     lock = threading.Lock()
+    records: list[dict[str, Any]] = [{"positions": [], "started_at": None} for _ in range(clients)]
+    admitted = [threading.Event() for _ in range(clients)]
     start = time.perf_counter()
 
-    def one() -> None:
+    def one(index: int) -> None:
+        record = records[index]
         with Client(target, timeout=1800) as client:
             for event in client.stylize_stream(content, [style], **params):
-                if isinstance(event, Accepted):
+                if isinstance(event, Accepted | QueueUpdate):
+                    record["positions"].append(event.queue_position)
+                    admitted[index].set()
+                elif isinstance(event, Started):
                     with lock:
-                        positions.append(event.accepted.queue_position)
-        with lock:
-            ends.append(time.perf_counter() - start)
+                        record["started_at"] = time.perf_counter() - start
+        record["finished_at"] = time.perf_counter() - start
 
-    threads = [threading.Thread(target=one) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
+    threads = []
+    for index in range(clients):
+        threads.append(threading.Thread(target=one, args=(index,)))
+        threads[-1].start()
+        admitted[index].wait(600)
+        if index == 0:  # the first job is running before the others arrive
+            while records[0]["started_at"] is None:
+                time.sleep(0.01)
     for thread in threads:
         thread.join()
-    return positions, ends
+    accepted = [r["positions"][0] for r in records]
+    expected = [0, *range(clients - 1)]
+    countdown = all(r["positions"] == sorted(r["positions"], reverse=True) and r["positions"][-1] == 0
+                    for r in records)
+    starts = [r["started_at"] for r in records]
+    return {"wall_s": max(r["finished_at"] for r in records), "accepted_positions": accepted,
+            "expected_positions": expected, "updates": [r["positions"] for r in records],
+            "positions_correct": accepted == expected and countdown, "fifo": starts == sorted(starts)}
 
 
 # ------------------------------------------------------------------------------------------------ summary
@@ -546,6 +563,14 @@ def summary() -> dict[str, Any]:
     if past:
         hit = past["style_reference_reached_at"]
         out["pastiche_seconds_to_reference"] = hit and hit["seconds"]
+        if hit is None:  # not reached in the steps run: its time is at least the last point's
+            out["pastiche_seconds_to_reference_at_least"] = past["points"][-1]["seconds"]
+        ours = out.get("seconds_to_reference")
+        if ours:
+            same_time = [p for p in past["points"] if p["seconds"] is not None and p["seconds"] <= ours]
+            out["pastiche_at_our_seconds_to_reference"] = same_time[-1] if same_time else None
+            theirs = hit["seconds"] if hit else out["pastiche_seconds_to_reference_at_least"]
+            out["seconds_to_reference_vs_pastiche"] = ours / theirs
     memory = read("memory")
     if memory:
         out["peak_rss_gib_4096"] = memory.get("peak_rss_gib")
@@ -596,7 +621,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scaling-sizes", nargs="+", type=int, default=[256, 362, 512, 724, 1024, 1448, 2048])
     parser.add_argument("--curve-configs", nargs="+", choices=list(CURVE_CONFIGS), default=list(CURVE_CONFIGS))
     parser.add_argument("--precision", default="auto", help="for scaling and memory (default: the engine's)")
-    parser.add_argument("--pastiche-steps", type=int, default=200)
+    parser.add_argument("--pastiche-steps", type=int, default=600)
+    parser.add_argument("--pastiche-every", type=int, default=20, help="score every N pastiche steps")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     return parser.parse_args(argv)

@@ -31,7 +31,7 @@ from .targets import TargetCache, style_targets
 from .vgg import VGGFeatures
 from .weights import LoadedWeights, load_vgg_weights
 
-__all__ = ["INITS", "MIN_SIDE", "OPTIMIZERS", "NumericalError", "StyleTransfer", "check_geometry"]
+__all__ = ["INITS", "MIN_SIDE", "OPTIMIZERS", "NumericalError", "StyleTransfer", "check_geometry", "native_bf16"]
 
 _LOGGER = logging.getLogger(__name__)
 _FEATURE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1")
@@ -221,8 +221,15 @@ class StyleTransfer:
         )
 
     def precision(self, opts: StylizeOptions) -> str:
-        """The precision a job runs at: ``opts.precision``, with ``auto`` resolved for this device."""
-        return "fp32" if opts.precision == "auto" else opts.precision
+        """The precision a job runs at: ``opts.precision``, with ``auto`` resolved for this device.
+
+        ``auto`` is bf16 autocast (Gram matrices and losses stay fp32) where the hardware runs bf16 natively:
+        1.8× faster end to end at 512 px on an AVX512-BF16 CPU, with every quality measure within 1.5 % of
+        fp32's (bench/perf.py, section bf16). Elsewhere bf16 is emulated and slower, so ``auto`` is fp32.
+        """
+        if opts.precision != "auto":
+            return opts.precision
+        return "bf16" if native_bf16(self.device) else "fp32"
 
     def memory_plan(self, sizes: Sequence[tuple[int, int]], opts: StylizeOptions) -> list[ScalePlan]:
         """One plan per scale; raises :class:`ResourceLimitError` (before any work) if a scale cannot fit."""
@@ -433,6 +440,16 @@ class StyleTransfer:
         content_t = pil_to_tensor(content)
         noisy = (content_t + 0.25 * strength * torch.randn(content_t.shape, generator=gen)).clamp(0, 1)
         return self.stylize(content, varied, opts, callback, init_image=tensor_to_pil(noisy))
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Does ``device`` run bf16 convolutions natively (CUDA with bf16, or a CPU with AVX512-BF16 / AMX)?"""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes)
+    return False
 
 
 def _vary_style(style: torch.Tensor, gen: torch.Generator, strength: float) -> torch.Tensor:

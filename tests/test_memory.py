@@ -1,4 +1,4 @@
-"""The memory plan (history, checkpointing, refusal), checkpointed features and the one-matmul Gram backward."""
+"""The memory plan (history, checkpointing, refusal), checkpointed features, the Gram backward, auto precision."""
 
 from __future__ import annotations
 
@@ -114,3 +114,12 @@ def test_engine_checkpoints_when_the_budget_asks_for_it(engine: StyleTransfer, c
     ours = np.asarray(result.image, dtype=np.float32)
     theirs = np.asarray(reference.image, dtype=np.float32)
     assert np.abs(ours - theirs).mean() < 1.0
+
+
+def test_auto_precision_is_bf16_only_where_it_is_native(engine: StyleTransfer) -> None:
+    from styletx_core.engine import native_bf16
+
+    expected = "bf16" if native_bf16(engine.device) else "fp32"
+    assert engine.precision(StylizeOptions()) == expected
+    assert engine.precision(StylizeOptions(precision="fp32")) == "fp32"
+    assert engine.precision(StylizeOptions(precision="bf16")) == "bf16"
