@@ -123,3 +123,14 @@ def test_auto_precision_is_bf16_only_where_it_is_native(engine: StyleTransfer) -
     assert engine.precision(StylizeOptions()) == expected
     assert engine.precision(StylizeOptions(precision="fp32")) == "fp32"
     assert engine.precision(StylizeOptions(precision="bf16")) == "bf16"
+
+
+@pytest.mark.parametrize("style_loss", ["gram", "w2"])
+def test_bf16_runs_every_style_loss_with_fp32_statistics(engine: StyleTransfer, content_image: Image.Image,
+                                                          style_image: Image.Image, style_loss: str) -> None:
+    # bf16 is the default only on some CPUs: exercised explicitly so that every machine runs this path.
+    opts = StylizeOptions(size=64, min_size=64, iterations=6, seed=1, precision="bf16", style_loss=style_loss,
+                          style_layers=("relu1_1", "relu2_1", "relu3_1"))
+    result = engine.stylize(content_image, [style_image], opts)
+    losses = [step["style"] for step in result.history]
+    assert all(np.isfinite(losses)) and min(losses) < losses[0]

@@ -63,11 +63,12 @@ class W2StyleLoss(nn.Module):
         self.eps = eps
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        mean, cov = mean_and_covariance(features)
-        cov = cov + self.eps * self.eye
-        cross = _sqrtm(self.cov_sqrt @ cov @ self.cov_sqrt)
-        distance = (mean - self.mean).pow(2).sum() + torch.trace(self.cov + cov - 2 * cross)
-        return distance / torch.trace(self.cov).add(self.mean.pow(2).sum())
+        with torch.autocast(features.device.type, enabled=False):  # statistics and sqrtm in fp32 under bf16
+            mean, cov = mean_and_covariance(features)
+            cov = cov + self.eps * self.eye
+            cross = _sqrtm(self.cov_sqrt @ cov @ self.cov_sqrt)
+            distance = (mean - self.mean).pow(2).sum() + torch.trace(self.cov + cov - 2 * cross)
+            return distance / torch.trace(self.cov).add(self.mean.pow(2).sum())
 
     def extra_repr(self) -> str:
         return f"channels={self.mean.shape[0]}, eps={self.eps:g}"
