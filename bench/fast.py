@@ -13,7 +13,7 @@ for the previous one's spinning onnxruntime threads), the median wall time of:
 * ``transform``: the patched transform network alone at that size (the floor).
 
 With ``--hybrid-size N``: full-resolution-equivalent iterations until OPTIMIZE (defaults, from the content)
-and HYBRID (:func:`styletx_core.fast.stylize_hybrid`: the fast result refined at the final scale) beat the
+and HYBRID (:func:`styletx_core.fast.stylize_hybrid`: the fast result refined at the last two scales) beat the
 reference on the quality benchmark's four measures (written to ``fast_hybrid.json``).
 
 Sharpness of each output, as the variance of the Laplacian of its luminance and the share of spectral energy
@@ -124,7 +124,7 @@ def _bar_met(scores: Any, reference: Any) -> bool:
 def hybrid_vs_optimize(images: Path, size: int, max_iterations: int, every: int,
                        pair: str = "golden_gate_starry") -> dict[str, Any]:
     """Full-resolution-equivalent iterations until the result beats the reference (quality benchmark's bar),
-    for OPTIMIZE (engine defaults, coarse to fine from the content) and HYBRID (fast result, final scale).
+    for OPTIMIZE (engine defaults, coarse to fine from the content) and HYBRID (fast result, last two scales).
 
     The default pair is one whose bar OPTIMIZE meets at its defaults (bench/results/quality.md), so that both
     sides have a finite count to compare."""

@@ -280,13 +280,15 @@ def test_cli_fast_and_preset(tmp_path: Path, content_image: Image.Image, style_i
 # -------------------------------------------------------------------------------------------------- hybrid
 
 
-def test_hybrid_options_keep_the_final_scale_only() -> None:
+def test_hybrid_options_keep_the_last_two_scales() -> None:
     from styletx_core.fast import hybrid_options
     from styletx_core.options import StylizeOptions
 
     opts = StylizeOptions(size=512, min_size=128)
-    assert hybrid_options(opts).scales() == [512]
-    assert hybrid_options(opts, coarse_scales=1).scales() == opts.scales()[-2:]
+    assert hybrid_options(opts).scales() == opts.scales()[-2:] == [362, 512]
+    assert hybrid_options(opts).coarse_iterations == 20 and hybrid_options(opts).iterations == opts.iterations
+    assert hybrid_options(opts.replace(coarse_iterations=5)).coarse_iterations == 5
+    assert hybrid_options(opts, coarse_scales=0).scales() == [512]
 
 
 def test_stylize_hybrid_starts_from_the_fast_result(fast: FastStylizer, content_image: Image.Image,
@@ -309,7 +311,9 @@ def test_stylize_hybrid_starts_from_the_fast_result(fast: FastStylizer, content_
     expected = fast.stylize(content_image, [style_image], preserve_color="luminance", size=64)
     assert isinstance(seen["init"], Image.Image)
     assert np.array_equal(np.asarray(seen["init"]), np.asarray(expected))
-    assert seen["opts"] == opts.replace(min_size=64)
+    from styletx_core.fast import hybrid_options
+
+    assert seen["opts"] == hybrid_options(opts) == opts.replace(min_size=64, coarse_iterations=20)
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])

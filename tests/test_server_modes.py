@@ -164,7 +164,7 @@ def test_preset_runs_and_unknown_names_are_invalid(stub: pb_grpc.StyleTransferSt
 # ---------------------------------------------------------------------------------------------------- HYBRID
 
 
-def test_hybrid_refines_the_fast_result_at_the_final_scale(
+def test_hybrid_refines_the_fast_result_at_the_last_two_scales(
     stub: pb_grpc.StyleTransferStub, content: Image.Image, styles: list[Image.Image]
 ) -> None:
     # Adam: two L-BFGS steps from a good start need not lower the loss, and the engine keeps its best iterate.
@@ -172,8 +172,8 @@ def test_hybrid_refines_the_fast_result_at_the_final_scale(
               "optimizer": pb.OPTIMIZER_ADAM}
     events, image = run(stub, request(content, [(styles[0], 1.0)], pb.MODE_HYBRID, params=params))
     started = next(e.started for e in events if e.WhichOneof("event") == "started")
-    assert list(started.scales) == [64] and started.total_iterations == 2  # the coarse scales are skipped
-    assert [e.progress.iteration for e in events if e.WhichOneof("event") == "progress"] == [1, 2]
+    assert list(started.scales) == [45, 64] and started.total_iterations == 4  # the coarser ones are skipped
+    assert [e.progress.iteration for e in events if e.WhichOneof("event") == "progress"] == [1, 2, 3, 4]
     fast = FastStylizer("cpu").stylize(content, [styles[0]], size=64)
     assert image.size == (64, 48) and 0 < mean_difference(image, fast) < 40  # refined, not replaced
 
