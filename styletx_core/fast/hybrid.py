@@ -3,9 +3,10 @@
 The feed-forward result already has the style's palette and strokes, so the loop skips most of the coarse
 scales that exist to establish large structures (``hybrid_options``: the last two scales, at most
 :data:`HYBRID_COARSE_ITERATIONS` at the coarser one). Measured with the quality benchmark at 512 px
-(bench/results/fast_hybrid.json): the final scale alone stalls just short of the reference bar (L-BFGS from
-the fast picture keeps its texture); 50 iterations at the coarser scale reach it in 0.60× OPTIMIZE's
-full-resolution-equivalent iterations, 20 in 0.45×. The engine's contract takes ``init_image``.
+(bench/results/fast_hybrid.json): the final scale alone reaches the reference bar only at 0.75× OPTIMIZE's
+full-resolution-equivalent iterations and loses it again (L-BFGS from the fast picture keeps its texture);
+50 iterations at the coarser scale first reach it at 0.60×, 20 at 0.45×. The engine's contract takes
+``init_image``.
 """
 
 from __future__ import annotations
