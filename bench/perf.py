@@ -85,6 +85,25 @@ def pair_images(name: str) -> tuple[Pair, Image.Image, Image.Image, Image.Image]
             load_image(IMAGES / "reference" / pair.reference))
 
 
+def quality_inputs() -> tuple[QualityScorer, Pair, Image.Image, Image.Image, dict[str, Any]]:
+    """Scorer, the curve pair's images, and the reference output's scores (the bar)."""
+    scorer = build_scorer(None)
+    pair, content, style, reference = pair_images(CURVE_PAIR)
+    return scorer, pair, content, style, scorer.score(content, [style], reference).as_dict()
+
+
+def warm_up(engine: StyleTransfer, content: Image.Image, style: Image.Image, opts: StylizeOptions) -> None:
+    """One iteration (networks built, kernels picked), then an empty target cache: timed runs pay for it."""
+    engine.stylize(content, [style], opts.replace(iterations=1, coarse_iterations=0, min_size=opts.size))
+    engine.targets.clear()
+
+
+def fitted(image: Image.Image, size: int) -> tuple[int, int]:
+    """(width, height) of ``image`` scaled to a long side of ``size``."""
+    scale = size / max(image.size)
+    return round(image.width * scale), round(image.height * scale)
+
+
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -170,8 +189,7 @@ def section_iteration(args: argparse.Namespace) -> None:
     for arch in ("vgg16", "vgg19"):
         net = engine.network(arch, "max").net  # the Sequential up to relu5_1, channels-last weights
         for size in args.iteration_sizes:
-            width, height = round(size * content.width / max(content.size)), round(size * content.height /
-                                                                                  max(content.size))
+            width, height = fitted(content, size)
             image = torch.rand(1, 3, height, width)
             flops = count_flops(bound_step(net, image, "fp32"))
             for precision in ("fp32", "bf16"):
@@ -193,8 +211,7 @@ def section_iteration(args: argparse.Namespace) -> None:
 
 def layout_and_compile(engine: StyleTransfer, content: Image.Image, size: int) -> dict[str, Any]:
     """The bound at one size: channels-last vs NCHW, and torch.compile (inductor) of the same network."""
-    width, height = round(size * content.width / max(content.size)), round(size * content.height /
-                                                                          max(content.size))
+    width, height = fitted(content, size)
     image = torch.rand(1, 3, height, width)
     net = engine.network("vgg19", "max").net
     result: dict[str, Any] = {"size": size}
@@ -229,11 +246,8 @@ class Recorder:
         self.start = time.perf_counter()
 
     def __call__(self, step: Iterate) -> None:
-        last_of_scale = step.iteration == step.total_iterations or (
-            step.scale_index < step.scale_count - 1 and (step.width, step.height) != self.final_size
-            and step.iteration % self.every == 0)
-        final = (step.width, step.height) == self.final_size
-        if step.preview is None or not (last_of_scale or (final and step.iteration % self.every == 0)):
+        wanted = step.iteration % self.every == 0 or step.iteration == step.total_iterations
+        if step.preview is None or not wanted:
             return
         started = time.perf_counter()
         image = step.preview().convert("RGB")
@@ -286,15 +300,12 @@ CURVE_CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def section_curves(args: argparse.Namespace) -> None:
-    scorer = build_scorer(None)
+    scorer, pair, content, style, reference_scores = quality_inputs()
     engine = StyleTransfer(device="cpu", weights="auto")
-    pair, content, style, reference = pair_images(CURVE_PAIR)
-    reference_scores = scorer.score(content, [style], reference).as_dict()
     curves: dict[str, Any] = {}
     for name in args.curve_configs:
         opts = StylizeOptions(size=512, seed=0, **CURVE_CONFIGS[name])
-        engine.stylize(content, [style], opts.replace(iterations=1, coarse_iterations=0, min_size=512))  # warm
-        engine.targets.clear()
+        warm_up(engine, content, style, opts)
         LOG.info("curve %s", name)
         curves[name] = run_curve(engine, content, style, opts, scorer, every=5)
         hit = first_beating(curves[name]["points"], reference_scores)
@@ -334,15 +345,12 @@ def plot_curves(curves: dict[str, Any], reference: dict[str, Any], path: Path,
 
 # --------------------------------------------------------------------------------------------------- bf16
 def section_bf16(args: argparse.Namespace) -> None:
-    scorer = build_scorer(None)
+    scorer, pair, content, style, reference_scores = quality_inputs()
     engine = StyleTransfer(device="cpu", weights="auto")
-    pair, content, style, reference = pair_images(CURVE_PAIR)
-    reference_scores = scorer.score(content, [style], reference).as_dict()
     runs: dict[str, Any] = {}
     for precision in ("fp32", "bf16"):
         opts = StylizeOptions(size=512, seed=0, precision=precision)
-        engine.stylize(content, [style], opts.replace(iterations=1, coarse_iterations=0, min_size=512))
-        engine.targets.clear()
+        warm_up(engine, content, style, opts)
         start = time.perf_counter()
         result = engine.stylize(content, [style], opts)
         seconds = time.perf_counter() - start
@@ -358,9 +366,8 @@ def section_bf16(args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------------------------- pastiche
 def section_pastiche(args: argparse.Namespace) -> None:
-    scorer = build_scorer(None)
-    pair, content, style, reference = pair_images(CURVE_PAIR)
-    reference_scores = scorer.score(content, [style], reference).as_dict()
+    scorer, pair, content, style, reference_scores = quality_inputs()
+    reference_size = (reference_scores["width"], reference_scores["height"])
     with tempfile.TemporaryDirectory() as tmp:
         workspace = Path(tmp)
         cmd = [sys.executable, "-m", "pastiche", "--size", "512", "--num-steps", str(args.pastiche_steps),
@@ -377,7 +384,7 @@ def section_pastiche(args: argparse.Namespace) -> None:
         snapshots = [p for p in snapshots if p.name != "final.png"]
         steps = [int(re.findall(r"\d+", p.stem)[-1]) for p in snapshots]
         images = [Image.open(p).convert("RGB") for p in snapshots]
-        sized = [im if im.size == reference.size else im.resize(reference.size, Image.Resampling.BICUBIC)
+        sized = [im if im.size == reference_size else im.resize(reference_size, Image.Resampling.BICUBIC)
                  for im in images]
         scores = scorer.score_many(content, [style], sized)
     points = [{"step": step, "seconds": elapsed.get(step), "size": list(im.size),
@@ -407,7 +414,7 @@ def child_job(size: int, iterations: int, coarse: int, precision: str) -> dict[s
             "precision": precision, "wall_s": time.perf_counter() - start,
             "iteration_s": statistics.median(per_iteration) if per_iteration else None,
             "iterations": result.iterations, "peak_rss_gib": peak_rss_gib(),
-            "memory_plan": result.memory_plan if hasattr(result, "memory_plan") else None}
+            "memory_plan": result.memory_plan}
 
 
 def run_child(size: int, iterations: int, coarse: int, precision: str) -> dict[str, Any]:

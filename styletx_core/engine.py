@@ -7,6 +7,7 @@ The loop is split into small steps — :meth:`_init_image`, :meth:`_build_losses
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -28,13 +29,12 @@ from .memory import ScalePlan, available_memory, plan_scale
 from .options import StylizeOptions
 from .progress import Callback, Iterate, StylizeResult
 from .targets import TargetCache, style_targets
-from .vgg import VGGFeatures
+from .vgg import FEATURE_LAYERS, VGGFeatures
 from .weights import LoadedWeights, load_vgg_weights
 
 __all__ = ["INITS", "MIN_SIDE", "OPTIMIZERS", "NumericalError", "StyleTransfer", "check_geometry", "native_bf16"]
 
 _LOGGER = logging.getLogger(__name__)
-_FEATURE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1")
 
 
 class NumericalError(EngineError):
@@ -165,7 +165,7 @@ class StyleTransfer:
         key = (arch, pooling)
         if key not in self._networks:
             weights = self.weights_for(arch)
-            net = VGGFeatures(arch, weights.state_dict, weights.preprocessing, _FEATURE_LAYERS, pooling)
+            net = VGGFeatures(arch, weights.state_dict, weights.preprocessing, FEATURE_LAYERS, pooling)
             self._networks[key] = net.to(self.device)
         return self._networks[key]
 
@@ -442,6 +442,7 @@ class StyleTransfer:
         return self.stylize(content, varied, opts, callback, init_image=tensor_to_pil(noisy))
 
 
+@functools.cache
 def native_bf16(device: torch.device) -> bool:
     """Does ``device`` run bf16 convolutions natively (CUDA with bf16, or a CPU with AVX512-BF16 / AMX)?"""
     if device.type == "cuda":

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .errors import ResourceLimitError
-from .vgg import CFGS, layer_names
+from .vgg import CFGS, FEATURE_LAYERS, layer_names
 
 __all__ = ["BASE_BYTES", "MIN_HISTORY", "ScalePlan", "activation_bytes", "available_memory", "optimizer_bytes",
            "plan_scale"]
@@ -32,7 +32,6 @@ __all__ = ["BASE_BYTES", "MIN_HISTORY", "ScalePlan", "activation_bytes", "availa
 MIN_HISTORY = 10
 #: Weights, targets, interpreter and allocator slack, on top of the per-pixel estimate.
 BASE_BYTES = 768 * 2**20
-_TAPS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1")
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ def activation_bytes(arch: str, pixels: int, precision: str, checkpoint: bool) -
         size = channels / factor**2
         stored = size * element + (size * 8 if name.startswith("pool") else 0)
         largest = max(largest, size * element)
-        if name in _TAPS:
+        if name in FEATURE_LAYERS:
             taps += stored
             segments.append(segment)
             segment = 0.0

@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "CFGS",
+    "FEATURE_LAYERS",
     "Preprocessing",
     "VGGFeatures",
     "conv_names",
@@ -23,6 +24,9 @@ __all__ = [
     "make_layers",
     "torchvision_to_named",
 ]
+
+#: The layers the engine taps: the default style layers plus the content layer relu4_2.
+FEATURE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1")
 
 CFGS: dict[str, list[int | str]] = {
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
