@@ -409,7 +409,7 @@ def child_job(size: int, iterations: int, coarse: int, precision: str) -> dict[s
     result = engine.stylize(content, [style], opts, lambda step: plans.append(
         {"iteration": step.iteration, "width": step.width, "height": step.height, "elapsed": step.elapsed}))
     final = [p for p in plans if (p["width"], p["height"]) == result.image.size]
-    per_iteration = [b["elapsed"] - a["elapsed"] for a, b in itertools.pairwise(final)]
+    per_iteration = [b["elapsed"] - a["elapsed"] for a, b in itertools.pairwise(final)][1:]  # L-BFGS warm-up
     return {"size": size, "width": result.image.width, "height": result.image.height,
             "precision": precision, "wall_s": time.perf_counter() - start,
             "iteration_s": statistics.median(per_iteration) if per_iteration else None,
@@ -428,7 +428,7 @@ def run_child(size: int, iterations: int, coarse: int, precision: str) -> dict[s
 def section_scaling(args: argparse.Namespace) -> None:
     rows = []
     for size in args.scaling_sizes:
-        row = run_child(size, 4 if size <= 1024 else 3, 0, args.precision)
+        row = run_child(size, 6 if size <= 1024 else 4, 0, args.precision)
         if row.get("iteration_s"):
             row["us_per_pixel"] = 1e6 * row["iteration_s"] / (row["width"] * row["height"])
         LOG.info("scaling %s", row)

@@ -45,6 +45,9 @@ def configure_logging(config: ServerConfig) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
     configure_logging(config)
+    from styletx_core.memory import tune_allocator
+
+    tune_allocator()  # before any thread exists: every thread then allocates from the one heap
     from .app import serve  # after logging, so that import-time messages are formatted too
 
     try:

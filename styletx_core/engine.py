@@ -25,7 +25,7 @@ from . import color
 from .errors import EngineError, ImageError, OptionError, ResourceLimitError
 from .imageio import pil_to_tensor, tensor_to_pil
 from .losses import ContentLoss, LayerApply, Scale, SumLoss, TVLoss
-from .memory import ScalePlan, available_memory, plan_scale
+from .memory import ScalePlan, available_memory, plan_scale, scale_allocator, tune_allocator
 from .options import StylizeOptions
 from .progress import Callback, Iterate, StylizeResult
 from .targets import TargetCache, style_targets
@@ -152,6 +152,7 @@ class StyleTransfer:
         self._weights: dict[str, LoadedWeights] = {}
         self._networks: dict[tuple[str, str], VGGFeatures] = {}
         self.targets = TargetCache(target_cache_size)
+        tune_allocator()
 
     def weights_for(self, arch: str) -> LoadedWeights:
         if arch not in self._weights:
@@ -203,7 +204,8 @@ class StyleTransfer:
                 image = self._init_image(image, content_t, style_ts, init_image, size, generator, opts)
                 losses = self._build_losses(net, content_t, style_ts, size, opts, extra_losses or {})
                 net.checkpoint = run.plans[index].checkpoint
-                image = self._run_scale(net, image, losses, index, run)
+                with scale_allocator(run.plans[index]):
+                    image = self._run_scale(net, image, losses, index, run)
         finally:
             net.checkpoint = False
         assert image is not None

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import resource
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from styletx_core import memory
 from styletx_core.engine import StyleTransfer
 from styletx_core.errors import ResourceLimitError
 from styletx_core.losses import gram_matrix
@@ -134,3 +139,62 @@ def test_bf16_runs_every_style_loss_with_fp32_statistics(engine: StyleTransfer, 
     result = engine.stylize(content_image, [style_image], opts)
     losses = [step["style"] for step in result.history]
     assert all(np.isfinite(losses)) and min(losses) < losses[0]
+
+
+_ALLOCATOR_PROBE = """
+import resource, sys, threading, torch
+from styletx_core.memory import ScalePlan, release_freed_memory, scale_allocator, tune_allocator
+
+applied = tune_allocator()
+plan = ScalePlan(1024, 768, 50, False, 2**30, 2**34, reuse_memory=sys.argv[1] == "reuse")
+
+def rss() -> int:
+    return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
+
+def iterations() -> None:  # in a thread started afterwards, as the server's workers are
+    with scale_allocator(plan):
+        for _ in range(8):  # until the heap's layout settles (a few iterations in glibc 2.36)
+            torch.ones(2**24).sum()  # 64 MiB: above glibc's largest mmap threshold
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(10):
+            torch.ones(2**24).sum()
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        held = rss()
+    print(applied, faults, held - rss())  # leaving the scale released the kept blocks
+
+thread = threading.Thread(target=iterations)
+thread.start()
+thread.join()
+"""
+
+
+def _allocator_probe(mode: str) -> tuple[bool, int, int]:
+    out = subprocess.run([sys.executable, "-c", _ALLOCATOR_PROBE, mode], capture_output=True, text=True,
+                         check=True)
+    applied, faults, released = out.stdout.split()
+    return applied == "True", int(faults), int(released)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning: Linux only")
+def test_a_scale_with_room_reuses_freed_blocks_instead_of_page_faulting_them_back() -> None:
+    applied, faults, released = _allocator_probe("reuse")
+    if not applied:
+        pytest.skip("not glibc: malloc tuning does not apply")
+    _, unmapped_faults, _ = _allocator_probe("unmap")
+    pages = 10 * 2**26 // resource.getpagesize()
+    assert unmapped_faults > 0.5 * pages  # glibc's default: every 64 MiB block mapped and faulted afresh
+    assert faults < 0.05 * pages
+    assert released > 32 * 2**20  # the kept block goes back to the kernel when the scale ends
+
+
+def test_only_scales_far_below_the_budget_reuse_and_never_while_a_tight_one_runs(monkeypatch) -> None:
+    small = plan_scale("vgg19", 512, 384, "fp32", "lbfgs", 50, 2**34)
+    tight = plan_scale("vgg19", 4096, 3072, "bf16", "lbfgs", 50, 22 * 2**30)
+    assert small.reuse_memory and not tight.reuse_memory
+    modes: list[bool] = []
+    monkeypatch.setattr(memory, "_reuse_blocks", modes.append)
+    with memory.scale_allocator(tight), memory.scale_allocator(small):  # another worker's job, meanwhile
+        pass
+    with memory.scale_allocator(small):
+        pass
+    assert modes == [False, False, False, True]
