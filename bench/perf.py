@@ -557,6 +557,10 @@ def summary() -> dict[str, Any]:
         row = next((r for r in it["rows"] if r["size"] == 512 and r["arch"] == "vgg19"
                     and r["precision"] == "fp32"), None)
         out["iteration_ratio_512_fp32"] = row and row["ratio"]
+        bf16_row = next((r for r in it["rows"] if r["size"] == 512 and r["arch"] == "vgg19"
+                         and r["precision"] == "bf16"), None)
+        if row and bf16_row:  # the ceiling for the end-to-end bf16 speed-up: the bare network's own
+            out["bf16_bound_speedup_512"] = row["bound_s"] / bf16_row["bound_s"]
     bf16 = read("bf16")
     if bf16:
         out["bf16_speedup_512"] = bf16["speedup"]

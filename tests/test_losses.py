@@ -19,6 +19,7 @@ from styletx_core.losses import (
     gram_matrix,
     mean_and_covariance,
 )
+from styletx_core.losses.w2 import _sqrtm
 
 
 def test_gram_matrix_by_hand() -> None:
@@ -78,6 +79,17 @@ def test_w2_loss_has_finite_gradients() -> None:
     features = torch.rand(1, 3, 4, 4, requires_grad=True)
     W2StyleLoss(mean, cov)(features).backward()
     assert features.grad is not None and torch.isfinite(features.grad).all()
+
+
+def test_sqrtm_gradient_stays_bounded_when_eigenvalues_round_to_zero() -> None:
+    # fp32 eigenvalues of a rank-deficient covariance product come out as ± rounding noise, clamped to 0; the
+    # backward divides by sᵢ + sⱼ. An absolute floor (1e-12) made that 1e12× and sent L-BFGS to infinity (the
+    # W2 loss turned NaN within 40 iterations on tubingen × starry night at 512 px).
+    q, _ = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    matrix = (q @ torch.diag(torch.tensor([1e4, 1.0, 0.0, 0.0], dtype=torch.float64)) @ q.T).requires_grad_(True)
+    _sqrtm(matrix).sum().backward()
+    assert matrix.grad is not None and torch.isfinite(matrix.grad).all()
+    assert matrix.grad.abs().max() < 1e3
 
 
 def test_tv_loss_by_hand() -> None:

@@ -4,12 +4,16 @@ import torch
 from torch import nn
 
 
+#: Smallest sᵢ + sⱼ in the backward, relative to the largest root.
+_RELATIVE_FLOOR = 1e-3
+
+
 class _Sqrtm(torch.autograd.Function):
     """Symmetric PSD matrix square root with a stable backward.
 
     Autograd through ``eigh`` divides by eigenvalue gaps, which are zero for the rank-deficient covariances of
     small feature maps (NaN at once). Differentiating S² = A instead gives the Sylvester equation
-    S·dA + dA·S = G, solved in S's eigenbasis by dividing by sᵢ + sⱼ, which ``eps`` keeps positive.
+    S·dA + dA·S = G, solved in S's eigenbasis by dividing by sᵢ + sⱼ, floored relative to the largest root.
     """
 
     @staticmethod
@@ -23,7 +27,10 @@ class _Sqrtm(torch.autograd.Function):
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
         vectors, roots = ctx.saved_tensors  # type: ignore[attr-defined]
         rotated = vectors.transpose(-2, -1) @ grad @ vectors
-        solved = rotated / (roots[..., :, None] + roots[..., None, :]).clamp_min(1e-12)
+        # fp32 eigenvalues below ≈ 1e-7 of the largest are rounding noise (often clamped to 0): a relative floor
+        # bounds the gradient to 500× its scale, where an absolute one (1e-12) sent L-BFGS to infinity.
+        floor = roots.amax(-1, keepdim=True)[..., None].clamp_min(1e-12) * _RELATIVE_FLOOR
+        solved = rotated / (roots[..., :, None] + roots[..., None, :]).clamp_min(floor)
         return vectors @ solved @ vectors.transpose(-2, -1)
 
 
