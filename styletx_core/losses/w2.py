@@ -3,7 +3,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
 #: Smallest sᵢ + sⱼ in the backward, relative to the largest root.
 _RELATIVE_FLOOR = 1e-3
 
