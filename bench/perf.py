@@ -554,11 +554,9 @@ def summary() -> dict[str, Any]:
     out: dict[str, Any] = {"device": device_name()}
     it = read("iteration")
     if it:
-        row = next((r for r in it["rows"] if r["size"] == 512 and r["arch"] == "vgg19"
-                    and r["precision"] == "fp32"), None)
+        at_512 = {r["precision"]: r for r in it["rows"] if r["size"] == 512 and r["arch"] == "vgg19"}
+        row, bf16_row = at_512.get("fp32"), at_512.get("bf16")
         out["iteration_ratio_512_fp32"] = row and row["ratio"]
-        bf16_row = next((r for r in it["rows"] if r["size"] == 512 and r["arch"] == "vgg19"
-                         and r["precision"] == "bf16"), None)
         if row and bf16_row:  # the ceiling for the end-to-end bf16 speed-up: the bare network's own
             out["bf16_bound_speedup_512"] = row["bound_s"] / bf16_row["bound_s"]
     bf16 = read("bf16")

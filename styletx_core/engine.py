@@ -226,7 +226,7 @@ class StyleTransfer:
         """The precision a job runs at: ``opts.precision``, with ``auto`` resolved for this device.
 
         ``auto`` is bf16 autocast (Gram matrices and losses stay fp32) where the hardware runs bf16 natively:
-        1.9× faster end to end at 512 px on an AVX512-BF16 CPU, with every quality measure within 0.3 % of
+        1.8× faster end to end at 512 px on an AVX512-BF16 CPU, with every quality measure within 0.3 % of
         fp32's (bench/perf.py, section bf16). Elsewhere bf16 is emulated and slower, so ``auto`` is fp32.
         """
         if opts.precision != "auto":

@@ -56,10 +56,14 @@ class ScalePlan:
     checkpoint: bool
     estimate_bytes: int
     budget_bytes: int
-    reuse_memory: bool = False
+
+    @property
+    def reuse_memory(self) -> bool:
+        """Keep freed blocks for reuse during this scale (:func:`scale_allocator`): only with room to spare."""
+        return self.estimate_bytes <= REUSE_SHARE * self.budget_bytes
 
     def as_dict(self) -> dict[str, int | bool]:
-        return asdict(self)
+        return asdict(self) | {"reuse_memory": self.reuse_memory}
 
 
 def _layers(arch: str, deepest: str = "relu5_1") -> list[tuple[str, int, int]]:
@@ -191,8 +195,6 @@ def scale_allocator(plan: ScalePlan) -> Iterator[None]:
     finally:
         with _reuse_lock:
             _scales_without_reuse -= not plan.reuse_memory
-            if _scales_without_reuse:
-                _reuse_blocks(False)
         release_freed_memory()
 
 
@@ -211,8 +213,7 @@ def plan_scale(arch: str, width: int, height: int, precision: str, optimizer: st
         if estimate(shortest, checkpoint) <= budget:
             spare = budget - estimate(0, checkpoint)
             fitting = history if optimizer != "lbfgs" else min(history, spare // (2 * image_bytes))
-            need = estimate(int(fitting), checkpoint)
-            return ScalePlan(width, height, int(fitting), checkpoint, need, budget, need <= REUSE_SHARE * budget)
+            return ScalePlan(width, height, int(fitting), checkpoint, estimate(int(fitting), checkpoint), budget)
     need = estimate(shortest, True)
     raise ResourceLimitError(
         f"a {width}×{height} scale needs about {need / 2**30:.1f} GiB even with activation checkpointing and "

@@ -146,7 +146,7 @@ import resource, sys, threading, torch
 from styletx_core.memory import ScalePlan, release_freed_memory, scale_allocator, tune_allocator
 
 applied = tune_allocator()
-plan = ScalePlan(1024, 768, 50, False, 2**30, 2**34, reuse_memory=sys.argv[1] == "reuse")
+plan = ScalePlan(1024, 768, 50, False, 2**30 if sys.argv[1] == "reuse" else 2**34, 2**34)
 
 def rss() -> int:
     return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
@@ -191,10 +191,12 @@ def test_only_scales_far_below_the_budget_reuse_and_never_while_a_tight_one_runs
     small = plan_scale("vgg19", 512, 384, "fp32", "lbfgs", 50, 2**34)
     tight = plan_scale("vgg19", 4096, 3072, "bf16", "lbfgs", 50, 22 * 2**30)
     assert small.reuse_memory and not tight.reuse_memory
-    modes: list[bool] = []
+    modes: list[bool] = []  # every switch of the process-wide mode; modes[-1] is the one in force
     monkeypatch.setattr(memory, "_reuse_blocks", modes.append)
-    with memory.scale_allocator(tight), memory.scale_allocator(small):  # another worker's job, meanwhile
-        pass
+    with memory.scale_allocator(tight):
+        assert modes[-1] is False
+        with memory.scale_allocator(small):  # another worker's job, meanwhile
+            assert modes[-1] is False
+        assert modes[-1] is False
     with memory.scale_allocator(small):
-        pass
-    assert modes == [False, False, False, True]
+        assert modes[-1] is True
