@@ -28,7 +28,7 @@ from .losses import ContentLoss, LayerApply, Scale, SumLoss, TVLoss
 from .memory import ScalePlan, available_memory, plan_scale, scale_allocator, tune_allocator
 from .options import StylizeOptions
 from .progress import Callback, Iterate, StylizeResult
-from .targets import TargetCache, style_targets
+from .targets import TargetCache, energy_factors, style_targets
 from .vgg import FEATURE_LAYERS, VGGFeatures
 from .weights import LoadedWeights, load_vgg_weights
 
@@ -307,8 +307,9 @@ class StyleTransfer:
         layer_weights = _normalised(opts.style_layer_weights or [1.0] * len(opts.style_layers))
         style_size = max(16, round(max(size) * opts.style_scale))
         targets = style_targets(self.targets, net, styles, opts, style_size)
+        energy = energy_factors(targets, content_features, opts.style_layers, opts.style_energy_power)
         style_terms = [
-            Scale(LayerApply(targets[layer], layer), opts.style_weight * weight)
+            Scale(LayerApply(targets[layer], layer), opts.style_weight * weight * energy[layer])
             for layer, weight in zip(opts.style_layers, layer_weights, strict=True)
         ]
         tv_terms = [Scale(LayerApply(TVLoss(), None), opts.tv_weight)]

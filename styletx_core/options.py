@@ -30,6 +30,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "style_weight": (0.0, 1e6),
     "tv_weight": (0.0, 1e6),
     "style_scale": (0.05, 8.0),
+    "style_energy_power": (0.0, 4.0),
     "seed": (0, 2**63 - 1),
     "preview_every": (0, 10000),
     "variation_strength": (0.0, 1.0),
@@ -73,13 +74,17 @@ class StylizeOptions:
     model: str = "vgg19"
     pooling: str = "max"
     content_weight: float = 1.0
-    style_weight: float = 10.0
+    style_weight: float = 8.0
     tv_weight: float = 1.0
     content_layers: tuple[str, ...] = ("relu4_2",)
     style_layers: tuple[str, ...] = STYLE_LAYERS
     style_layer_weights: tuple[float, ...] | None = None
     """Relative weight per style layer; ``None`` weighs every layer equally."""
     style_loss: str = "gram"
+    style_energy_power: float = 2.0
+    """Each style layer's weight × (‖style Gram‖ / ‖content Gram‖) ** this: vivid styles pull harder than muted
+    ones, as with Gatys et al.'s unnormalised loss (0: every style alike; 2: the style error is relative to the
+    content's Gram norm instead of the style's). See ``targets.energy_factors``."""
     style_blend_weights: tuple[float, ...] | None = None
     """Relative weight per style image; ``None`` blends them equally."""
     style_scale: float = 1.0

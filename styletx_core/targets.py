@@ -9,19 +9,19 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from .losses import GramStyleLoss, W2StyleLoss, gram_matrix, mean_and_covariance
 from .options import StylizeOptions
 from .vgg import VGGFeatures
 
-__all__ = ["TargetCache", "style_targets"]
+__all__ = ["ENERGY_RATIO_LIMIT", "TargetCache", "energy_factors", "style_targets"]
 
 Stats = dict[str, tuple[torch.Tensor, ...]]
+StyleLoss = GramStyleLoss | W2StyleLoss
 
 
 class TargetCache:
@@ -81,7 +81,7 @@ def _resize_long(image: torch.Tensor, long_side: int) -> torch.Tensor:
 
 def style_targets(
     cache: TargetCache, net: VGGFeatures, styles: Sequence[torch.Tensor], opts: StylizeOptions, long_side: int
-) -> dict[str, nn.Module]:
+) -> dict[str, StyleLoss]:
     """One style-loss module per layer, its target the blend of every style's statistics.
 
     Blending averages the Gram matrices (or means and covariances) with the normalised blend weights, which is
@@ -113,3 +113,29 @@ def style_targets(
     if opts.style_loss == "gram":
         return {layer: GramStyleLoss(values[0]) for layer, values in blended.items()}
     return {layer: W2StyleLoss(values[0], values[1]) for layer, values in blended.items()}
+
+
+#: The energy ratio is clamped to [1/limit, limit] so that a blank content (or style) cannot make a weight explode.
+ENERGY_RATIO_LIMIT = 4.0
+
+
+def energy_factors(
+    targets: Mapping[str, StyleLoss], content_features: Mapping[str, torch.Tensor], layers: Sequence[str], power: float
+) -> dict[str, float]:
+    """Per style layer: (‖style second moment‖ / ‖content second moment‖) ** ``power``.
+
+    The relative style error weighs every style alike, whatever its texture energy; Gatys et al.'s unnormalised
+    error does not: a vivid, high-contrast painting (Starry Night's Gram matrices are 2–3× a photo's) pulls the
+    result harder than a muted one (Shipwreck's ≈ 1×). That is the behaviour neural-style's defaults were tuned
+    on, and it keeps muted styles from washing out the content. The ratio keeps the weight independent of the
+    image size and of the network's activation scale; ``power`` 0 turns the weighting off.
+    """
+    if power == 0:
+        return {layer: 1.0 for layer in layers}
+    factors = {}
+    for layer in layers:
+        content_energy = float(gram_matrix(content_features[layer].float()).norm())
+        ratio = targets[layer].target_energy / max(content_energy, 1e-12)
+        ratio = min(max(ratio, 1 / ENERGY_RATIO_LIMIT), ENERGY_RATIO_LIMIT)
+        factors[layer] = ratio**power
+    return factors

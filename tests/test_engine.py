@@ -10,7 +10,7 @@ from PIL import Image
 from styletx_core import color
 from styletx_core.engine import StyleTransfer
 from styletx_core.errors import Cancelled, EngineError, OptionError, ResourceLimitError
-from styletx_core.imageio import pil_to_tensor
+from styletx_core.imageio import pil_to_tensor, tensor_to_pil
 from styletx_core.options import StylizeOptions
 from styletx_core.progress import Iterate
 
@@ -197,3 +197,47 @@ def test_native_size_input_runs(engine, optimizer: str) -> None:
     content = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8), "RGB")
     result, _ = _run(engine, content, [content], size=48, min_size=48, iterations=2, optimizer=optimizer)
     assert result.image.size == (48, 32)
+
+
+def _contrast(image: Image.Image, factor: float) -> Image.Image:
+    tensor = pil_to_tensor(image)
+    mean = tensor.mean(dim=(2, 3), keepdim=True)
+    return tensor_to_pil(((tensor - mean) * factor + mean).clamp(0, 1))
+
+
+def _style_weights(engine: StyleTransfer, content: Image.Image, style: Image.Image, power: float) -> list[float]:
+    opts = StylizeOptions(**{**SMALL, "style_energy_power": power})
+    net = engine.network(opts.model, opts.pooling)
+    losses = engine._build_losses(net, pil_to_tensor(content), [pil_to_tensor(style)], (64, 48), opts, {})
+    return [term.weight for term in losses["style"]]
+
+
+def test_style_energy_weighting_favours_vivid_styles(engine, content_image, style_image) -> None:
+    vivid, muted = _contrast(style_image, 1.5), _contrast(style_image, 0.4)
+    flat = _style_weights(engine, content_image, vivid, 0.0)
+    assert flat == _style_weights(engine, content_image, muted, 0.0) == pytest.approx([StylizeOptions().style_weight / 5] * 5)
+    vivid_weights = _style_weights(engine, content_image, vivid, 1.5)
+    muted_weights = _style_weights(engine, content_image, muted, 1.5)
+    assert all(v > m for v, m in zip(vivid_weights, muted_weights, strict=True)), (vivid_weights, muted_weights)
+
+
+def test_style_energy_weighting_moves_the_balance(engine, content_image, style_image) -> None:
+    # A low-contrast style has less texture energy than the content: weighing by energy pulls less, so the result
+    # keeps more content and matches the style less than with every style weighed alike — and the reverse for a
+    # vivid style. Both errors are measured with the unweighted losses.
+    opts = StylizeOptions(**{**SMALL, "style_energy_power": 0.0})
+    net = engine.network(opts.model, opts.pooling)
+
+    def errors(style: Image.Image, power: float) -> tuple[float, float]:
+        result, _ = _run(engine, content_image, [style], style_energy_power=power, min_size=64, iterations=30)
+        losses = engine._build_losses(net, pil_to_tensor(content_image), [pil_to_tensor(style)], result.image.size,
+                                      opts, {})
+        image = pil_to_tensor(result.image)
+        with torch.no_grad():
+            _, parts = losses(net(image), image)
+        return float(parts["content"]), float(parts["style"])
+
+    for style, less_style in ((_contrast(style_image, 0.3), True), (_contrast(style_image, 2.0), False)):
+        (content_flat, style_flat), (content_energy, style_energy) = errors(style, 0.0), errors(style, 1.5)
+        assert (content_energy < content_flat) == less_style, (content_flat, content_energy)
+        assert (style_energy > style_flat) == less_style, (style_flat, style_energy)

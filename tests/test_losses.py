@@ -20,6 +20,7 @@ from styletx_core.losses import (
     mean_and_covariance,
 )
 from styletx_core.losses.w2 import _sqrtm
+from styletx_core.targets import ENERGY_RATIO_LIMIT, energy_factors
 
 
 def test_gram_matrix_by_hand() -> None:
@@ -113,3 +114,26 @@ def test_combinators_weight_and_sum() -> None:
     assert value.item() == pytest.approx(parts["tv"].item() + parts["content"].item())
     assert "weight=3" in repr(total) and "layer=relu1_1" in repr(total)
     assert math.isfinite(value.item())
+
+
+def test_target_energy_is_the_second_moment_norm_for_gram_and_w2() -> None:
+    # Gram = E[f fᵀ] = Σ + μμᵀ: both losses describe the same second-moment matrix, so their energies agree.
+    torch.manual_seed(0)
+    features = torch.rand(1, 3, 5, 7)
+    flat = features.flatten(2)[0]
+    by_hand = float((flat @ flat.T / flat.shape[1]).norm())
+    assert GramStyleLoss(gram_matrix(features)[0]).target_energy == pytest.approx(by_hand, rel=1e-6)
+    assert W2StyleLoss(*mean_and_covariance(features)).target_energy == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_energy_factors_by_hand() -> None:
+    # Content features F = [[1, 1]] (1 channel, 2 positions): Gram [[1]], norm 1; style Gram [[2]]: ratio 2.
+    content = {name: torch.ones(1, 1, 1, 2) for name in "abc"}
+    targets = {"a": GramStyleLoss(torch.tensor([[2.0]])), "b": GramStyleLoss(torch.tensor([[1e6]])),
+               "c": GramStyleLoss(torch.tensor([[1e-6]]))}
+    assert energy_factors(targets, content, ["a"], 2.0) == {"a": pytest.approx(4.0)}
+    assert energy_factors(targets, content, ["a"], 0.5) == {"a": pytest.approx(math.sqrt(2))}
+    assert energy_factors(targets, content, ["a", "b"], 0.0) == {"a": 1.0, "b": 1.0}
+    # A ratio beyond ENERGY_RATIO_LIMIT either way (a blank content or style) is clamped: no weight explodes.
+    factors = energy_factors(targets, content, ["b", "c"], 2.0)
+    assert factors == {"b": pytest.approx(ENERGY_RATIO_LIMIT**2), "c": pytest.approx(ENERGY_RATIO_LIMIT**-2)}

@@ -185,7 +185,7 @@ def _with_image(rng: random.Random, data: bytes) -> tuple[pb.StylizeRequest, str
 
 
 _DOUBLES = ("scale_step", "learning_rate", "ema_decay", "content_weight", "style_weight", "tv_weight",
-            "style_scale", "variation_strength")
+            "style_scale", "variation_strength", "style_energy_power")
 _ENUMS = ("optimizer", "init", "model", "pooling", "style_loss", "preserve_color", "precision")
 _BAD_DOUBLES = (math.nan, math.inf, -math.inf, -1.0, -1e-300, 1e300)
 _BAD_UINTS = {"size": (0, 1, 15, 8193, 2**32 - 1), "min_size": (1, 15, 8193, 2**32 - 1),

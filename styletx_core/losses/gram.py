@@ -72,6 +72,11 @@ class GramStyleLoss(nn.Module):
     def target_of(features: torch.Tensor) -> torch.Tensor:
         return gram_matrix(features)
 
+    @property
+    def target_energy(self) -> float:
+        """‖T‖: the norm of the target's second-moment matrix (weighs styles in ``targets.energy_factors``)."""
+        return float(self.target.norm())
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         error = F.mse_loss(
             gram_matrix(features), self.target.expand(features.shape[0], -1, -1), reduction="sum"

@@ -68,6 +68,12 @@ class W2StyleLoss(nn.Module):
         self.register_buffer("eye", eye)
         self.eps = eps
 
+    @property
+    def target_energy(self) -> float:
+        """‖Σ + μμᵀ‖: the norm of the target's second-moment matrix, i.e. of the Gram matrix it describes."""
+        cov = self.cov - self.eps * self.eye
+        return float((cov + torch.outer(self.mean, self.mean)).norm())
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         with torch.autocast(features.device.type, enabled=False):  # statistics and sqrtm in fp32 under bf16
             mean, cov = mean_and_covariance(features)
