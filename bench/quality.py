@@ -14,9 +14,11 @@ plus iterations, full-resolution-equivalent iterations and wall time. The target
 all four at once in at most 100 equivalent iterations.
 
     python bench/quality.py [--images ../shared/images] [--size 512] [--references-only]
+    python bench/quality.py --set style_energy_power=0 --name quality_energy0   # an ablation
 
-Writes ``bench/results/quality.json`` and ``bench/results/quality.md`` (results as ``quality_<pair>.png``,
-not committed). Timings depend on the machine and on what else runs on it.
+Writes ``bench/results/<name>.json`` and ``<name>.md`` (``--name`` defaults to ``quality``; results as
+``<name>_<pair>.png``, not committed). ``--set`` changes engine options (values are JSON: ``2``, ``"fp32"``,
+``[1,1,1,2,2]``). Timings depend on the machine and on what else runs on it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from PIL import Image
 
 from styletx_core.imageio import load_image
 from styletx_core.onnx_export import DEFAULT_LAYERS
+from styletx_core.options import StylizeOptions
 from styletx_core.progress import Iterate
 from styletx_core.scoring import MagentaStyleEmbedder, QualityScorer, QualityScores
 from styletx_core.vgg import VGGFeatures
@@ -77,12 +80,12 @@ def build_scorer(cache_dir: str | None) -> QualityScorer:
                                        magenta=MagentaStyleEmbedder.from_cache(cache_dir))
 
 
-def stylise(content: Image.Image, style: Image.Image, size: int, cache_dir: str | None) -> dict[str, Any]:
+def stylise(content: Image.Image, style: Image.Image, size: int, cache_dir: str | None,
+            changes: dict[str, Any]) -> dict[str, Any]:
     from styletx_core.engine import StyleTransfer
-    from styletx_core.options import StylizeOptions
 
     engine = StyleTransfer(device="cpu", weights="auto", cache_dir=cache_dir)
-    opts = StylizeOptions(size=size, seed=0)
+    opts = StylizeOptions(size=size, seed=0, **changes)
     def progress(step: Iterate) -> None:
         if step.iteration % 25 == 0 or step.iteration == step.total_iterations:
             logging.info("  iteration %d/%d at %d×%d, loss %.4g, %.0f s", step.iteration,
@@ -92,7 +95,20 @@ def stylise(content: Image.Image, style: Image.Image, size: int, cache_dir: str 
     result = engine.stylize(content, [style], opts, progress)
     return {"image": result.image, "iterations": result.iterations,
             "equivalent_iterations": round(result.equivalent_iterations, 1),
-            "wall_s": round(time.perf_counter() - start, 1), "options": "defaults (seed 0)"}
+            "wall_s": round(time.perf_counter() - start, 1),
+            "options": f"defaults (seed 0){''.join(f', {k}={v!r}' for k, v in changes.items())}"}
+
+
+def option_change(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` → (name, JSON value; a bare word is a string): ``precision=fp32``, ``style_weight=8``."""
+    name, sep, value = text.partition("=")
+    if not sep or name not in StylizeOptions.__dataclass_fields__:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE with NAME an engine option")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return name, tuple(parsed) if isinstance(parsed, list) else parsed
 
 
 def wins(ours: QualityScores, reference: QualityScores) -> dict[str, bool]:
@@ -104,8 +120,8 @@ def wins(ours: QualityScores, reference: QualityScores) -> dict[str, bool]:
     return result
 
 
-def run_pair(pair: Pair, images: Path, size: int, scorer: QualityScorer, out: Path,
-             references_only: bool, cache_dir: str | None) -> dict[str, Any]:
+def run_pair(pair: Pair, args: argparse.Namespace, scorer: QualityScorer) -> dict[str, Any]:
+    images, size = args.images, args.size
     content = load_image(images / "content" / pair.content, field=pair.content)
     style = load_image(images / "style" / pair.style, field=pair.style)
     reference = load_image(images / "reference" / pair.reference, field=pair.reference)
@@ -114,12 +130,12 @@ def run_pair(pair: Pair, images: Path, size: int, scorer: QualityScorer, out: Pa
     entry: dict[str, Any] = {"pair": pair.name, "content": pair.content, "style": pair.style,
                              "reference": reference_scores.as_dict()}
     entry["reference"]["size"] = list(reference.size)
-    if references_only:
+    if args.references_only:
         return entry
-    logging.info("%s: stylising at %d px with the defaults", pair.name, size)
-    run = stylise(content, style, size, cache_dir)
+    logging.info("%s: stylising at %d px with the defaults %s", pair.name, size, args.set or "")
+    run = stylise(content, style, size, args.cache_dir, args.set)
     image = run.pop("image")
-    image.save(out / f"quality_{pair.name}.png")
+    image.save(args.out / f"{args.name}_{pair.name}.png")
     ours = scorer.score(content, [style], image)
     entry["styletx"] = ours.as_dict() | run | {"size": list(image.size)}
     entry["better_than_reference"] = wins(ours, reference_scores)
@@ -131,7 +147,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# Quality benchmark (`bench/quality.py`)",
         "",
-        f"{results['size']} px long side; engine defaults; scores from the ONNX export of the offline VGG19 "
+        f"{results['size']} px long side; engine {results['options']}; scores from the ONNX export of the offline VGG19 "
         "(Gram relu1_1–relu5_1, content relu4_2), layout SSIM (σ = 2 px blurred luminance), Magenta "
         "style-embedding cosine. Reference = neural-style, 1000 L-BFGS iterations.",
         f"Machine: {results['machine']}.",
@@ -167,12 +183,17 @@ def main() -> None:
                         help="subset, by reference name")
     parser.add_argument("--references-only", action="store_true",
                         help="score the references, skip the engine")
+    parser.add_argument("--set", type=option_change, action="append", default=[], metavar="NAME=VALUE",
+                        help="change an engine option (JSON value); repeatable")
+    parser.add_argument("--name", default="quality", help="stem of the result files")
     args = parser.parse_args()
+    args.set = dict(args.set)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     scorer = build_scorer(args.cache_dir)
     results: dict[str, Any] = {
         "size": args.size,
+        "options": "defaults" + "".join(f", {k}={v!r}" for k, v in args.set.items()),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads, onnxruntime {scorer.extractor.provider} "
                    "(shared with other jobs: wall times are noisy)",
@@ -181,10 +202,9 @@ def main() -> None:
     }
     for pair in PAIRS:
         if pair.name in args.pairs:  # written after each pair: a long run keeps what it finished
-            results["pairs"].append(run_pair(pair, args.images, args.size, scorer, args.out,
-                                             args.references_only, args.cache_dir))
-            (args.out / "quality.json").write_text(json.dumps(results, indent=2) + "\n")
-            (args.out / "quality.md").write_text(markdown(results))
+            results["pairs"].append(run_pair(pair, args, scorer))
+            (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
+            (args.out / f"{args.name}.md").write_text(markdown(results))
     print(markdown(results))
 
 
