@@ -116,7 +116,7 @@ def style_targets(
 
 
 #: The energy ratio is clamped to [1/limit, limit] so that a blank content (or style) cannot make a weight explode.
-ENERGY_RATIO_LIMIT = 4.0
+ENERGY_RATIO_LIMIT = 3.0
 
 
 def energy_factors(
