@@ -27,6 +27,8 @@ from .validation import validate_request
 __all__ = ["LocalBackend", "LocalStream"]
 
 _END = object()
+#: How long the end of a stream waits for its job's thread to finish (it has sent its last event already).
+JOIN_SECONDS = 30.0
 
 
 class LocalStream:
@@ -36,6 +38,7 @@ class LocalStream:
         self._events = job_events
         self._deadline = deadline
         self.job: Job | None = None
+        self.thread: threading.Thread | None = None
         self._cancel = threading.Event()
 
     def cancel(self) -> None:
@@ -46,12 +49,21 @@ class LocalStream:
     def __iter__(self) -> Iterator[pb.StylizeEvent]:
         while True:
             item = self._get()
+            if item is _END or isinstance(item, BaseException):
+                self._join()
             if item is _END:
                 return
             if isinstance(item, BaseException):
                 raise item
             assert isinstance(item, pb.StylizeEvent)
             yield item
+
+    def _join(self) -> None:
+        """Wait for the job's thread, which ends right after its last event: a caller that exits at once
+        (the CLI after an error) would otherwise tear down torch under a thread still unwinding in it, and the
+        process could abort ("terminate called without an active exception")."""
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout=JOIN_SECONDS)
 
     def _get(self) -> object:
         while True:
@@ -88,9 +100,9 @@ class LocalBackend:
         """Start the job in a thread; iterate the result for its events (errors raise ServiceError)."""
         events: queue.Queue[object] = queue.Queue()
         stream = LocalStream(events, None if timeout is None else time.monotonic() + timeout)
-        thread = threading.Thread(target=self._run, args=(request, stream, events), daemon=True,
-                                  name="styletx-local")
-        thread.start()
+        stream.thread = threading.Thread(target=self._run, args=(request, stream, events), daemon=True,
+                                         name="styletx-local")
+        stream.thread.start()
         return stream
 
     def _run(self, request: pb.StylizeRequest, stream: LocalStream, events: queue.Queue[object]) -> None:

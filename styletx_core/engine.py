@@ -7,12 +7,14 @@ The loop is split into small steps — :meth:`_init_image`, :meth:`_build_losses
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import logging
 import math
 import os
 import random
 import resource
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +31,7 @@ from .memory import ScalePlan, available_memory, plan_scale, scale_allocator, tu
 from .options import StylizeOptions
 from .progress import Callback, Iterate, StylizeResult
 from .targets import TargetCache, energy_factors, style_targets
-from .vgg import FEATURE_LAYERS, VGGFeatures
+from .vgg import FEATURE_LAYERS, VGGFeatures, layer_names
 from .weights import LoadedWeights, load_vgg_weights
 
 __all__ = ["INITS", "MIN_SIDE", "OPTIMIZERS", "NumericalError", "StyleTransfer", "check_geometry", "native_bf16"]
@@ -63,6 +65,8 @@ INITS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.T
 
 #: Share of the free memory a job plans to use when no budget is set: the estimate has no allocator slack.
 MEMORY_HEADROOM = 0.85
+#: Networks kept per engine: the default layer set per model and pooling, plus a few requested other sets.
+MAX_NETWORKS = 6
 #: L-BFGS history pairs when memory allows (the memory plan may keep fewer at large sizes).
 LBFGS_HISTORY = 50
 
@@ -150,7 +154,8 @@ class StyleTransfer:
         self.max_pixels = max_pixels
         self.memory_budget = memory_budget
         self._weights: dict[str, LoadedWeights] = {}
-        self._networks: dict[tuple[str, str], VGGFeatures] = {}
+        self._networks: dict[tuple[str, str, tuple[str, ...]], VGGFeatures] = {}
+        self._networks_lock = threading.Lock()
         self.targets = TargetCache(target_cache_size)
         tune_allocator()
 
@@ -161,14 +166,21 @@ class StyleTransfer:
             )
         return self._weights[arch]
 
-    def network(self, arch: str, pooling: str) -> VGGFeatures:
-        """The truncated extractor for ``arch``/``pooling`` (built once, kept)."""
-        key = (arch, pooling)
-        if key not in self._networks:
-            weights = self.weights_for(arch)
-            net = VGGFeatures(arch, weights.state_dict, weights.preprocessing, FEATURE_LAYERS, pooling)
-            self._networks[key] = net.to(self.device)
-        return self._networks[key]
+    def network(self, arch: str, pooling: str, layers: Sequence[str] = ()) -> VGGFeatures:
+        """The extractor for ``arch``/``pooling`` returning :data:`FEATURE_LAYERS` plus ``layers``, truncated
+        after the deepest of them (built once and kept; the few networks for other layer sets are an LRU)."""
+        wanted = set(FEATURE_LAYERS) | set(layers)
+        names = tuple(name for name in layer_names(arch) if name in wanted)
+        key = (arch, pooling, names)
+        with self._networks_lock:  # the server's workers share one engine
+            net = self._networks.pop(key, None)
+            if net is None:
+                weights = self.weights_for(arch)
+                net = VGGFeatures(arch, weights.state_dict, weights.preprocessing, names, pooling).to(self.device)
+            self._networks[key] = net  # most recently used last
+            while len(self._networks) > MAX_NETWORKS:
+                self._networks.pop(next(iter(self._networks)))
+            return net
 
     def target_cache_info(self) -> dict[str, int]:
         return self.targets.info()
@@ -197,17 +209,16 @@ class StyleTransfer:
         content_t, style_ts = self._prepare_colors(content, styles, opts)
         sizes = [_fit(content.size, s) for s in opts.scales()]
         run = _Run(opts, sizes, self.memory_plan(sizes, opts), callback)
-        net = self.network(opts.model, opts.pooling)
+        # A shallow copy shares the weights but has its own ``checkpoint`` switch: jobs running side by side in
+        # the server's workers each follow their own memory plan.
+        net = copy.copy(self.network(opts.model, opts.pooling, (*opts.content_layers, *opts.style_layers)))
         image = None
-        try:
-            for index, size in enumerate(sizes):
-                image = self._init_image(image, content_t, style_ts, init_image, size, generator, opts)
-                losses = self._build_losses(net, content_t, style_ts, size, opts, extra_losses or {})
-                net.checkpoint = run.plans[index].checkpoint
-                with scale_allocator(run.plans[index]):
-                    image = self._run_scale(net, image, losses, index, run)
-        finally:
-            net.checkpoint = False
+        for index, size in enumerate(sizes):
+            image = self._init_image(image, content_t, style_ts, init_image, size, generator, opts)
+            losses = self._build_losses(net, content_t, style_ts, size, opts, extra_losses or {})
+            net.checkpoint = run.plans[index].checkpoint
+            with scale_allocator(run.plans[index]):
+                image = self._run_scale(net, image, losses, index, run)
         assert image is not None
         if opts.preserve_color == "luminance":
             image = color.recombine_luminance(image, pil_to_tensor(content).to(self.device))

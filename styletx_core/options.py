@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import OptionError
 
-__all__ = ["CHOICES", "LIMITS", "STYLE_LAYERS", "StylizeOptions"]
+__all__ = ["CHOICES", "KNOWN_LAYERS", "LIMITS", "STYLE_LAYERS", "StylizeOptions"]
 
 STYLE_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
@@ -47,9 +47,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "precision": ("auto", "fp32", "bf16"),
 }
 
-_KNOWN_LAYERS = frozenset(
-    f"relu{block}_{i}" for block, n in ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4)) for i in range(1, n + 1)
-)
+#: Convolutions per block of each network (torchvision's VGG configurations D and E).
+_BLOCKS: dict[str, tuple[int, ...]] = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
+#: The ReLU layers a loss may use, by network.
+KNOWN_LAYERS: dict[str, tuple[str, ...]] = {
+    model: tuple(f"relu{block}_{i}" for block, n in enumerate(counts, 1) for i in range(1, n + 1))
+    for model, counts in _BLOCKS.items()
+}
 
 
 @dataclass(frozen=True)
@@ -125,13 +129,14 @@ class StylizeOptions:
             object.__setattr__(self, "min_size", self.size)
 
     def _validate_layers(self) -> None:
+        known = KNOWN_LAYERS[self.model]
         for name in ("content_layers", "style_layers"):
             layers = getattr(self, name)
             if not layers:
                 raise OptionError(name, "needs at least one layer")
-            unknown = [layer for layer in layers if layer not in _KNOWN_LAYERS]
+            unknown = [layer for layer in layers if layer not in known]
             if unknown:
-                raise OptionError(name, f"unknown layer(s) {unknown}; known: {sorted(_KNOWN_LAYERS)}")
+                raise OptionError(name, f"{self.model} has no layer(s) {unknown}; known: {', '.join(known)}")
 
     @staticmethod
     def _validate_weights(name: str, weights: tuple[float, ...] | None, count: int | None) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from styletx_core import color
-from styletx_core.engine import StyleTransfer
+from styletx_core.engine import MAX_NETWORKS, StyleTransfer
 from styletx_core.errors import Cancelled, EngineError, OptionError, ResourceLimitError
 from styletx_core.imageio import pil_to_tensor, tensor_to_pil
 from styletx_core.options import StylizeOptions
@@ -177,7 +179,8 @@ def test_injected_faults_surface(engine, content_image, style_image, fault: str,
     [({"size": 0}, "size"), ({"iterations": -1}, "iterations"), ({"optimizer": "sgd"}, "optimizer"),
      ({"style_weight": float("nan")}, "style_weight"), ({"content_layers": ("relu9_9",)}, "content_layers"),
      ({"style_layer_weights": (1.0,)}, "style_layer_weights"), ({"tv_weight": float("inf")}, "tv_weight"),
-     ({"learning_rate": "fast"}, "learning_rate"), ({"style_layer_weights": (0, 0, 0, 0, 0)}, "style_layer_weights")],
+     ({"learning_rate": "fast"}, "learning_rate"), ({"style_layer_weights": (0, 0, 0, 0, 0)}, "style_layer_weights"),
+     ({"model": "vgg16", "style_layers": ("relu1_1", "relu3_4")}, "style_layers")],  # relu3_4 is VGG19's only
 )
 def test_out_of_range_options_name_the_field(changes: dict[str, object], field: str) -> None:
     with pytest.raises(OptionError) as caught:
@@ -241,3 +244,32 @@ def test_style_energy_weighting_moves_the_balance(engine, content_image, style_i
         (content_flat, style_flat), (content_energy, style_energy) = errors(style, 0.0), errors(style, 1.5)
         assert (content_energy < content_flat) == less_style, (content_flat, content_energy)
         assert (style_energy > style_flat) == less_style, (style_flat, style_energy)
+
+
+def test_any_known_layer_can_be_used(engine, content_image, style_image) -> None:
+    # Layers outside the default set (and deeper than relu5_1) get a network that returns them.
+    result, seen = _run(engine, content_image, [style_image], style_layers=("relu2_2", "relu3_2", "relu5_4"),
+                        content_layers=("relu3_3",), iterations=2, coarse_iterations=1)
+    assert result.image.size == (64, 48) and seen[-1].losses["style"] > 0
+    net = engine.network("vgg19", "max", ("relu5_4",))
+    assert "relu5_4" in net.layers and "relu5_4" in net(pil_to_tensor(content_image))
+
+
+def test_networks_for_other_layer_sets_are_bounded(engine) -> None:
+    for layer in ("relu1_2", "relu2_2", "relu3_2", "relu3_3", "relu3_4", "relu4_3", "relu4_4", "relu5_2"):
+        engine.network("vgg19", "max", (layer,))
+    assert len(engine._networks) == MAX_NETWORKS
+    assert engine.network("vgg19", "max") is engine.network("vgg19", "max", ("relu4_2",))  # the default set
+
+
+def test_each_job_has_its_own_checkpoint_switch(engine, content_image, style_image, monkeypatch) -> None:
+    # A job whose plan checkpoints must not switch checkpointing on for the shared network other jobs use.
+    plan = engine.memory_plan
+    monkeypatch.setattr(engine, "memory_plan", lambda sizes, opts: [
+        dataclasses.replace(p, checkpoint=True) for p in plan(sizes, opts)])
+    shared = engine.network("vgg19", "max")
+    seen: list[bool] = []
+    result = engine.stylize(content_image, [style_image], StylizeOptions(**SMALL),
+                            lambda it: seen.append(shared.checkpoint))
+    assert all(p["checkpoint"] for p in result.memory_plan)
+    assert seen and not any(seen)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 import grpc
 import pytest
 from test_server import kind, request
@@ -45,3 +48,22 @@ def test_local_deadline_and_cancel(backend: LocalBackend) -> None:
 def test_local_server_info(backend: LocalBackend) -> None:
     info = backend.server_info()
     assert info.limits.max_chunk_bytes == 1 << 20 and info.defaults.iterations > 0
+
+
+class _SlowTeardown(LocalBackend):
+    """A job thread that goes on for a moment after its last event, as a thread unwinding torch state does."""
+
+    def _run(self, *args: object) -> None:
+        super()._run(*args)  # type: ignore[arg-type]
+        time.sleep(0.3)
+
+
+@pytest.mark.parametrize("changes", [{"seed": 2}, {"size": 4}])
+def test_stream_end_waits_for_the_job_thread(changes: dict[str, int]) -> None:
+    # A caller that exits right after the last event (the CLI after an error) must not leave the job's thread
+    # running: the process could abort in torch's teardown ("terminate called without an active exception").
+    backend = _SlowTeardown(engine_factory=lambda device: FakeEngine(device, step_seconds=0.01))
+    stream = backend.stylize(request(**changes), timeout=30)
+    with contextlib.suppress(ServiceError):
+        list(stream)
+    assert stream.thread is not None and not stream.thread.is_alive()
