@@ -96,7 +96,12 @@ def stylise(content: Image.Image, style: Image.Image, size: int, cache_dir: str 
     return {"image": result.image, "iterations": result.iterations,
             "equivalent_iterations": round(result.equivalent_iterations, 1),
             "wall_s": round(time.perf_counter() - start, 1),
-            "options": f"defaults (seed 0){''.join(f', {k}={v!r}' for k, v in changes.items())}"}
+            "options": f"defaults (seed 0){changes_label(changes)}"}
+
+
+def changes_label(changes: dict[str, Any]) -> str:
+    """The ``--set`` changes as ``, name=value`` for the result files (empty for the defaults)."""
+    return "".join(f", {name}={value!r}" for name, value in changes.items())
 
 
 def option_change(text: str) -> tuple[str, Any]:
@@ -193,7 +198,7 @@ def main() -> None:
     scorer = build_scorer(args.cache_dir)
     results: dict[str, Any] = {
         "size": args.size,
-        "options": "defaults" + "".join(f", {k}={v!r}" for k, v in args.set.items()),
+        "options": f"defaults{changes_label(args.set)}",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads, onnxruntime {scorer.extractor.provider} "
                    "(shared with other jobs: wall times are noisy)",

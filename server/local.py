@@ -51,10 +51,9 @@ class LocalStream:
             item = self._get()
             if item is _END or isinstance(item, BaseException):
                 self._join()
-            if item is _END:
+                if isinstance(item, BaseException):
+                    raise item
                 return
-            if isinstance(item, BaseException):
-                raise item
             assert isinstance(item, pb.StylizeEvent)
             yield item
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import OptionError
+from .vgg import CFGS, layer_names
 
 __all__ = ["CHOICES", "KNOWN_LAYERS", "LIMITS", "STYLE_LAYERS", "StylizeOptions"]
 
@@ -47,12 +48,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "precision": ("auto", "fp32", "bf16"),
 }
 
-#: Convolutions per block of each network (torchvision's VGG configurations D and E).
-_BLOCKS: dict[str, tuple[int, ...]] = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
 #: The ReLU layers a loss may use, by network.
 KNOWN_LAYERS: dict[str, tuple[str, ...]] = {
-    model: tuple(f"relu{block}_{i}" for block, n in enumerate(counts, 1) for i in range(1, n + 1))
-    for model, counts in _BLOCKS.items()
+    model: tuple(name for name in layer_names(model) if name.startswith("relu")) for model in CFGS
 }
 
 
