@@ -1,9 +1,11 @@
-"""The quality benchmark of issue 4: the engine's defaults against the original neural-style, four measures.
+"""The quality benchmark: the engine's defaults against the original neural-style, four measures, two scorers.
 
 For each content/style pair that has a reference output in ``../shared/images/reference`` (neural-style at its
 defaults: 1000 L-BFGS iterations at 512 px), stylise the content at 512 px long side with the default
 :class:`~styletx_core.options.StylizeOptions`, then score the result and the reference with
-:mod:`styletx_core.scoring` (the ONNX export of the offline VGG19 is the validation network):
+:mod:`styletx_core.scoring`, twice: with the ONNX export of the network the loop optimises (VGG19 by default)
+and with the other one (VGG16), which the loop never sees. A pair counts as won only if all four measures beat
+the reference on the independent network. The measures:
 
 * style distance: relative Frobenius distance of Gram matrices, mean over relu1_1 … relu5_1 (lower is better)
 * content distance: relative distance of relu4_2 features to the content's (lower is better)
@@ -13,7 +15,11 @@ defaults: 1000 L-BFGS iterations at 512 px), stylise the content at 512 px long 
 plus iterations, full-resolution-equivalent iterations and wall time. The target: better than the reference on
 all four at once in at most 100 equivalent iterations.
 
-    python bench/quality.py [--images ../shared/images] [--size 512] [--references-only]
+The leakage pairs (contents without faces, styles with faces and figures) have no reference: they are there to
+be looked at, for objects of the painting copied into the photo. Every pair gets a contact sheet (content,
+style, reference, result) in ``bench/results/quality_sheets/``, linked from the Markdown report.
+
+    python bench/quality.py [--images ../shared/images] [--size 512] [--references-only] [--pairs NAME ...]
     python bench/quality.py --set style_energy_power=0 --name quality_energy0   # an ablation
 
 Writes ``bench/results/<name>.json`` and ``<name>.md`` (``--name`` defaults to ``quality``; results as
@@ -55,37 +61,56 @@ MEASURES = (  # key, label, True when higher is better
 
 @dataclass(frozen=True)
 class Pair:
+    name: str
     content: str
     style: str
-    reference: str
-
-    @property
-    def name(self) -> str:
-        return Path(self.reference).stem
+    reference: str | None = None
+    """neural-style's output; ``None`` for the leakage pairs, which are judged by eye."""
+    preserve_color: str = "none"
 
 
 PAIRS = (
-    Pair("tubingen.jpg", "starry_night.jpg", "tubingen_starry.png"),
-    Pair("golden_gate.jpg", "starry_night.jpg", "golden_gate_starry.png"),
-    Pair("tubingen.jpg", "shipwreck.jpg", "tubingen_shipwreck.png"),
+    Pair("tubingen_starry", "tubingen.jpg", "starry_night.jpg", "tubingen_starry.png"),
+    Pair("golden_gate_starry", "golden_gate.jpg", "starry_night.jpg", "golden_gate_starry.png"),
+    Pair("tubingen_shipwreck", "tubingen.jpg", "shipwreck.jpg", "tubingen_shipwreck.png"),
+    Pair("tubingen_scream", "tubingen.jpg", "the_scream.jpg", "tubingen_scream.png"),
+    Pair("tubingen_seated_nude", "tubingen.jpg", "seated-nude.jpg", "tubingen_seated_nude.png"),
+    Pair("golden_gate_escher", "golden_gate.jpg", "escher_sphere.jpg", "golden_gate_escher.png"),
+    # neural-style's -original_colors 1 against our luminance-only transfer.
+    Pair("tubingen_starry_original_color", "tubingen.jpg", "starry_night.jpg",
+         "tubingen_starry_original_color.png", "luminance"),
+    # Leakage: contents without faces, styles with faces and figures.
+    Pair("golden_gate_matisse", "golden_gate.jpg", "woman-with-hat-matisse.jpg"),
+    Pair("hoovertowernight_matisse", "hoovertowernight.jpg", "woman-with-hat-matisse.jpg"),
+    Pair("hoovertowernight_seated_nude", "hoovertowernight.jpg", "seated-nude.jpg"),
 )
+#: The scoring networks: the one the loop optimises and the independent one.
+SCORER_ARCHS = ("vgg19", "vgg16")
 
 
-def build_scorer(cache_dir: str | None) -> QualityScorer:
-    """The offline VGG19 (fetched if missing) exported to ONNX, plus the Magenta predictor."""
-    ensure_cached("vgg19", cache_dir)
-    weights = load_vgg_weights("vgg19", "offline", cache_dir=cache_dir)
-    features = VGGFeatures("vgg19", weights.state_dict, weights.preprocessing, DEFAULT_LAYERS)
-    return QualityScorer.from_features(features, cache_dir=cache_dir,
-                                       magenta=MagentaStyleEmbedder.from_cache(cache_dir))
+def build_scorers(cache_dir: str | None) -> dict[str, QualityScorer]:
+    """Each offline VGG (fetched if missing) exported to ONNX, sharing one Magenta predictor."""
+    magenta = MagentaStyleEmbedder.from_cache(cache_dir)
+    scorers = {}
+    for arch in SCORER_ARCHS:
+        ensure_cached(arch, cache_dir)
+        weights = load_vgg_weights(arch, "offline", cache_dir=cache_dir)
+        features = VGGFeatures(arch, weights.state_dict, weights.preprocessing, DEFAULT_LAYERS)
+        scorers[arch] = QualityScorer.from_features(features, cache_dir=cache_dir, magenta=magenta)
+    return scorers
+
+
+def independent_arch(engine_model: str) -> str:
+    """The scoring network the loop does not optimise."""
+    return next(arch for arch in SCORER_ARCHS if arch != engine_model)
 
 
 def stylise(content: Image.Image, style: Image.Image, size: int, cache_dir: str | None,
-            changes: dict[str, Any]) -> dict[str, Any]:
+            changes: dict[str, Any], preserve_color: str) -> dict[str, Any]:
     from styletx_core.engine import StyleTransfer
 
     engine = StyleTransfer(device="cpu", weights="auto", cache_dir=cache_dir)
-    opts = StylizeOptions(size=size, seed=0, **changes)
+    opts = StylizeOptions(size=size, seed=0, **{"preserve_color": preserve_color, **changes})
     def progress(step: Iterate) -> None:
         if step.iteration % 25 == 0 or step.iteration == step.total_iterations:
             logging.info("  iteration %d/%d at %d×%d, loss %.4g, %.0f s", step.iteration,
@@ -95,6 +120,8 @@ def stylise(content: Image.Image, style: Image.Image, size: int, cache_dir: str 
     result = engine.stylize(content, [style], opts, progress)
     return {"image": result.image, "iterations": result.iterations,
             "equivalent_iterations": round(result.equivalent_iterations, 1),
+            "style_errors": {k: round(v, 4) for k, v in result.style_errors.items()},
+            "style_multipliers": {k: round(v, 3) for k, v in result.style_multipliers.items()},
             "wall_s": round(time.perf_counter() - start, 1),
             "options": f"defaults (seed 0){changes_label(changes)}"}
 
@@ -125,56 +152,103 @@ def wins(ours: QualityScores, reference: QualityScores) -> dict[str, bool]:
     return result
 
 
-def run_pair(pair: Pair, args: argparse.Namespace, scorer: QualityScorer) -> dict[str, Any]:
+def run_pair(pair: Pair, args: argparse.Namespace, scorers: dict[str, QualityScorer]) -> dict[str, Any]:
     images, size = args.images, args.size
     content = load_image(images / "content" / pair.content, field=pair.content)
     style = load_image(images / "style" / pair.style, field=pair.style)
-    reference = load_image(images / "reference" / pair.reference, field=pair.reference)
-    logging.info("%s: scoring the reference (%d×%d)", pair.name, *reference.size)
-    reference_scores = scorer.score(content, [style], reference)
     entry: dict[str, Any] = {"pair": pair.name, "content": pair.content, "style": pair.style,
-                             "reference": reference_scores.as_dict()}
-    entry["reference"]["size"] = list(reference.size)
+                             "preserve_color": pair.preserve_color, "reference": None}
+    reference_scores: dict[str, QualityScores] = {}
+    reference = None
+    if pair.reference is not None:
+        reference = load_image(images / "reference" / pair.reference, field=pair.reference)
+        logging.info("%s: scoring the reference (%d×%d)", pair.name, *reference.size)
+        reference_scores = {arch: scorer.score(content, [style], reference) for arch, scorer in scorers.items()}
+        entry["reference"] = {arch: s.as_dict() for arch, s in reference_scores.items()}
     if args.references_only:
         return entry
     logging.info("%s: stylising at %d px with the defaults %s", pair.name, size, args.set or "")
-    run = stylise(content, style, size, args.cache_dir, args.set)
+    run = stylise(content, style, size, args.cache_dir, args.set, pair.preserve_color)
     image = run.pop("image")
     image.save(args.out / f"{args.name}_{pair.name}.png")
-    ours = scorer.score(content, [style], image)
-    entry["styletx"] = ours.as_dict() | run | {"size": list(image.size)}
-    entry["better_than_reference"] = wins(ours, reference_scores)
-    entry["all_four_better"] = all(entry["better_than_reference"].values())
+    entry["sheet"] = contact_sheet(args.out, args.name, pair.name, [content, style, reference, image])
+    ours = {arch: scorer.score(content, [style], image) for arch, scorer in scorers.items()}
+    entry["styletx"] = {arch: s.as_dict() for arch, s in ours.items()} | run | {"size": list(image.size)}
+    if reference_scores:
+        entry["better_than_reference"] = {arch: wins(ours[arch], reference_scores[arch]) for arch in scorers}
+        judge = independent_arch(args.set.get("model", StylizeOptions().model))
+        entry["judged_by"] = judge
+        entry["all_four_better"] = all(entry["better_than_reference"][judge].values())
     return entry
+
+
+SHEET_HEIGHT = 256
+
+
+def contact_sheet(out: Path, stem: str, pair: str, images: list[Image.Image | None]) -> str:
+    """content | style | reference | result, each SHEET_HEIGHT px high, as a JPEG beside the report; its path
+    relative to the report."""
+    tiles = [im.convert("RGB") for im in images if im is not None]
+    tiles = [im.resize((round(im.width * SHEET_HEIGHT / im.height), SHEET_HEIGHT), Image.Resampling.LANCZOS)
+             for im in tiles]
+    sheet = Image.new("RGB", (sum(t.width for t in tiles) + 4 * (len(tiles) - 1), SHEET_HEIGHT), "white")
+    x = 0
+    for tile in tiles:
+        sheet.paste(tile, (x, 0))
+        x += tile.width + 4
+    relative = Path("quality_sheets") / f"{stem}_{pair}.jpg"
+    (out / relative).parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out / relative, quality=85)
+    return relative.as_posix()
+
+
+def _score_row(pair: str, run: str, arch: str, s: dict[str, Any], iters: tuple[str, str, str]) -> str:
+    return (f"| {pair} | {run} | {arch} | {s['style_distance_mean']:.4f} | {s['content_distance']:.4f} | "
+            f"{s['layout_ssim']:.4f} | {s['style_cosine']:.4f} | {s['color_distance']:.2f} | {' | '.join(iters)} |")
+
+
+def _pair_rows(entry: dict[str, Any]) -> list[str]:
+    rows = []
+    ours = entry.get("styletx")
+    for arch in SCORER_ARCHS:
+        if entry["reference"] is not None:
+            rows.append(_score_row(entry["pair"], "reference", arch, entry["reference"][arch], ("1000", "1000", "—")))
+        if ours is not None:
+            iters = (str(ours["iterations"]), f"{ours['equivalent_iterations']:.1f}", f"{ours['wall_s']:.0f}")
+            rows.append(_score_row(entry["pair"], "styletx", arch, ours[arch], iters))
+    for arch, better in entry.get("better_than_reference", {}).items():
+        labels = [label for key, label, _ in MEASURES if better[key]]
+        judge = " (independent: judges the pair)" if arch == entry.get("judged_by") else ""
+        rows.append(f"| {entry['pair']} | **better on** | {arch}{judge} | {len(labels)}/4: "
+                    f"{', '.join(labels) or '—'} | | | | | | | |")
+    return rows
 
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# Quality benchmark (`bench/quality.py`)",
         "",
-        f"{results['size']} px long side; engine {results['options']}; scores from the ONNX export of the offline VGG19 "
-        "(Gram relu1_1–relu5_1, content relu4_2), layout SSIM (σ = 2 px blurred luminance), Magenta "
-        "style-embedding cosine. Reference = neural-style, 1000 L-BFGS iterations.",
+        f"{results['size']} px long side; engine {results['options']}; scores from the ONNX exports of the offline "
+        "VGG19 and VGG16 (Gram relu1_1–relu5_1, content relu4_2; the network the engine does not optimise judges), "
+        "layout SSIM (σ = 2 px blurred luminance), Magenta style-embedding cosine. Reference = neural-style, "
+        "1000 L-BFGS iterations.",
         f"Machine: {results['machine']}.",
         "",
-        "| pair | run | style dist ↓ | content dist ↓ | layout SSIM ↑ | Magenta cos ↑ | colour ΔE ↓ "
+        "| pair | run | scorer | style dist ↓ | content dist ↓ | layout SSIM ↑ | Magenta cos ↑ | colour ΔE ↓ "
         "| iterations | equiv. iters | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for entry in results["pairs"]:
-        for run in ("reference", "styletx"):
-            if run not in entry:
-                continue
-            s = entry[run]
-            iters = ("1000", "1000", "—") if run == "reference" else (
-                str(s["iterations"]), f"{s['equivalent_iterations']:.1f}", f"{s['wall_s']:.0f}")
-            lines.append(f"| {entry['pair']} | {run} | {s['style_distance_mean']:.4f} | "
-                         f"{s['content_distance']:.4f} | {s['layout_ssim']:.4f} | {s['style_cosine']:.4f} | "
-                         f"{s['color_distance']:.2f} | {' | '.join(iters)} |")
-        if "better_than_reference" in entry:
-            better = [label for key, label, _ in MEASURES if entry["better_than_reference"][key]]
-            lines.append(f"| {entry['pair']} | **better on** | {len(better)}/4: {', '.join(better) or '—'} "
-                         "| | | | | | | |")
+        lines.extend(_pair_rows(entry))
+    judged = [e for e in results["pairs"] if "all_four_better" in e]
+    if judged:
+        won = sum(e["all_four_better"] for e in judged)
+        mean_iters = sum(e["styletx"]["equivalent_iterations"] for e in judged) / len(judged)
+        mean_wall = sum(e["styletx"]["wall_s"] for e in judged) / len(judged)
+        lines += ["", f"**{won} of {len(judged)} pairs** beat the reference on all four measures (independent "
+                  f"scorer); {mean_iters:.1f} equivalent iterations and {mean_wall:.0f} s per pair on average."]
+    lines += ["", "## Contact sheets", "", "content · style · reference (when there is one) · styletx", ""]
+    lines += [f"### {e['pair']}\n\n![{e['pair']}]({e['sheet']})\n" for e in results["pairs"] if "sheet" in e]
     return "\n".join(lines) + "\n"
 
 
@@ -185,7 +259,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--pairs", nargs="+", default=[p.name for p in PAIRS],
-                        help="subset, by reference name")
+                        help="subset, by name")
     parser.add_argument("--references-only", action="store_true",
                         help="score the references, skip the engine")
     parser.add_argument("--set", type=option_change, action="append", default=[], metavar="NAME=VALUE",
@@ -195,19 +269,19 @@ def main() -> None:
     args.set = dict(args.set)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
-    scorer = build_scorer(args.cache_dir)
+    scorers = build_scorers(args.cache_dir)
     results: dict[str, Any] = {
         "size": args.size,
         "options": f"defaults{changes_label(args.set)}",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads, onnxruntime {scorer.extractor.provider} "
+                   f"{torch.get_num_threads()} threads, onnxruntime {scorers['vgg19'].extractor.provider} "
                    "(shared with other jobs: wall times are noisy)",
-        "validation_network": scorer.extractor.metadata.as_dict(),
+        "validation_networks": {arch: s.extractor.metadata.as_dict() for arch, s in scorers.items()},
         "pairs": [],
     }
     for pair in PAIRS:
         if pair.name in args.pairs:  # written after each pair: a long run keeps what it finished
-            results["pairs"].append(run_pair(pair, args, scorer))
+            results["pairs"].append(run_pair(pair, args, scorers))
             (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
             (args.out / f"{args.name}.md").write_text(markdown(results))
     print(markdown(results))

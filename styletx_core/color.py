@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["chroma", "luminance_only", "match_color", "recombine_luminance", "rgb_to_yiq", "yiq_to_rgb"]
+__all__ = ["chroma", "match_color", "recombine_luminance", "rgb_to_yiq", "yiq_to_rgb"]
 
 _RGB_TO_YIQ = torch.tensor(
     [[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]]
@@ -23,19 +23,6 @@ def yiq_to_rgb(image: torch.Tensor) -> torch.Tensor:
 def chroma(image: torch.Tensor) -> torch.Tensor:
     """The I and Q channels: what colour preservation must keep from the content."""
     return rgb_to_yiq(image)[:, 1:]
-
-
-def luminance_only(image: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
-    """Gray (Y in all three channels); with ``reference``, Y is matched to its mean and std first.
-
-    The paper matches the style's luminance statistics to the content's so the style's overall brightness
-    does not leak into the result.
-    """
-    y = rgb_to_yiq(image)[:, :1]
-    if reference is not None:
-        ref = rgb_to_yiq(reference)[:, :1]
-        y = (y - y.mean()) / y.std().clamp_min(1e-6) * ref.std() + ref.mean()
-    return y.clamp(0, 1).expand(-1, 3, -1, -1).contiguous()
 
 
 def recombine_luminance(luma_source: torch.Tensor, color_source: torch.Tensor) -> torch.Tensor:

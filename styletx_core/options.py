@@ -32,6 +32,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "tv_weight": (0.0, 1e6),
     "style_scale": (0.05, 8.0),
     "style_energy_power": (0.0, 4.0),
+    "style_tolerance": (0.0, 10.0),
     "seed": (0, 2**63 - 1),
     "preview_every": (0, 10000),
     "variation_strength": (0.0, 1.0),
@@ -40,7 +41,7 @@ LIMITS: dict[str, tuple[float, float]] = {
 #: Allowed values of the string options, by option name.
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("lbfgs", "adam"),
-    "init": ("content", "noise", "style"),
+    "init": ("content", "noise", "style", "palette"),
     "model": ("vgg19", "vgg16"),
     "pooling": ("max", "avg"),
     "style_loss": ("gram", "w2"),
@@ -72,7 +73,10 @@ class StylizeOptions:
     """Adam step size, in units of the 0–1 image range."""
     ema_decay: float = 0.9
     """Adam only: decay of the iterate average that is returned instead of the raw last iterate."""
-    init: str = "content"
+    init: str = "palette"
+    """Start image: ``palette`` — the content recoloured to the style's colour mean and covariance (the photo's
+    layout in the painting's palette: muted, dark paintings no longer leave the photo's colours behind);
+    ``content``, ``noise`` (neural-style's default) or ``style``."""
     model: str = "vgg19"
     pooling: str = "max"
     content_weight: float = 1.0
@@ -87,6 +91,10 @@ class StylizeOptions:
     """Each style layer's weight × (‖style Gram‖ / ‖content Gram‖) ** this: vivid styles pull harder than muted
     ones, as with Gatys et al.'s unnormalised loss (0: every style alike; 2: the style error is relative to the
     content's Gram norm instead of the style's). See ``targets.energy_factors``."""
+    style_tolerance: float = 0.1
+    """The relative Gram error each style layer is driven toward: after every scale, a layer's weight is
+    multiplied by (measured error / this), within bounds (deep layers: looser and capped). 0: fixed weights.
+    See :mod:`styletx_core.balance`."""
     style_blend_weights: tuple[float, ...] | None = None
     """Relative weight per style image; ``None`` blends them equally."""
     style_scale: float = 1.0

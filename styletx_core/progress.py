@@ -55,3 +55,7 @@ class StylizeResult:
     """Per-iteration ``{iteration, scale, loss, content, style, tv, elapsed}`` for loss curves."""
     memory_plan: list[dict[str, int | bool]] = field(default_factory=list)
     """Per scale: L-BFGS history, activation checkpointing, estimated and budgeted bytes."""
+    style_errors: dict[str, float] = field(default_factory=dict)
+    """Per style layer: the relative Gram (or W2) error of the result, ‖G − T‖ / ‖T‖."""
+    style_multipliers: dict[str, float] = field(default_factory=dict)
+    """Per style layer: the weight multiplier the adaptive balance ended at (1 everywhere when it is off)."""

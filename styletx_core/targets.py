@@ -115,8 +115,11 @@ def style_targets(
     return {layer: W2StyleLoss(values[0], values[1]) for layer, values in blended.items()}
 
 
-#: The energy ratio is clamped to [1/limit, limit] so that a blank content (or style) cannot make a weight explode.
+#: The energy ratio is clamped to [floor, limit]: a blank content cannot make a weight explode, and a muted style
+#: (ratio below 1) keeps its base weight — dividing it by up to 9 left muted paintings under-stylised (Picasso's
+#: Seated Nude barely moved the photo); :mod:`styletx_core.balance` adds weight where style is still missing.
 ENERGY_RATIO_LIMIT = 3.0
+ENERGY_RATIO_FLOOR = 1.0
 
 
 def energy_factors(
@@ -127,7 +130,7 @@ def energy_factors(
     The relative style error weighs every style alike, whatever its texture energy; Gatys et al.'s unnormalised
     error does not: a vivid, high-contrast painting (Starry Night's Gram matrices are 2–3× a photo's) pulls the
     result harder than a muted one (Shipwreck's ≈ 1×). That is the behaviour neural-style's defaults were tuned
-    on, and it keeps muted styles from washing out the content. The ratio keeps the weight independent of the
+    on. Muted styles keep their base weight (:data:`ENERGY_RATIO_FLOOR`). The ratio keeps the weight independent of the
     image size and of the network's activation scale; ``power`` 0 turns the weighting off.
     """
     if power == 0:
@@ -136,6 +139,6 @@ def energy_factors(
     for layer in layers:
         content_energy = float(gram_matrix(content_features[layer].float()).norm())
         ratio = targets[layer].target_energy / max(content_energy, 1e-12)
-        ratio = min(max(ratio, 1 / ENERGY_RATIO_LIMIT), ENERGY_RATIO_LIMIT)
+        ratio = min(max(ratio, ENERGY_RATIO_FLOOR), ENERGY_RATIO_LIMIT)
         factors[layer] = ratio**power
     return factors
