@@ -92,9 +92,9 @@ class StylizeOptions:
     ones, as with Gatys et al.'s unnormalised loss (0: every style alike; 2: the style error is relative to the
     content's Gram norm instead of the style's). See ``targets.energy_factors``."""
     style_tolerance: float = 0.1
-    """The relative Gram error each style layer is driven toward: after every scale, a layer's weight is
-    multiplied by (measured error / this), within bounds (deep layers: looser and capped). 0: fixed weights.
-    See :mod:`styletx_core.balance`."""
+    """The relative Gram error each texture layer (relu1_1–relu4_1) is driven toward: after every scale, a layer
+    still further from the style has its weight raised by (error / this) for the next scale, up to ×16. 0: fixed
+    weights. See :mod:`styletx_core.balance`."""
     style_blend_weights: tuple[float, ...] | None = None
     """Relative weight per style image; ``None`` blends them equally."""
     style_scale: float = 1.0
