@@ -33,6 +33,7 @@ FROM base AS requirements
 WORKDIR /src
 COPY deploy/docker-install.sh /usr/local/bin/styletx-docker-install
 COPY pyproject.toml ./
+COPY client/pyproject.toml client/
 RUN styletx-docker-install requirements
 
 FROM base AS deps

@@ -466,8 +466,7 @@ def section_memory(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------ service
 def section_service(args: argparse.Namespace) -> None:
     from service import Server, random_weights  # bench/service.py
-
-    from client import Client
+    from styletx_client import Client
 
     shared = IMAGES
     content_bytes = (shared / "content" / "tubingen.jpg").read_bytes()
@@ -509,7 +508,7 @@ def concurrent_jobs(target: str, clients: int, content: bytes, style: bytes,
     and the jobs started in admission order (FIFO)."""
     import threading
 
-    from client import Accepted, Client, QueueUpdate, Started
+    from styletx_client import Accepted, Client, QueueUpdate, Started
 
     lock = threading.Lock()
     records: list[dict[str, Any]] = [{"positions": [], "started_at": None} for _ in range(clients)]

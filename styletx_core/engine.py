@@ -24,7 +24,8 @@ from PIL import Image
 from torch.nn import functional as F
 
 from . import color
-from .errors import EngineError, ImageError, OptionError, ResourceLimitError
+from .errors import EngineError, OptionError, ResourceLimitError
+from .geometry import MIN_SIDE, check_geometry, fit_long_side
 from .imageio import pil_to_tensor, tensor_to_pil
 from .losses import ContentLoss, LayerApply, Scale, SumLoss, TVLoss
 from .memory import ScalePlan, available_memory, plan_scale, scale_allocator, tune_allocator
@@ -207,7 +208,7 @@ class StyleTransfer:
         generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         content_t, style_ts = self._prepare_colors(content, styles, opts)
-        sizes = [_fit(content.size, s) for s in opts.scales()]
+        sizes = [fit_long_side(content.size, s) for s in opts.scales()]
         run = _Run(opts, sizes, self.memory_plan(sizes, opts), callback)
         # A shallow copy shares the weights but has its own ``checkpoint`` switch: jobs running side by side in
         # the server's workers each follow their own memory plan.
@@ -259,7 +260,7 @@ class StyleTransfer:
         if weights is not None and len(weights) != len(styles):
             raise OptionError("style_blend_weights", f"{len(weights)} weights for {len(styles)} styles")
         check_geometry(content.size, [style.size for style in styles], opts)
-        width, height = _fit(content.size, opts.size)
+        width, height = fit_long_side(content.size, opts.size)
         if width * height > self.max_pixels:
             raise ResourceLimitError(
                 f"output {width}×{height} has {width * height} pixels; this server allows {self.max_pixels}"
@@ -515,36 +516,6 @@ class _EMA:
         return self.accumulated / self.weight
 
 
-#: VGG pools four times before relu5_1: a side under 16 px leaves nothing at the deepest style layer.
-MIN_SIDE = 16
-
-
-def check_geometry(content: tuple[int, int], styles: Sequence[tuple[int, int]], opts: StylizeOptions) -> None:
-    """Refuse images so thin that a scale of the run would be under :data:`MIN_SIDE` pixels across.
-
-    Cheap (sizes only), so the server calls it while validating, before a job is queued.
-    """
-    smallest = opts.scales()[0]
-    width, height = _fit(content, smallest)
-    if min(width, height) < MIN_SIDE:
-        raise ImageError(f"is {content[0]}×{content[1]}: at the smallest scale it would be {width}×{height}; "
-                         f"both sides must reach {MIN_SIDE} px (use a less elongated image or a larger min_size)",
-                         "content")
-    style_long = max(MIN_SIDE, round(smallest * opts.style_scale))
-    for index, size in enumerate(styles):
-        width, height = _fit(size, style_long)
-        if min(width, height) < MIN_SIDE:
-            raise ImageError(f"is {size[0]}×{size[1]}: resized for the smallest scale it would be "
-                             f"{width}×{height}; both sides must reach {MIN_SIDE} px", f"styles[{index}].image")
-
-
-def _fit(size: tuple[int, int], long_side: int) -> tuple[int, int]:
-    """(width, height) with the long side ``long_side`` and the aspect ratio of ``size``."""
-    width, height = size
-    scale = long_side / max(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
 def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     width, height = size
     if image.shape[-2:] == (height, width):
@@ -571,5 +542,5 @@ def _inject_fault(opts: StylizeOptions, iteration: int) -> None:
 
 def iterate_sizes(opts: StylizeOptions, size: tuple[int, int]) -> Iterator[tuple[int, int]]:
     """The (width, height) of each scale for an input of ``size`` (for planning and tests)."""
-    return (_fit(size, s) for s in opts.scales())
+    return (fit_long_side(size, s) for s in opts.scales())
 

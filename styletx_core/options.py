@@ -12,11 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import OptionError
-from .vgg import CFGS, layer_names
+from .layers import CFGS, STYLE_LAYERS, layer_names
 
 __all__ = ["CHOICES", "KNOWN_LAYERS", "LIMITS", "STYLE_LAYERS", "StylizeOptions"]
-
-STYLE_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
 #: Inclusive numeric ranges, by option name.
 LIMITS: dict[str, tuple[float, float]] = {

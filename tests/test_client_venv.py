@@ -80,7 +80,7 @@ def test_sdk_runs_a_job_without_torch(client_venv: Path, server: ServerThread, t
     (tmp_path / "c.png").write_bytes(png())
     script = f"""
 import json, sys
-from client import Client
+from styletx_client import Client
 with Client({server.target!r}) as c:
     out = c.stylize({str(tmp_path / "c.png")!r}, [{str(tmp_path / "c.png")!r}], size=64, min_size=64,
                     iterations=2, seed=9, timeout=60)
@@ -118,4 +118,4 @@ def test_cli_remote_and_local_without_engine(client_venv: Path, server: ServerTh
     assert remote.returncode == 0, remote.stderr
     assert (tmp_path / "out.png").read_bytes().startswith(b"\x89PNG")
     local = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert local.returncode == 1 and "styletx[server]" in local.stderr and "Traceback" not in local.stderr
+    assert local.returncode == 1 and "server + engine distribution" in local.stderr and "Traceback" not in local.stderr

@@ -223,7 +223,7 @@ def test_services_regular_and_headless(rendered: dict[str, list[dict[str, Any]]]
 
 def test_configmap_sets_only_settings_the_server_reads(rendered: dict[str, list[dict[str, Any]]]) -> None:
     """Every STYLETX_* key is a styletx-server flag's variable (server/config.py) or the weights cache."""
-    config = pytest.importorskip("server.config", reason="server/config.py not importable")
+    config = pytest.importorskip("styletx_server.config", reason="server/config.py not importable")
     import dataclasses
 
     known = {f"STYLETX_{field.name.upper()}" for field in dataclasses.fields(config.ServerConfig)}
@@ -379,7 +379,7 @@ _METRIC = re.compile(r"\b(styletx_[a-z0-9_]+)\b")
 
 def exported_metric_names() -> set[str]:
     """Sample names server/metrics.py exposes: counters as *_total, histograms as *_bucket/_sum/_count."""
-    metrics_module = pytest.importorskip("server.metrics", reason="server/metrics.py not importable")
+    metrics_module = pytest.importorskip("styletx_server.metrics", reason="server/metrics.py not importable")
     registry = metrics_module.Metrics().registry
     names: set[str] = set()
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"],

@@ -200,7 +200,7 @@ def test_gate_exports_into_the_cache_once(tmp_path: Path) -> None:
 
 
 def test_cli_export_with_a_weights_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from styletx_core.commands.onnx import main
+    from styletx_cli.onnx import main
 
     torch.manual_seed(3)
     torch.save(make_layers("vgg16", "relu5_3").state_dict(), tmp_path / "w.pth")

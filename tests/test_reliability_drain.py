@@ -15,11 +15,10 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from styletx_client import Client, RetryPolicy
+from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 from test_server import png, request
 from test_server_shutdown import start_server
-
-from client import Client, RetryPolicy
-from styletx.v1 import styletx_pb2_grpc as pb_grpc
 
 JOB: dict[str, Any] = {"size": 64, "min_size": 32, "iterations": 2, "coarse_iterations": 0}
 

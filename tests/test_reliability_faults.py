@@ -16,12 +16,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
+from styletx_proto.v1 import styletx_pb2 as pb
+from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
+from styletx_server.errors import MAX_MESSAGE_CHARS, ServiceError, from_engine_error
 from test_reliability_fuzz import encode
 from test_server_fake import ServerThread
 
-from server.errors import MAX_MESSAGE_CHARS, ServiceError, from_engine_error
-from styletx.v1 import styletx_pb2 as pb
-from styletx.v1 import styletx_pb2_grpc as pb_grpc
 from styletx_core.engine import NumericalError
 from styletx_core.options import StylizeOptions
 from styletx_core.progress import Callback, StylizeResult

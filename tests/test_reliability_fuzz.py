@@ -27,10 +27,9 @@ from typing import Any
 import grpc
 import pytest
 from PIL import Image
+from styletx_proto.v1 import styletx_pb2 as pb
+from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 from test_server_fake import FakeEngine, ServerThread
-
-from styletx.v1 import styletx_pb2 as pb
-from styletx.v1 import styletx_pb2_grpc as pb_grpc
 
 SEED = 20240917
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"

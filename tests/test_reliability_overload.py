@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from styletx_proto.v1 import styletx_pb2 as pb
+from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 from test_reliability_fuzz import RESULTS, encode, percentile
 from test_server_shutdown import start_server
-
-from styletx.v1 import styletx_pb2 as pb
-from styletx.v1 import styletx_pb2_grpc as pb_grpc
 
 CLIENTS = 50
 CALLS_PER_CLIENT = 4

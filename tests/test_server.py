@@ -14,12 +14,12 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
+from styletx_proto.v1 import styletx_pb2 as pb
+from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
+from styletx_server.events import result_chunks
+from styletx_server.validation import params_to_options
 from test_server_fake import FakeEngine, ServerThread
 
-from server.events import result_chunks
-from server.validation import params_to_options
-from styletx.v1 import styletx_pb2 as pb
-from styletx.v1 import styletx_pb2_grpc as pb_grpc
 from styletx_core.options import StylizeOptions
 
 

@@ -169,8 +169,8 @@ class ServerThread:
     its own, so that tests drive it with the ordinary (sync) gRPC client."""
 
     def __init__(self, factory: Callable[[str], Any], **config: Any) -> None:
-        from server.app import StyletxServer
-        from server.config import ServerConfig
+        from styletx_server.app import StyletxServer
+        from styletx_server.config import ServerConfig
 
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="test-server-loop")

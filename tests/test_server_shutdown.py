@@ -15,9 +15,8 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 from test_server import kind, request
-
-from styletx.v1 import styletx_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def start_server(
     *extra: str, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[str], int, list[Any]]:
-    """Start ``python -m server`` with the fake engine; returns the process, its port and its parsed log."""
+    """Start ``python -m styletx_server`` with the fake engine; returns the process, its port and its parsed log."""
     environment = {
         **os.environ,
         "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT}",
@@ -36,7 +35,7 @@ def start_server(
         [
             sys.executable,
             "-m",
-            "server",
+            "styletx_server",
             "--host",
             "127.0.0.1",
             "--port",

@@ -19,7 +19,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from styletx_core.commands.weights import main as weights_cli
+from styletx_cli.weights import main as weights_cli
+from styletx_core.artifacts import cache_dir
 from styletx_core.errors import ModelError, WeightsUnavailableError
 from styletx_core.vgg import (
     CAFFE_PREPROCESSING,
@@ -31,7 +32,6 @@ from styletx_core.vgg import (
 )
 from styletx_core.weights import (
     VGGWeights,
-    cache_dir,
     ensure_cached,
     fetch,
     load_vgg_weights,
