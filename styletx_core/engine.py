@@ -31,6 +31,7 @@ from .losses import ContentLoss, LayerApply, Scale, SumLoss, TVLoss
 from .memory import ScalePlan, available_memory, plan_scale, scale_allocator, tune_allocator
 from .options import StylizeOptions
 from .progress import Callback, Iterate, StylizeResult
+from .schedule import scale_iterations, total_iterations
 from .targets import TargetCache, energy_factors, style_targets
 from .vgg import FEATURE_LAYERS, VGGFeatures, layer_names
 from .weights import LoadedWeights, load_vgg_weights
@@ -105,11 +106,11 @@ class _Run:
     history: list[dict[str, float]] = field(default_factory=list)
 
     def iterations_at(self, scale: int) -> int:
-        return self.opts.iterations if scale == len(self.sizes) - 1 else self.opts.coarse_iterations
+        return scale_iterations(self.opts)[scale]
 
     @property
     def total(self) -> int:
-        return sum(self.iterations_at(s) for s in range(len(self.sizes)))
+        return total_iterations(self.opts)
 
     @property
     def total_work(self) -> float:

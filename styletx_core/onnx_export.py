@@ -369,6 +369,12 @@ class ParityReport:
     message: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def failed(cls, path: Path | None, message: str) -> ParityReport:
+        """The gate's answer when the file could not be checked at all (missing, corrupt, other weights)."""
+        return cls(ok=False, tolerance=0.0, provider="", sizes=[], errors={}, elapsed=0.0, path=str(path or ""),
+                   message=message)
+
     @property
     def max_error(self) -> float:
         return max(self.errors.values(), default=float("inf"))
@@ -470,12 +476,12 @@ def startup_gate(
     cache_dir: str | os.PathLike[str] | None = None,
     tolerance: float | None = None,
     providers: Sequence[str] | None = None,
-) -> tuple[bool, dict[str, Any]]:
-    """The server's start-up check: ``(ok, report)``; never raises for a bad or missing model.
+) -> ParityReport:
+    """The server's start-up check; never raises for a bad or missing model.
 
     With ``onnx_path`` the given file is checked as it is (a configured model is never rewritten); without,
-    the export in the cache is used, written first when missing. ``report`` is :meth:`ParityReport.as_dict`,
-    or ``{"ok": False, "error": ..., "path": ...}`` when the file is unusable. One log line states the result.
+    the export in the cache is used, written first when missing. A file that cannot be used at all gives
+    :meth:`ParityReport.failed` with the reason as its ``message``. One log line states the result.
     """
     path: Path | None = Path(onnx_path) if onnx_path is not None else None
     try:
@@ -484,10 +490,10 @@ def startup_gate(
         report = check_parity(path, features, tolerance=tolerance, providers=providers)
     except (EngineError, OSError) as exc:
         _LOGGER.error("ONNX parity gate FAILED: %s; refusing to serve", exc)
-        return False, {"ok": False, "error": str(exc), "path": str(path or "")}
+        return ParityReport.failed(path, str(exc))
     except Exception as exc:  # e.g. CUDA out of memory in the torch pass: the gate fails closed, not loudly
         _LOGGER.exception("ONNX parity gate FAILED unexpectedly; refusing to serve")
-        return False, {"ok": False, "error": f"{type(exc).__name__}: {exc}", "path": str(path or "")}
+        return ParityReport.failed(path, f"{type(exc).__name__}: {exc}")
     log = _LOGGER.info if report.ok else _LOGGER.error
     log("ONNX parity gate %s: %s (%s)", "passed" if report.ok else "FAILED", report.message, path)
-    return report.ok, report.as_dict()
+    return report

@@ -22,6 +22,7 @@ from styletx_core.errors import Cancelled
 from styletx_core.imageio import resize_long_side
 from styletx_core.options import StylizeOptions
 from styletx_core.progress import Callback, Iterate, StylizeResult
+from styletx_core.schedule import scale_iterations, total_iterations
 
 T = TypeVar("T")
 
@@ -58,11 +59,11 @@ class FakeEngine:
         self._touch_cache(styles)
         result = self.expected(content, opts)
         scales = opts.scales()
-        total = opts.iterations + opts.coarse_iterations * (len(scales) - 1)
+        total = total_iterations(opts)
         start = time.perf_counter()
         done = 0
         for index, side in enumerate(scales):
-            for _ in range(opts.iterations if index == len(scales) - 1 else opts.coarse_iterations):
+            for _ in range(scale_iterations(opts)[index]):
                 time.sleep(self.step_seconds)
                 done += 1
                 if callback is not None:
@@ -165,7 +166,7 @@ def test_fake_engine_reports_every_step_and_stops_on_cancelled() -> None:
 
 
 class ServerThread:
-    """A :class:`server.app.StyletxServer` on 127.0.0.1 with an ephemeral port and its loop in a thread of
+    """A :class:`styletx_server.app.StyletxServer` on 127.0.0.1 with an ephemeral port and its loop in a thread of
     its own, so that tests drive it with the ordinary (sync) gRPC client."""
 
     def __init__(self, factory: Callable[[str], Any], **config: Any) -> None:

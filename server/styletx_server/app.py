@@ -8,14 +8,8 @@ running jobs get ``grace`` seconds to finish, new calls are refused, and the pro
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.metadata
 import logging
-import os
-import platform
 import signal
-from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -25,94 +19,20 @@ from grpc_reflection.v1alpha import reflection
 from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 
-from styletx_core.options import CHOICES
-
 from .auth import BearerTokenInterceptor, TokenStore, parse_tokens
 from .config import ServerConfig
 from .drain import InFlightCalls
-from .jobs import Engine
+from .engines import EngineFactory, load_engine_factory, resolve_devices
+from .info import build_info
 from .limits import Limits
 from .metrics import Metrics
 from .service import StyleTransferService
 from .tls import server_credentials
-from .validation import defaults
 
-__all__ = ["SERVICE_NAME", "StyletxServer", "build_info", "load_engine_factory", "resolve_devices", "serve"]
+__all__ = ["SERVICE_NAME", "StyletxServer", "serve"]
 
 _LOGGER = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StyleTransfer"].full_name
-EngineFactory = Callable[[str], Engine]
-
-
-def resolve_devices(spec: str, workers: int) -> list[str]:
-    """``auto`` → every CUDA device, else ``cpu``; ``workers`` > devices shares them round-robin."""
-    if spec == "auto":
-        import torch
-
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        devices = [f"cuda:{i}" for i in range(count)] or ["cpu"]
-    else:
-        devices = [d.strip() for d in spec.split(",") if d.strip()]
-    n = workers or len(devices)
-    return [devices[i % len(devices)] for i in range(n)]
-
-
-def load_engine_factory(config: ServerConfig) -> EngineFactory:
-    """``--engine-factory module:callable`` if given, else the real engine with the configured weights."""
-    if config.engine_factory:
-        module, _, name = config.engine_factory.partition(":")
-        factory: EngineFactory = getattr(importlib.import_module(module), name)
-        return factory
-    from styletx_core.engine import StyleTransfer
-
-    def build(device: str) -> Engine:
-        return StyleTransfer(device=device, weights=config.weights, weights_path=config.weights_path or None,
-                             cache_dir=config.cache_dir or None)
-
-    return build
-
-
-def build_info(devices: Sequence[str], limits: Limits, modes: Iterable[int],
-               config: ServerConfig) -> pb.GetServerInfoResponse:
-    """The static part of GetServerInfo: version, models, devices, limits, defaults."""
-    try:
-        version = importlib.metadata.version("styletx")
-    except importlib.metadata.PackageNotFoundError:
-        version = "0+unknown"
-    models = [pb.ModelInfo(name=arch, modes=[pb.MODE_OPTIMIZE], weights=config.weights,
-                           available=_weights_available(arch, config)) for arch in CHOICES["model"]]
-    device_infos = [_device_info(name) for name in dict.fromkeys(devices)]
-    wire_limits = pb.Limits(
-        max_pixels=limits.max_pixels, max_receive_message_bytes=limits.max_receive_message_bytes,
-        max_send_message_bytes=limits.max_send_message_bytes, max_styles=limits.max_styles,
-        queue_capacity=limits.queue_capacity, workers=limits.workers, max_size=limits.max_size,
-        max_chunk_bytes=limits.max_chunk_bytes)
-    return pb.GetServerInfoResponse(version=version, models=models, devices=device_infos, limits=wire_limits,
-                                    defaults=defaults(),
-                                    modes=[pb.Mode.ValueType(m) for m in sorted(modes)])
-
-
-def _weights_available(arch: str, config: ServerConfig) -> bool:
-    if config.weights == "file":
-        return bool(config.weights_path) and Path(config.weights_path).is_file()
-    try:
-        from styletx_core.weights import cached_entries
-
-        return any(e.present for e in cached_entries(config.cache_dir or None, check=False)
-                   if e.weights.spec.arch == arch)
-    except Exception:  # an unreadable cache only means "not known to be available"
-        return False
-
-
-def _device_info(name: str) -> pb.DeviceInfo:
-    if name.startswith("cuda"):
-        import torch
-
-        props = torch.cuda.get_device_properties(torch.device(name))
-        return pb.DeviceInfo(name=name, description=props.name, memory_bytes=props.total_memory)
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
-    return pb.DeviceInfo(name=name, description=f"{platform.processor() or platform.machine()}, "
-                         f"{os.cpu_count()} cores", memory_bytes=memory)
 
 
 class StyletxServer:

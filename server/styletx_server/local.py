@@ -15,13 +15,17 @@ from collections.abc import Iterator
 import grpc
 from styletx_proto.v1 import styletx_pb2 as pb
 
-from .app import EngineFactory, build_info, load_engine_factory, resolve_devices
 from .config import ServerConfig, parse_config
+from .engines import EngineFactory, load_engine_factory, resolve_devices
 from .errors import ServiceError, from_engine_error
-from .jobs import MODE_RUNNERS, Engine, Job, Worker, run_job
+from .image_job import ImageJob
+from .info import build_info
+from .job import Job
 from .modes import ModeModels, ModeSettings
 from .modes.models import describe
+from .modes.runners import MODE_RUNNERS
 from .validation import validate_request
+from .worker import Engine, Worker
 
 __all__ = ["LocalBackend", "LocalStream"]
 
@@ -109,12 +113,13 @@ class LocalBackend:
         try:
             validated = validate_request(request, self.config.limits, frozenset(MODE_RUNNERS),
                                          self.models.cyclegan_names)
-            job = Job(validated, events.put, decode_seconds=time.monotonic() - received, received=received)
+            job = Job(ImageJob(validated, self.config.limits.max_chunk_bytes), events.put,
+                      decode_seconds=time.monotonic() - received, received=received)
             stream.job = job
             if stream._cancel.is_set():
                 job.cancel.set()
             events.put(pb.StylizeEvent(job_id=job.id, accepted=pb.Accepted(job_id=job.id)))
-            run_job(job, self._worker_for_job(), self.config.limits.max_chunk_bytes)
+            job.work.run(job, self._worker_for_job())
             events.put(_END)
         except BaseException as error:  # handed to the iterating thread, never lost
             events.put(from_engine_error(error, job.id if job else "-"))

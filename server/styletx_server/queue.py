@@ -16,10 +16,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from styletx_proto.v1 import styletx_pb2 as pb
 
 from .errors import ServiceError
-from .jobs import Job
+from .job import Job
 
 __all__ = ["JobQueue"]
 
@@ -135,4 +134,4 @@ class JobQueue:
     def _announce_positions(self) -> None:
         for position, job in enumerate(self._waiting):
             with contextlib.suppress(Exception):
-                job.emit(pb.StylizeEvent(job_id=job.id, queue_update=pb.QueueUpdate(queue_position=position)))
+                job.announce(position)

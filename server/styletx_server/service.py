@@ -14,7 +14,7 @@ import asyncio
 import datetime
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -24,14 +24,17 @@ from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 
 from .errors import ServiceError, from_engine_error
-from .jobs import MODE_RUNNERS, Engine, Job, Worker, run_job
+from .image_job import ImageJob
+from .job import Job
 from .limits import Limits
 from .metrics import Metrics
 from .modes import ModeModels, ModeSettings
 from .modes.models import describe
-from .modes.video import EOF, VideoSession, run_video, validate_video
+from .modes.runners import MODE_RUNNERS
+from .modes.video import EOF, VideoSession, validate_video
 from .queue import JobQueue
 from .validation import validate_request
+from .worker import Engine, Worker
 
 if TYPE_CHECKING:
     from .config import ServerConfig
@@ -168,7 +171,8 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
             validated = await asyncio.to_thread(validate_request, request, self.limits, self.modes,
                                                 self.models.cyclegan_names)
             channel = EventChannel(asyncio.get_running_loop())
-            job = Job(validated, channel.emit, decode_seconds=time.monotonic() - received, received=received)
+            job = Job(ImageJob(validated, self.limits.max_chunk_bytes), channel.emit,
+                      decode_seconds=time.monotonic() - received, received=received)
             position = self.queue.submit(job)
         except ServiceError as error:
             self.metrics.jobs.labels(code=error.code.name).inc()
@@ -181,12 +185,9 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
         return job
 
     def _run(self, job: Job, worker: int) -> None:
-        """Worker thread: one job on this worker's engine."""
-        if isinstance(job.request, VideoSession):
-            self._run_video(job, job.request, worker)
-            return
+        """Worker thread: one job (an image or a video stream) on this worker's engine."""
         try:
-            stats = run_job(job, self.workers[worker], self.limits.max_chunk_bytes)
+            stats = job.work.run(job, self.workers[worker])
         finally:
             self.metrics.observe_cache(worker, self._engines[worker])
         self.metrics.job_finished("OK", stats.iterations, stats.run_seconds, stats.total_seconds)
@@ -239,8 +240,7 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
                                             self.models.cyclegan_names)
             channel = EventChannel(asyncio.get_running_loop())
             session = VideoSession(video, self.limits.max_frame_bytes, self.limits.max_pixels)
-            job = Job(session, _video_emit(channel.emit), decode_seconds=time.monotonic() - received,
-                      received=received)
+            job = Job(session, channel.emit, decode_seconds=time.monotonic() - received, received=received)
             position = self.queue.submit(job)
         except ServiceError as error:
             self.metrics.jobs.labels(code=error.code.name).inc()
@@ -283,16 +283,6 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
                                        f"bytes, got {len(frame.image)}")
         return frame.image
 
-    def _run_video(self, job: Job, session: VideoSession, index: int) -> None:
-        """Worker thread: the whole stream, then VideoCompleted."""
-        started = time.monotonic()
-        frames, seconds = run_video(session, self.workers[index], job.cancel, job.emit, job.id,
-                                    started - job.queued)
-        job.emit(pb.StylizeVideoResponse(job_id=job.id, completed=pb.VideoCompleted(
-            frames=frames, run_seconds=seconds, frames_per_second=frames / seconds if seconds > 0 else 0.0,
-            queue_seconds=started - job.queued, max_buffered_frames=session.max_buffered)))
-        self.metrics.job_finished("OK", 0, seconds, time.monotonic() - job.received)  # frames are not iterations
-
     def _job_done(self, job: Job, error: BaseException | None) -> None:
         """Loop thread: end the job's stream (the RPC may already be gone)."""
         failure = None if error is None else from_engine_error(error, job.id)
@@ -301,18 +291,6 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
         channel = self._channels.get(job.id)
         if channel is not None:
             channel.close(failure)
-
-
-def _video_emit(emit: Callable[[Any], None]) -> Callable[[Any], None]:
-    """A video job's ``emit``: the queue announces positions as StylizeEvents; a video stream carries them as
-    StylizeVideoResponse.queue_update."""
-
-    def video_emit(message: Any) -> None:
-        if isinstance(message, pb.StylizeEvent):
-            message = pb.StylizeVideoResponse(job_id=message.job_id, queue_update=message.queue_update)
-        emit(message)
-
-    return video_emit
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ..config import ServerConfig
     from ..limits import Limits
 
-__all__ = ["ModeModels", "ModeSettings", "describe", "quality_message", "scorer_network"]
+__all__ = ["ModeModels", "ModeSettings", "QualityOutcome", "ScorerUnavailableError", "describe", "scorer_network"]
 
 _LOGGER = logging.getLogger(__name__)
 #: The network every score is computed with, whatever the job's own ``model``: scores must be comparable.
@@ -60,6 +60,28 @@ class ModeSettings:
         env = os.environ
         return cls(env.get("STYLETX_MODELS_DIR", ""), env.get("STYLETX_CACHE_DIR", ""),
                    env.get("STYLETX_PARITY_GATE", "on"), env.get("STYLETX_ONNX_MODEL", ""))
+
+
+class ScorerUnavailableError(EngineError):
+    """This server has no quality scorer (no ONNX feature network); the message says why."""
+
+
+@dataclass(frozen=True)
+class QualityOutcome:
+    """A result's quality scores, or why it has none (a job never fails for its scores)."""
+
+    quality: pb.Quality | None = None
+    unavailable_reason: str = ""
+
+    @classmethod
+    def unavailable(cls, reason: str) -> QualityOutcome:
+        return cls(None, reason)
+
+    def completed_fields(self) -> dict[str, Any]:
+        """``Completed`` keyword arguments: ``quality`` or ``quality_unavailable``."""
+        if self.quality is not None:
+            return {"quality": self.quality}
+        return {"quality_unavailable": self.unavailable_reason}
 
 
 def _onnx_device(device: str) -> str:
@@ -166,8 +188,9 @@ class ModeModels:
 
     # ---------------------------------------------------------------------------------------------- quality
 
-    def scorer(self, engine: Any) -> QualityScorer | str:
-        """The shared scorer, or why there is none (built once; a failure is remembered, not retried)."""
+    def scorer(self, engine: Any) -> QualityScorer:
+        """The shared scorer, built once; :class:`ScorerUnavailableError` when it cannot be (remembered, not
+        retried)."""
         with self._scorer_lock:
             if self._scorer is None and not self._scorer_error:
                 try:
@@ -175,7 +198,9 @@ class ModeModels:
                 except (EngineError, OSError) as error:
                     self._scorer_error = f"no ONNX feature network: {error}"
                     _LOGGER.warning("quality scores are off: %s", self._scorer_error)
-            return self._scorer if self._scorer is not None else self._scorer_error
+            if self._scorer is None:
+                raise ScorerUnavailableError(self._scorer_error)
+            return self._scorer
 
     def _build_scorer(self, engine: Any) -> QualityScorer:
         from styletx_core.onnx_export import OnnxFeatures
@@ -187,18 +212,20 @@ class ModeModels:
         return QualityScorer.from_features(features, cache_dir=self.cache_dir)
 
     def score(self, engine: Any, content: Any, styles: Sequence[Any], image: Any,
-              opts: StylizeOptions) -> pb.Quality | str:
+              opts: StylizeOptions) -> QualityOutcome:
         """The result's scores as the proto carries them, or why they are unavailable."""
-        scorer = self.scorer(engine)
-        if isinstance(scorer, str):
-            return scorer
+        try:
+            scorer = self.scorer(engine)
+        except ScorerUnavailableError as error:
+            return QualityOutcome.unavailable(str(error))
         weights = list(opts.style_blend_weights) if opts.style_blend_weights is not None else None
         scores = scorer.score(content, styles, image, style_weights=weights, style_scale=opts.style_scale,
                               layout=False)
-        return pb.Quality(style_distance=scores.style_distance, style_distance_mean=scores.style_distance_mean,
-                          content_distance=scores.content_distance, color_distance=scores.color_distance,
-                          color_distance_content=scores.color_distance_content,
-                          scorer=f"{SCORING_ARCH} onnx {scorer.extractor.provider}")
+        return QualityOutcome(pb.Quality(
+            style_distance=scores.style_distance, style_distance_mean=scores.style_distance_mean,
+            content_distance=scores.content_distance, color_distance=scores.color_distance,
+            color_distance_content=scores.color_distance_content,
+            scorer=f"{SCORING_ARCH} onnx {scorer.extractor.provider}"))
 
     # ------------------------------------------------------------------------------------------------ gate
 
@@ -213,20 +240,10 @@ class ModeModels:
         except (EngineError, OSError) as error:
             _LOGGER.warning("ONNX parity gate skipped: %s", error)
             return pb.ParityGate(checked=False, ok=True, message=f"skipped: {error}")
-        ok, report = startup_gate(features, self.settings.onnx_model or None, cache_dir=self.cache_dir)
-        errors = {k: float(v) for k, v in report.get("errors", {}).items()}
-        return pb.ParityGate(checked=True, ok=ok, max_error=float(report.get("max_error", 0.0)),
-                             tolerance=float(report.get("tolerance", 0.0)),
-                             provider=str(report.get("provider", "")),
-                             message=str(report.get("message") or report.get("error", "")),
-                             onnx_path=str(report.get("path", "")), layer_errors=errors)
-
-
-def quality_message(quality: pb.Quality | str) -> dict[str, Any]:
-    """``Completed`` keyword arguments: ``quality`` or ``quality_unavailable``."""
-    if isinstance(quality, str):
-        return {"quality_unavailable": quality}
-    return {"quality": quality}
+        report = startup_gate(features, self.settings.onnx_model or None, cache_dir=self.cache_dir)
+        return pb.ParityGate(checked=True, ok=report.ok, max_error=report.max_error if report.errors else 0.0,
+                             tolerance=report.tolerance, provider=report.provider, message=report.message,
+                             onnx_path=report.path, layer_errors=report.errors)
 
 
 def describe(info: pb.GetServerInfoResponse, models: ModeModels, limits: Limits, parity: pb.ParityGate) -> None:

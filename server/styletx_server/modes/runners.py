@@ -9,41 +9,21 @@ cancellation and progress work the same for every mode.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from PIL import Image
 from styletx_proto.v1 import styletx_pb2 as pb
 
+from styletx_core.geometry import fit_long_side
 from styletx_core.options import StylizeOptions
 from styletx_core.progress import Callback, Iterate, StylizeResult
+from styletx_core.schedule import total_iterations
 
 from ..validation import ValidatedRequest
-from .models import ModeModels
+from ..worker import Worker
 
-__all__ = ["MODE_RUNNERS", "Engine", "ModeRunner", "Worker"]
-
-
-class Engine(Protocol):
-    """What the service needs of :class:`styletx_core.engine.StyleTransfer`."""
-
-    def stylize(self, content: Image.Image, styles: Sequence[Image.Image], opts: StylizeOptions,
-                callback: Callback | None = None, init_image: Image.Image | None = None) -> StylizeResult: ...
-
-    def variations(self, content: Image.Image, styles: Sequence[Image.Image], count: int,
-                   opts: StylizeOptions | None = None,
-                   callback: Callback | None = None) -> list[StylizeResult]: ...
-
-
-@dataclass
-class Worker:
-    """What a job runs on: the worker's engine and device, and the server's shared mode networks."""
-
-    engine: Engine
-    device: str
-    models: ModeModels = field(default_factory=ModeModels)
-    index: int = 0
+__all__ = ["MODE_RUNNERS", "ModeRunner"]
 
 
 @dataclass(frozen=True)
@@ -67,8 +47,7 @@ def _optimize_schedule(worker: Worker, request: ValidatedRequest) -> tuple[list[
 
 
 def _iterations(options: StylizeOptions) -> tuple[list[int], int]:
-    scales = options.scales()
-    return scales, options.iterations + options.coarse_iterations * (len(scales) - 1)
+    return options.scales(), total_iterations(options)
 
 
 def _one_pass(worker: Worker, request: ValidatedRequest) -> tuple[list[int], int]:
@@ -154,9 +133,7 @@ def _cyclegan(worker: Worker, request: ValidatedRequest, callback: Callback) -> 
 def _cyclegan_schedule(worker: Worker, request: ValidatedRequest) -> tuple[list[int], int]:
     from styletx_core.cyclegan import tile_count
 
-    width, height = request.content.size
-    scale = request.options.size / max(width, height)  # as resize_long_side in _cyclegan
-    width, height = max(1, round(width * scale)), max(1, round(height * scale))
+    width, height = fit_long_side(request.content.size, request.options.size)  # as resize_long_side in _cyclegan
     return [request.options.size], tile_count(width, height, request.tile, request.overlap)
 
 

@@ -16,12 +16,10 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from google.protobuf.message import Message
 from PIL import Image
 from styletx_proto.v1 import styletx_pb2 as pb
 
@@ -31,6 +29,7 @@ from styletx_core.options import StylizeOptions
 
 from ..errors import ServiceError
 from ..events import FORMAT_ENUMS
+from ..job import Job, JobStats
 from ..validation import (
     Limits,
     ModelCatalog,
@@ -43,17 +42,17 @@ from ..validation import (
     style_blend,
     tiling,
 )
+from ..worker import Worker
 
-if TYPE_CHECKING:
-    from ..jobs import Worker
-
-__all__ = ["EOF", "ValidatedVideo", "VideoSession", "frame_stylizer", "run_video", "validate_video"]
+__all__ = ["EOF", "ValidatedVideo", "VideoSession", "validate_video"]
 
 _LOGGER = logging.getLogger(__name__)
 #: Put on a session's inbox after the last frame (the client half-closed) or to wake a cancelled worker.
 EOF = object()
 VIDEO_MODES = frozenset({pb.MODE_FAST, pb.MODE_PRESET, pb.MODE_CYCLEGAN, pb.MODE_OPTIMIZE, pb.MODE_HYBRID})
-_STREAM_MODE: dict[int, str] = {pb.MODE_OPTIMIZE: "optimize", pb.MODE_HYBRID: "hybrid"}  # others: feed-forward ("fast")
+#: Proto mode → the name :func:`styletx_core.video.frames.frame_stylizer` (and the CLI's --mode) uses.
+_VIDEO_MODE_NAMES: dict[int, str] = {pb.MODE_FAST: "fast", pb.MODE_PRESET: "preset", pb.MODE_CYCLEGAN: "cyclegan",
+                                     pb.MODE_OPTIMIZE: "optimize", pb.MODE_HYBRID: "hybrid"}
 
 
 @dataclass(frozen=True)
@@ -101,10 +100,11 @@ def validate_video(config: pb.VideoConfig, limits: Limits, modes: frozenset[int]
 
 @dataclass
 class VideoSession:
-    """The hand-over between the RPC (event loop) and the worker thread of one stream.
+    """The :class:`~styletx_server.job.Work` of one StylizeVideo stream, and the hand-over between the RPC
+    (event loop) and the worker thread.
 
     ``inbox`` is a thread-safe queue of encoded frames (and :data:`EOF`); the worker sends its responses
-    through ``emit``. Neither needs a bound of its own: the RPC's slot budget bounds them both.
+    through the job's ``emit``. Neither needs a bound of its own: the RPC's slot budget bounds them both.
     """
 
     config: ValidatedVideo
@@ -117,58 +117,49 @@ class VideoSession:
     """Frames received and not yet handed back to gRPC (event loop)."""
     max_buffered: int = 0
 
+    def queued(self, job_id: str, position: int) -> pb.StylizeVideoResponse:
+        return pb.StylizeVideoResponse(job_id=job_id, queue_update=pb.QueueUpdate(queue_position=position))
 
-def frame_stylizer(worker: Worker, video: ValidatedVideo) -> Any:
-    """The :class:`~styletx_core.video.FrameStylizer` of the stream's mode."""
-    from styletx_core.video.frames import FastFrames, HybridFrames, OptimizeFrames, PresetFrames
+    def run(self, job: Job, worker: Worker) -> JobStats:
+        """Worker thread: stylise frames from the inbox until :data:`EOF`, then VideoCompleted."""
+        from styletx_core.video import StreamStylizer
+        from styletx_core.video.frames import pipeline_mode
 
-    weights = list(video.options.style_blend_weights) if video.options.style_blend_weights else None
-    if video.mode == pb.MODE_FAST:
-        return FastFrames(worker.models.fast(worker.device), video.styles, weights, video.strength,
-                          video.processing_size)
-    if video.mode == pb.MODE_PRESET:
-        return PresetFrames(worker.models.preset(worker.device), [video.preset], None, video.processing_size)
-    if video.mode == pb.MODE_CYCLEGAN:
-        return _CycleGANFrames(worker, video)
-    if video.mode == pb.MODE_HYBRID:
-        return HybridFrames(worker.engine, worker.models.fast(worker.device), video.styles, video.options,
-                            alpha=video.alpha)
-    return OptimizeFrames(worker.engine, video.styles, video.options)
-
-
-class _CycleGANFrames:
-    """Each frame through the generator (tiled beyond the tile size)."""
-
-    def __init__(self, worker: Worker, video: ValidatedVideo) -> None:
-        self._generator = worker.models.generators(worker.index, worker.device).get(video.model_name)
-        self._tile, self._overlap = video.tile, video.overlap
-
-    def __call__(self, frame: Image.Image, guide: Any) -> Image.Image:
-        from styletx_core.cyclegan import run_tiled
-
-        return run_tiled(self._generator, frame, self._tile, self._overlap)
-
-
-def run_video(session: VideoSession, worker: Worker, cancel: Any, emit: Callable[[Message], None],
-              job_id: str, queue_seconds: float) -> tuple[int, float]:
-    """Worker thread: stylise frames from ``session.inbox`` until :data:`EOF`; returns (frames, seconds)."""
-    from styletx_core.video import StreamStylizer
-
-    video = session.config
-    start = time.monotonic()
-    stream = StreamStylizer(frame_stylizer(worker, video), _STREAM_MODE.get(video.mode, "fast"),
-                            video.consistency, video.alpha)
-    emit(pb.StylizeVideoResponse(job_id=job_id, started=pb.VideoStarted(device=worker.device,
-                                                                        queue_seconds=queue_seconds)))
-    while (item := session.inbox.get()) is not EOF:
-        if cancel.is_set():
+        started = time.monotonic()
+        queue_seconds = started - job.queued
+        video = self.config
+        mode = _VIDEO_MODE_NAMES[video.mode]
+        stream = StreamStylizer(_frame_stylizer(worker, video), pipeline_mode(mode), video.consistency,
+                                video.alpha)
+        job.emit(pb.StylizeVideoResponse(job_id=job.id, started=pb.VideoStarted(
+            device=worker.device, queue_seconds=queue_seconds)))
+        while (item := self.inbox.get()) is not EOF:
+            if job.cancel.is_set():
+                raise Cancelled()
+            assert isinstance(item, bytes)
+            job.emit(pb.StylizeVideoResponse(job_id=job.id, frame=_stylize_frame(stream, self, item)))
+            self.frames += 1
+        if job.cancel.is_set():
             raise Cancelled()
-        assert isinstance(item, bytes)
-        emit(pb.StylizeVideoResponse(job_id=job_id, frame=_stylize_frame(stream, session, item)))
-        session.frames += 1
-    if cancel.is_set():
-        raise Cancelled()
-    return session.frames, time.monotonic() - start
+        seconds = time.monotonic() - started
+        job.emit(pb.StylizeVideoResponse(job_id=job.id, completed=pb.VideoCompleted(
+            frames=self.frames, run_seconds=seconds, frames_per_second=self.frames / seconds if seconds > 0 else 0.0,
+            queue_seconds=queue_seconds, max_buffered_frames=self.max_buffered)))
+        return JobStats(0, seconds, time.monotonic() - job.received)  # frames are not iterations
+
+
+def _frame_stylizer(worker: Worker, video: ValidatedVideo) -> Any:
+    """The :class:`~styletx_core.video.FrameStylizer` of the stream's mode: the CLI's factory, fed the server's
+    shared networks."""
+    from styletx_core.video.frames import Networks, frame_stylizer
+
+    networks = Networks(engine=lambda: worker.engine, fast=lambda: worker.models.fast(worker.device),
+                        preset=lambda: worker.models.preset(worker.device),
+                        generator=lambda name: worker.models.generators(worker.index, worker.device).get(name))
+    return frame_stylizer(_VIDEO_MODE_NAMES[video.mode], networks, video.styles, video.options,
+                          presets=[video.preset], model_name=video.model_name, strength=video.strength,
+                          processing_size=video.processing_size, alpha=video.alpha, tile=video.tile,
+                          overlap=video.overlap)
 
 
 def _stylize_frame(stream: Any, session: VideoSession, data: bytes) -> pb.VideoFrame:
