@@ -206,8 +206,7 @@ class StyleTransfer:
         opts = opts or StylizeOptions()
         self._check_request(content, styles, opts)
         seed = opts.seed if opts.seed is not None else random.SystemRandom().randrange(2**31)
-        generator = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)  # per job: never reseed torch's global RNG
         content_t, style_ts = self._prepare_colors(content, styles, opts)
         sizes = [fit_long_side(content.size, s) for s in opts.scales()]
         run = _Run(opts, sizes, self.memory_plan(sizes, opts), callback)
@@ -351,7 +350,6 @@ class StyleTransfer:
         best = _Best()
         for _ in range(run.iterations_at(index)):
             started = time.perf_counter()
-            _inject_fault(opts, run.done + 1)
             before = image.detach().clone() if average is None else image
             optimizer.step(closure)  # type: ignore[arg-type]  # LBFGS needs the tensor, not a float
             if average is not None:
@@ -527,18 +525,6 @@ def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def _normalised(weights: Sequence[float]) -> list[float]:
     total = sum(weights)
     return [w / total for w in weights]
-
-
-def _inject_fault(opts: StylizeOptions, iteration: int) -> None:
-    """Test-only faults (``opts.extra = {"fault": ..., "fault_at": n}``); requests can never set ``extra``."""
-    fault = opts.extra.get("fault")
-    if fault is None or iteration != opts.extra.get("fault_at", 1):
-        return
-    if fault == "oom":
-        raise torch.OutOfMemoryError("injected out-of-memory fault")
-    if fault == "nan":
-        raise NumericalError(f"the loss became nan at iteration {iteration} (injected fault)")
-    raise RuntimeError(f"injected fault {fault!r}")
 
 
 def iterate_sizes(opts: StylizeOptions, size: tuple[int, int]) -> Iterator[tuple[int, int]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import OptionError
@@ -98,8 +98,6 @@ class StylizeOptions:
     """Offer a preview image every N iterations (0: never)."""
     variation_strength: float = 0.5
     """Only for :meth:`StyleTransfer.variations`: how strongly each variation is randomised."""
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    """Test-only switches (fault injection); never set from a request."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -160,4 +158,4 @@ class StylizeOptions:
 
     def public_dict(self) -> dict[str, Any]:
         """Options as plain values, without test-only switches."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

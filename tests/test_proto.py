@@ -32,7 +32,7 @@ def test_generated_stubs_match_proto(tmp_path: Path) -> None:
 
 def test_params_mirror_every_engine_option() -> None:
     """Every public StylizeOptions field is a StylizeParams field (blend weights travel with each Style)."""
-    public = {f.name for f in dataclasses.fields(StylizeOptions)} - {"extra", "style_blend_weights"}
+    public = {f.name for f in dataclasses.fields(StylizeOptions)} - {"style_blend_weights"}
     assert public == set(pb.StylizeParams.DESCRIPTOR.fields_by_name)
     assert "weight" in pb.Style.DESCRIPTOR.fields_by_name
 

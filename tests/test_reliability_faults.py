@@ -1,19 +1,22 @@
 """Injected faults in the real engine: the failing job ends with a clear status, the server carries on.
 
-The engine's test-only switch (``StylizeOptions.extra = {"fault": ..., "fault_at": n}``) cannot be set by a
-request, so :class:`FaultyEngine` sets it from the test side, one fault per job, around the real
-:class:`~styletx_core.engine.StyleTransfer` (random weights, 32 px, Adam).
+Faults come in through the engine factory, never through a switch in production code: :class:`FaultyEngine`
+wraps the real :class:`~styletx_core.engine.StyleTransfer` (random weights, 32 px, Adam) and hands one job at a
+time a :class:`FaultLoss`, an extra loss term (the engine's ``extra_losses``) that fails at its n-th
+evaluation: inside the optimiser's step, where a real out-of-memory or NaN would occur.
 """
 
 from __future__ import annotations
 
 import collections
+import math
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
 import pytest
+import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from styletx_proto.v1 import styletx_pb2 as pb
@@ -25,6 +28,25 @@ from test_server_fake import ServerThread
 from styletx_core.engine import NumericalError
 from styletx_core.options import StylizeOptions
 from styletx_core.progress import Callback, StylizeResult
+
+
+class FaultLoss(torch.nn.Module):
+    """A loss term that is 0 until its ``at``-th evaluation, then fails: ``oom`` raises torch's out-of-memory
+    error, ``nan`` makes the loss NaN (the engine's own check reports it), anything else raises RuntimeError."""
+
+    def __init__(self, kind: str, at: int) -> None:
+        super().__init__()
+        self.kind, self.at, self.calls = kind, at, 0
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls < self.at:
+            return image.sum() * 0
+        if self.kind == "oom":
+            raise torch.OutOfMemoryError("injected out-of-memory fault")
+        if self.kind == "nan":
+            return image.sum() * math.nan
+        raise RuntimeError(f"injected fault {self.kind!r}")
 
 
 class FaultyEngine:
@@ -39,9 +61,9 @@ class FaultyEngine:
                 callback: Callback | None = None, init_image: Image.Image | None = None) -> StylizeResult:
         with self._lock:
             fault = self.faults.popleft() if self.faults else None
-        if fault is not None:
-            opts = opts.replace(extra=fault)
-        return self.engine.stylize(content, styles, opts, callback=callback, init_image=init_image)
+        extra = {} if fault is None else {"fault": FaultLoss(fault["fault"], fault["fault_at"])}
+        return self.engine.stylize(content, styles, opts, callback=callback, init_image=init_image,
+                                   extra_losses=extra)
 
     def variations(self, *args: Any, **kwargs: Any) -> list[StylizeResult]:
         return self.engine.variations(*args, **kwargs)
