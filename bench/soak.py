@@ -28,9 +28,9 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 import grpc  # noqa: E402
 from styletx_proto.v1 import styletx_pb2 as pb  # noqa: E402
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc  # noqa: E402
+from support.process import start_server  # noqa: E402
 from test_reliability_fuzz import corpus, percentile  # noqa: E402
 from test_reliability_overload import load_request, one_call, rss_bytes  # noqa: E402
-from test_server_shutdown import start_server  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

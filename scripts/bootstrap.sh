@@ -19,5 +19,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ client/pyproject.to
   .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
   # Both on one command line: pip takes styletx's requirement styletx-client from ./client, not an index.
   .venv/bin/python -m pip install --quiet -e ./client -e "$target"
+  # A venv from before the split had `styletx` (the CLI script) in the old styletx distribution: replacing that
+  # one removes the script the client distribution just wrote.
+  [ -x .venv/bin/styletx ] || .venv/bin/python -m pip install --quiet --no-deps --force-reinstall -e ./client
   touch "$stamp"
 fi

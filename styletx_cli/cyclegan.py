@@ -16,7 +16,7 @@ from typing import Any
 
 from styletx_core.errors import EngineError
 
-__all__ = ["main", "register"]
+__all__ = ["main", "register", "resolve_generator"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _fail(exc: BaseException) -> int:
     return 1
 
 
-def _resolve(spec: str, models_dir: Path | None, device: str, select: str | None = None) -> Any:
+def resolve_generator(spec: str, models_dir: Path | None, device: str, select: str | None = None) -> Any:
     """A registry name, else a file path: the loaded generator."""
     from styletx_core.cyclegan.loaders import load_generator
     from styletx_core.cyclegan.onnx import OnnxGenerator
@@ -129,7 +129,7 @@ def _run(args: argparse.Namespace) -> int:
     from styletx_core.imageio import load_image
 
     try:
-        gen = _resolve(args.model, args.models_dir, args.device, args.select)
+        gen = resolve_generator(args.model, args.models_dir, args.device, args.select)
         image = load_image(args.input, field="input")
         total = tile_count(image.width, image.height, args.tile, args.overlap)
         start = time.perf_counter()
@@ -184,7 +184,7 @@ def _export(args: argparse.Namespace) -> int:
     from styletx_core.cyclegan.onnx import OnnxGenerator, export_onnx
 
     try:
-        gen = _resolve(args.model, args.models_dir, "cpu", args.select)
+        gen = resolve_generator(args.model, args.models_dir, "cpu", args.select)
         if not isinstance(gen, CycleGANGenerator):
             raise EngineError(f"{args.model} is already an ONNX model")
         path = export_onnx(gen, args.output, opset=args.opset)

@@ -16,8 +16,8 @@ import pytest
 import styletx_client as client
 from PIL import Image
 from styletx_client import AsyncClient, Client, RetryPolicy, StyletxError
-from test_server import png, wait_for
-from test_server_fake import FakeEngine, ServerThread
+from support.fake import FakeEngine, ServerThread
+from support.requests import png, wait_for
 
 from styletx_core.options import StylizeOptions
 

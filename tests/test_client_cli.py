@@ -11,8 +11,8 @@ from PIL import Image
 from styletx_client import LocalClient, cli
 from styletx_client._request import PARAMS
 from styletx_server.local import LocalBackend
-from test_server import png
-from test_server_fake import FakeEngine, ServerThread
+from support.fake import FakeEngine, ServerThread
+from support.requests import png
 
 from styletx_core.options import StylizeOptions
 

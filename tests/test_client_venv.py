@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 from conftest import require_tool
-from test_server import png
-from test_server_fake import FakeEngine, ServerThread
+from support.fake import FakeEngine, ServerThread
+from support.requests import png
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT_DEPS = ("grpcio", "protobuf", "Pillow", "tqdm")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support.faults import FaultLoss
 
 from styletx_core import color
 from styletx_core.engine import MAX_NETWORKS, StyleTransfer
@@ -169,9 +170,17 @@ def test_errors_are_clear(engine, content_image, style_image) -> None:
 @pytest.mark.parametrize(("fault", "error"), [("nan", EngineError), ("oom", torch.OutOfMemoryError),
                                               ("boom", RuntimeError)])
 def test_injected_faults_surface(engine, content_image, style_image, fault: str, error: type) -> None:
-    opts = StylizeOptions(**SMALL, extra={"fault": fault, "fault_at": 2})
+    """A failure inside the optimiser's step (out of memory, a NaN loss, anything) leaves stylize as itself."""
     with pytest.raises(error):
-        engine.stylize(content_image, [style_image], opts)
+        engine.stylize(content_image, [style_image], StylizeOptions(**SMALL),
+                       extra_losses={"fault": FaultLoss(fault, at=2)})
+
+
+def test_stylize_leaves_the_global_rng_alone(engine, content_image, style_image) -> None:
+    """Seeding is per job (a torch.Generator): workers side by side must not reseed each other's RNG."""
+    state = torch.get_rng_state()
+    engine.stylize(content_image, [style_image], StylizeOptions(**{**SMALL, "init": "noise", "seed": 3}))
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from styletx_client import Client, RetryPolicy
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
-from test_server import png, request
-from test_server_shutdown import start_server
+from support.process import start_server
+from support.requests import png, request
 
 JOB: dict[str, Any] = {"size": 64, "min_size": 32, "iterations": 2, "coarse_iterations": 0}
 

@@ -8,68 +8,21 @@ evaluation: inside the optimiser's step, where a real out-of-memory or NaN would
 
 from __future__ import annotations
 
-import collections
-import math
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
-import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 from styletx_server.errors import MAX_MESSAGE_CHARS, ServiceError, from_engine_error
-from test_reliability_fuzz import encode
-from test_server_fake import ServerThread
+from support.fake import ServerThread
+from support.faults import FaultyEngine
+from support.requests import encode
 
 from styletx_core.engine import NumericalError
-from styletx_core.options import StylizeOptions
-from styletx_core.progress import Callback, StylizeResult
-
-
-class FaultLoss(torch.nn.Module):
-    """A loss term that is 0 until its ``at``-th evaluation, then fails: ``oom`` raises torch's out-of-memory
-    error, ``nan`` makes the loss NaN (the engine's own check reports it), anything else raises RuntimeError."""
-
-    def __init__(self, kind: str, at: int) -> None:
-        super().__init__()
-        self.kind, self.at, self.calls = kind, at, 0
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        if self.calls < self.at:
-            return image.sum() * 0
-        if self.kind == "oom":
-            raise torch.OutOfMemoryError("injected out-of-memory fault")
-        if self.kind == "nan":
-            return image.sum() * math.nan
-        raise RuntimeError(f"injected fault {self.kind!r}")
-
-
-class FaultyEngine:
-    """The real engine; each ``stylize`` takes the next fault from ``faults`` (none when it is empty)."""
-
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self.faults: collections.deque[dict[str, Any]] = collections.deque()
-        self._lock = threading.Lock()
-
-    def stylize(self, content: Image.Image, styles: Sequence[Image.Image], opts: StylizeOptions,
-                callback: Callback | None = None, init_image: Image.Image | None = None) -> StylizeResult:
-        with self._lock:
-            fault = self.faults.popleft() if self.faults else None
-        extra = {} if fault is None else {"fault": FaultLoss(fault["fault"], fault["fault_at"])}
-        return self.engine.stylize(content, styles, opts, callback=callback, init_image=init_image,
-                                   extra_losses=extra)
-
-    def variations(self, *args: Any, **kwargs: Any) -> list[StylizeResult]:
-        return self.engine.variations(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:  # target_cache_info, device, weights: the real engine's
-        return getattr(self.engine, name)
 
 
 def job(iterations: int = 3) -> pb.StylizeRequest:

@@ -6,12 +6,11 @@ a message that names the problem (the request field, or the size limit), within 
 that are odd but legal (palette, CMYK, 16-bit, animated, 1×N images; mutations a decoder may tolerate) may
 also succeed, but never end INTERNAL/UNKNOWN or hang. The server then still completes a valid job.
 
-Outcome counts go to stdout and ``bench/results/fuzz.json``. ``bench/soak.py`` reuses :func:`corpus`.
+Outcome counts go to stdout and ``fuzz.json`` in the ``results_dir`` fixture (build/test-results). ``bench/soak.py`` reuses :func:`corpus`.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import random
@@ -29,10 +28,10 @@ import pytest
 from PIL import Image
 from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
-from test_server_fake import FakeEngine, ServerThread
+from support.fake import FakeEngine, ServerThread
+from support.requests import encode
 
 SEED = 20240917
-RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 #: The fuzzed server's limits: small, so that limit violations are cheap to provoke.
 LIMITS = {"max_pixels": 100_000, "max_size": 256, "max_styles": 3, "max_receive_mb": 1}
 REJECT = frozenset({"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"})
@@ -55,12 +54,6 @@ class Case:
 
 
 # ---------------------------------------------------------------------------------------------- images
-
-
-def encode(image: Image.Image, fmt: str, **save: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **save)
-    return buffer.getvalue()
 
 
 def _noise(rng: random.Random, size: tuple[int, int], mode: str = "RGB") -> Image.Image:
@@ -364,7 +357,7 @@ def server() -> Iterator[ServerThread]:
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about the corrupt EXIF it is fed
-def test_fuzz_corpus_is_refused_by_name_and_the_server_keeps_working(server: ServerThread) -> None:
+def test_fuzz_corpus_is_refused_by_name_and_the_server_keeps_working(server: ServerThread, results_dir: Path) -> None:
     cases = corpus()
     assert len(cases) >= 1000
     rng = random.Random(SEED + 1)
@@ -386,8 +379,7 @@ def test_fuzz_corpus_is_refused_by_name_and_the_server_keeps_working(server: Ser
                 assert send(stub, base_request(rng)).code == "OK", f"valid job failed after case {index}"
         final = send(stub, base_request(rng))
     report = _report(cases, outcomes, seconds)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fuzz.json").write_text(json.dumps(report, indent=2) + "\n")
+    (results_dir / "fuzz.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["by_outcome"]), json.dumps(report["latency_ms"]))
     assert not failures, f"{len(failures)} of {len(cases)} cases misbehaved:\n" + "\n".join(failures[:30])
     assert final.code == "OK", final

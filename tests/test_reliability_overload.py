@@ -3,7 +3,7 @@
 Every call must complete or be refused with RESOURCE_EXHAUSTED (with a retry hint) — none hangs, none ends
 any other way — and the server's resident memory must come back near where it started. The server is a
 subprocess (the fake engine, real validation), so its RSS is its own. Figures go to
-``bench/results/overload.json``; ``bench/soak.py`` reuses :func:`drive` and :func:`rss_bytes`.
+``overload.json`` in the ``results_dir`` fixture (build/test-results); ``bench/soak.py`` reuses :func:`drive` and :func:`rss_bytes`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from typing import Any
 import grpc
 from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
-from test_reliability_fuzz import RESULTS, encode, percentile
-from test_server_shutdown import start_server
+from support.process import start_server
+from support.requests import encode
+from test_reliability_fuzz import percentile
 
 CLIENTS = 50
 CALLS_PER_CLIENT = 4
@@ -128,7 +129,7 @@ def load_request(rng: random.Random) -> pb.StylizeRequest:
                              params=pb.StylizeParams(size=64, min_size=64, iterations=3, coarse_iterations=0))
 
 
-def test_overload_completes_or_refuses_every_call_and_memory_returns() -> None:
+def test_overload_completes_or_refuses_every_call_and_memory_returns(results_dir: Path) -> None:
     process, port, _ = start_server("--workers", "1", "--queue-size", str(QUEUE),
                                     env={"STYLETX_FAKE_STEP": "0.005"})
     target = f"127.0.0.1:{port}"
@@ -161,8 +162,7 @@ def test_overload_completes_or_refuses_every_call_and_memory_returns() -> None:
                    rss_mib={"baseline": round(baseline / 2**20, 1), "peak": round(peak / 2**20, 1),
                             "after": round(after / 2**20, 1)},
                    machine="2 shared CPU cores, subprocess server, fake engine 5 ms/step, 3 steps per job")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "overload.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (results_dir / "overload.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
     assert report.hung == 0 and len(report.results) == CLIENTS * CALLS_PER_CLIENT, summary
     assert set(summary["by_outcome"]) <= {"OK", "RESOURCE_EXHAUSTED"}, summary

@@ -27,8 +27,8 @@ from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 from styletx_server import auth
 from styletx_server.config import parse_config
-from test_reliability_fuzz import encode
-from test_server_fake import FakeEngine, ServerThread
+from support.fake import FakeEngine, ServerThread
+from support.requests import encode
 
 x509 = pytest.importorskip("cryptography.x509", reason="the dev extra provides cryptography")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402

@@ -18,26 +18,10 @@ from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 from styletx_server.events import result_chunks
 from styletx_server.validation import params_to_options
-from test_server_fake import FakeEngine, ServerThread
+from support.fake import FakeEngine, ServerThread
+from support.requests import kind, png, request, wait_for
 
 from styletx_core.options import StylizeOptions
-
-
-def png(size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 120, 40)) -> bytes:
-    buffer = io.BytesIO()
-    image = Image.new("RGB", size, color)
-    image.putpixel((1, 1), (0, 0, 0))
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def request(iterations: int = 3, **params: Any) -> pb.StylizeRequest:
-    params = {"size": 64, "min_size": 32, "iterations": iterations, "coarse_iterations": 2, **params}
-    return pb.StylizeRequest(
-        content=png(),
-        styles=[pb.Style(image=png((32, 32), (10, 60, 220)))],
-        params=pb.StylizeParams(**params),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +40,6 @@ def server(engine: FakeEngine) -> Iterator[ServerThread]:
 def stub(server: ServerThread) -> Iterator[pb_grpc.StyleTransferStub]:
     with grpc.insecure_channel(server.target) as channel:
         yield pb_grpc.StyleTransferStub(channel)
-
-
-def kind(event: pb.StylizeEvent) -> str:
-    return str(event.WhichOneof("event"))
 
 
 def test_job_streams_events_in_order_and_image_round_trips(stub: pb_grpc.StyleTransferStub) -> None:
@@ -94,15 +74,6 @@ def test_result_is_chunked_below_one_mebibyte() -> None:
     chunks = [e.result_chunk for e in result_chunks("j", data, "png", (1, 1), 1 << 20)]
     assert [c.offset for c in chunks] == [0, 1 << 20, 2 << 20] and all(len(c.data) <= 1 << 20 for c in chunks)
     assert b"".join(c.data for c in chunks) == data and {c.total_size for c in chunks} == {len(data)}
-
-
-def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return bool(predicate())
 
 
 def test_cancel_frees_the_worker_within_an_iteration(

@@ -9,8 +9,8 @@ import grpc
 import pytest
 from styletx_server.errors import ServiceError
 from styletx_server.local import LocalBackend
-from test_server import kind, request
-from test_server_fake import FakeEngine
+from support.fake import FakeEngine
+from support.requests import kind, request
 
 from styletx_core.options import StylizeOptions
 

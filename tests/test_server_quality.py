@@ -22,7 +22,7 @@ from styletx_client.cli import main as cli_main
 from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 from styletx_server.config import ServerConfig
-from test_server_fake import FakeEngine, ServerThread
+from support.fake import FakeEngine, ServerThread
 
 
 def encode(image: Image.Image) -> bytes:

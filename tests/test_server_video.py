@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
-from test_server_fake import ServerThread
+from support.fake import ServerThread
 
 from styletx_core.fast import FastStylizer, ensure_models
 from styletx_core.video import StreamStylizer

@@ -7,11 +7,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
+
+from ._errors import StyletxError
 from ._events import Accepted, Event, Preview, Progress, QueueUpdate, Started
 
-__all__ = ["ProgressReporter", "contact_sheet", "plot_losses"]
+__all__ = ["ProgressReporter", "contact_sheet", "plot_losses", "progress_bar"]
 
 _EXTENSIONS = {"png": "png", "jpeg": "jpg", "tiff16": "tif"}
+
+
+def progress_bar(label: str, unit: str, quiet: bool = False) -> Any:
+    """A tqdm bar (the CLI's one use of tqdm, the ``cli`` extra: the SDK alone needs only grpcio, protobuf
+    and Pillow)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        raise StyletxError(grpc.StatusCode.FAILED_PRECONDITION,
+                           "the styletx CLI shows progress with tqdm: pip install 'styletx-client[cli]'") from None
+    return tqdm(total=None, desc=label, unit=unit, disable=quiet, dynamic_ncols=True)
 
 
 class ProgressReporter:
@@ -19,9 +33,7 @@ class ProgressReporter:
     waiting; previews written to ``preview_dir`` as ``<stem>_<iteration>.<ext>``."""
 
     def __init__(self, label: str, preview_dir: Path | None, stem: str, quiet: bool = False) -> None:
-        from tqdm import tqdm
-
-        self._bar: Any = tqdm(total=None, desc=label, unit="it", disable=quiet, dynamic_ncols=True)
+        self._bar: Any = progress_bar(label, "it", quiet)
         self._preview_dir = preview_dir
         self._stem = stem
         if preview_dir is not None:

@@ -1,10 +1,11 @@
 """``styletx``: stylise images on a server (``--server HOST:PORT``) or in this process, and more.
 
-Subcommands: ``stylize``, ``info``, ``health``, ``video --server`` (remote; the local ``video`` command is
-the engine's plugin), plus any registered in the ``styletx.commands`` entry-point
+Subcommands: ``stylize``, ``video``, ``info``, ``health`` (each on ``--server`` or, without it, in this process
+through the ``styletx.backends`` entry points), plus any registered in the ``styletx.commands`` entry-point
 group (each a ``register(subparsers)`` that adds a parser with ``set_defaults(func=...)``; ``func(args)``
 returns the exit code). Engine flags are generated from the ``StylizeParams`` proto descriptor, so they cannot
-drift from the API. This module never imports torch: commands that need it live in ``styletx_core.commands``.
+drift from the API. This module never imports torch: commands that need it live in ``styletx_cli`` (the server
++ engine distribution).
 """
 
 from __future__ import annotations
@@ -21,16 +22,18 @@ from typing import Any
 
 import grpc
 
-from ._client import Client, LocalClient
+from ._client import Client, LocalClient, load_backend
 from ._errors import StyletxError
 from ._options import TLSOptions
-from ._progress import ProgressReporter, contact_sheet, plot_losses
+from ._progress import ProgressReporter, contact_sheet, plot_losses, progress_bar
 from ._request import PARAMS, build_request, enum_choices, param_kind
 
 __all__ = ["build_parser", "main"]
 
 _LOGGER = logging.getLogger("styletx.cli")
-BUILTIN = ("stylize", "info", "health")
+BUILTIN = ("stylize", "video", "info", "health")
+#: ``styletx video --mode``: the names of styletx_core.video.frames.FRAME_MODES and the proto's video modes.
+VIDEO_MODES = ("fast", "preset", "cyclegan", "optimize", "hybrid")
 _SUFFIX_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff16", ".tiff": "tiff16", ".png": "png"}
 
 
@@ -95,46 +98,70 @@ def _add_stylize(subparsers: Any) -> None:
     parser.set_defaults(func=cmd_stylize)
 
 
-def _add_remote_video(subparsers: Any) -> None:
-    parser = subparsers.add_parser("video", help="stylise a video on a server (StylizeVideo)",
-                                   description="Stylise IN into OUT (H.264, the source's frame rate and audio) "
-                                               "frame by frame on a server.")
+def _add_video(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "video", help="stylise a video with temporal consistency (on a server with --server, else here)",
+        description="Stylise IN into OUT (H.264, the source's frame rate and audio) frame by frame. Optical flow "
+                    "carries each stylised frame into the next, so the texture moves with the scene instead of "
+                    "flickering. With --server the frames go through StylizeVideo; without, the engine runs "
+                    "in this process (needs the server + engine distribution).")
     parser.add_argument("input", type=Path, metavar="IN", help="source video")
     parser.add_argument("output", type=Path, metavar="OUT", help=".mp4, .mkv or .mov to write")
     parser.add_argument("--style", type=Path, nargs="+", default=[], metavar="S", help="style image(s)")
-    parser.add_argument("--weights", type=float, nargs="+", metavar="W", help="relative weight per style")
-    parser.add_argument("--mode", choices=["fast", "preset", "cyclegan", "optimize", "hybrid"], default="fast")
-    parser.add_argument("--preset", default="", help="preset mode: the style's name (`styletx info`)")
-    parser.add_argument("--model-name", default="", help="cyclegan mode: the generator's name")
+    parser.add_argument("--weights", type=float, nargs="+", metavar="W", help="relative weight per style (preset)")
+    parser.add_argument("--mode", choices=VIDEO_MODES, default="fast",
+                        help="fast: feed-forward network; preset: a built-in style; cyclegan: a generator; "
+                             "optimize: Gatys per frame; hybrid: fast, then refined")
+    parser.add_argument("--preset", nargs="+", metavar="NAME",
+                        help="built-in style(s) style00 … style25 (implies --mode preset)")
+    parser.add_argument("--model-name", default="", help="cyclegan mode: the generator's name (or a file here)")
     parser.add_argument("--size", type=int, metavar="PX", help="output long side (default: the source's)")
     parser.add_argument("--no-consistency", dest="consistency", action="store_false",
-                        help="stylise frames independently (no optical-flow guidance)")
+                        help="stylise frames independently (no optical-flow guidance; flickers)")
     parser.add_argument("--alpha", type=float, help="feed-forward modes: weight of the previous frame (0.6)")
-    parser.add_argument("--strength", type=float, help="fast/preset: style strength 0–1")
+    parser.add_argument("--strength", type=float, help="fast: style strength 0–1 (1)")
     parser.add_argument("--processing-size", type=int, metavar="PX", help="fast/preset: network's long side")
-    parser.add_argument("--iterations", type=int, help="optimize/hybrid: iterations per frame")
+    parser.add_argument("--iterations", type=int, help="optimize/hybrid: iterations of the first frame")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    _add_connection(parser, required=True)
+    local = parser.add_argument_group("in this process only (without --server)")
+    local.add_argument("--later-iterations", type=int, help="optimize/hybrid: iterations of each later frame")
+    local.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
+                       help="keep finished frames beside OUT and continue from them "
+                            "(default: on for optimize/hybrid, off otherwise)")
+    local.add_argument("--max-frames", type=int, help="stop after N frames")
+    local.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _add_connection(parser)
     parser.set_defaults(func=cmd_video)
 
 
 def cmd_video(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    """One command, two backends: StylizeVideo on ``--server``, else the local engine (``styletx.backends``
+    entry point ``video``, absent from a client-only install)."""
+    if args.preset and args.mode == "fast":
+        args.mode = "preset"
+    if not args.server:
+        status: int = load_backend("video").run(args)
+        return status
+    return _video_remote(args)
 
+
+def _video_remote(args: argparse.Namespace) -> int:
     from ._video import stylize_video_file
 
+    if args.preset and len(args.preset) > 1:
+        raise StyletxError(grpc.StatusCode.INVALID_ARGUMENT, "--preset: a server stylises with one preset")
     styles: list[Any] = list(args.style)
     if args.weights is not None:
         if len(args.weights) != len(styles):
             raise StyletxError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"--weights: {len(args.weights)} weights for {len(styles)} styles")
         styles = list(zip(styles, args.weights, strict=True))
-    options = {"mode": args.mode, "preset": args.preset, "model_name": args.model_name,
-               "consistency": args.consistency, "alpha": args.alpha, "strength": args.strength,
-               "processing_size": args.processing_size, "iterations": args.iterations}
+    options = {"mode": args.mode, "preset": args.preset[0] if args.preset else None,
+               "model_name": args.model_name, "consistency": args.consistency, "alpha": args.alpha,
+               "strength": args.strength, "processing_size": args.processing_size, "iterations": args.iterations}
     client = _client(args)
     assert isinstance(client, Client)
-    with client, tqdm(desc=args.output.name, unit="frame", disable=args.quiet, dynamic_ncols=True) as bar:
+    with client, progress_bar(args.output.name, "frame", args.quiet) as bar:
 
         def progress(done: int, expected: int) -> None:
             bar.total = expected
@@ -147,13 +174,12 @@ def cmd_video(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser(plugins: bool = True, remote_video: bool = False) -> argparse.ArgumentParser:
+def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="styletx", description="Neural style transfer: client and tools.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_stylize(subparsers)
-    if remote_video:
-        _add_remote_video(subparsers)
+    _add_video(subparsers)
     info = subparsers.add_parser("info", help="server version, models, devices, limits, defaults (JSON)")
     _add_connection(info)
     info.set_defaults(func=cmd_info)
@@ -276,10 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Builtin commands need no plugins: skip importing them (they may pull in torch, seconds of start-up).
     first = next((a for a in argv if not a.startswith("-")), None)
-    # `video` with a server is this module's remote command; without one it is the engine's plugin.
-    remote_video = first == "video" and (bool(os.environ.get("STYLETX_SERVER")) or
-                                         any(a == "--server" or a.startswith("--server=") for a in argv))
-    parser = build_parser(plugins=first not in BUILTIN and not remote_video, remote_video=remote_video)
+    parser = build_parser(plugins=first not in BUILTIN)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -1,4 +1,4 @@
-"""A stand-in engine for the service tests (and the subprocess server), plus tests that it is honest.
+"""A stand-in engine for the service tests (and the subprocess server), and the in-process test server.
 
 It has :class:`styletx_core.engine.StyleTransfer`'s ``stylize``/``variations`` signatures, reports every step
 through the callback, honours ``Cancelled`` (raised by the callback) and returns a deterministic image, so the
@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-import pytest
 from PIL import Image, ImageChops
 
 from styletx_core.errors import Cancelled
@@ -142,27 +141,8 @@ class FakeEngine:
 
 
 def make_engine(device: str) -> FakeEngine:
-    """``--engine-factory test_server_fake:make_engine`` for a subprocess server."""
+    """``--engine-factory support.fake:make_engine`` for a subprocess server."""
     return FakeEngine(device)
-
-
-def test_fake_engine_reports_every_step_and_stops_on_cancelled() -> None:
-    engine = FakeEngine(step_seconds=0)
-    opts = StylizeOptions(size=64, min_size=32, iterations=3, coarse_iterations=2)
-    seen: list[int] = []
-    result = engine.stylize(
-        Image.new("RGB", (64, 48)), [Image.new("RGB", (8, 8))], opts, lambda step: seen.append(step.iteration)
-    )
-    assert result.iterations == 3 + 2 * (len(opts.scales()) - 1)
-    assert seen == list(range(1, result.iterations + 1))
-
-    def cancel(step: Iterate) -> None:
-        if step.iteration == 2:
-            raise Cancelled()
-
-    with pytest.raises(Cancelled):
-        engine.stylize(Image.new("RGB", (64, 48)), [Image.new("RGB", (8, 8))], opts, cancel)
-    assert engine.cancelled == 1
 
 
 class ServerThread:
