@@ -8,6 +8,7 @@ from typing import Any
 
 from PIL import Image
 from styletx_proto.v1 import styletx_pb2 as pb
+from traffic import encode  # the one encoder of test and bench images
 
 __all__ = ["encode", "kind", "png", "request", "wait_for"]
 
@@ -40,9 +41,3 @@ def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.005)
     return bool(predicate())
-
-
-def encode(image: Image.Image, fmt: str, **save: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **save)
-    return buffer.getvalue()
