@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -47,8 +46,7 @@ from styletx_core.cyclegan import (
 from styletx_core.cyclegan.train import _build, _discriminator_step, _generator_step
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from test_cyclegan import _crops, _synthetic, _write  # noqa: E402 - the test's domains, reused on purpose
+from domains import crops, synthetic, write_images  # noqa: E402 - the test's domains (bench/domains.py)
 
 
 def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
@@ -71,7 +69,7 @@ def latency(gen: CycleGANGenerator, repeats: int) -> dict[str, Any]:
         cl.load_state_dict(gen.state_dict())
         cl = cl.to(memory_format=torch.channels_last)
         for side in (512, 1024):
-            x = _synthetic(side, side)
+            x = synthetic(side, side)
             reps = repeats if side == 512 else max(1, repeats // 2)
             row: dict[str, float] = {}
             xc = x.contiguous(memory_format=torch.channels_last)
@@ -111,7 +109,7 @@ def train_speed(steps: int) -> dict[str, Any]:
 def learning(steps: int) -> dict[str, Any]:
     """One run with the paper's schedule; at every checkpoint the A→B generator is evaluated on held-out A."""
     rng = np.random.default_rng(0)
-    a, b, held = _crops(48, rng, False), _crops(48, rng, True), _crops(16, rng, False)
+    a, b, held = crops(48, rng, False), crops(48, rng, True), crops(16, rng, False)
     x = torch.from_numpy(held[:, 4:68, 4:68].astype(np.float32) / 127.5 - 1).permute(0, 3, 1, 2)
     target = torch.from_numpy(b.astype(np.float32) / 127.5 - 1).permute(0, 3, 1, 2).mean(dim=(0, 2, 3))
     every = max(1, steps // 6)
@@ -134,7 +132,7 @@ def learning(steps: int) -> dict[str, Any]:
                           "lr": it.lr, "elapsed_s": round(time.perf_counter() - start, 1)})
             print(curve[-1], flush=True)
 
-        train_cyclegan(_write(a, root / "a"), _write(b, root / "b"), root / "out", opts, evaluate)
+        train_cyclegan(write_images(a, root / "a"), write_images(b, root / "b"), root / "out", opts, evaluate)
     return {"config": "paper objective and Adam 2e-4, linear decay from 50 %; 3 blocks, ngf=ndf=16, 64 px, "
                       "48 + 48 images", "colour_distance_A_to_B": round(float((x.mean(dim=(0, 2, 3)) - target).norm()), 4),
             "curve": curve}
@@ -145,7 +143,7 @@ def tiling(gen: CycleGANGenerator) -> dict[str, Any]:
 
     photo = ROOT.parent / "shared" / "images" / "content" / "tubingen.jpg"
     image = Image.open(photo).convert("RGB").resize((768, 576)) if photo.exists() else None
-    x = t.image_to_tensor(image) if image is not None else _synthetic(576, 768)
+    x = t.image_to_tensor(image) if image is not None else synthetic(576, 768)
     with torch.inference_mode():
         ref = gen(x)
 

@@ -262,12 +262,13 @@ class Recorder:
 def run_curve(engine: StyleTransfer, content: Image.Image, style: Image.Image, opts: StylizeOptions,
               scorer: QualityScorer, every: int) -> dict[str, Any]:
     from styletx_core.engine import iterate_sizes
+    from styletx_core.schedule import scale_iterations
 
     sizes = list(iterate_sizes(opts, content.size))
     recorder = Recorder(every, sizes[-1])
     engine.stylize(content, [style], opts.replace(preview_every=1), recorder)
     final_pixels = sizes[-1][0] * sizes[-1][1]
-    per_scale = [opts.coarse_iterations] * (len(sizes) - 1) + [opts.iterations]
+    per_scale = scale_iterations(opts)
     for point in recorder.points:  # full-resolution-equivalent iterations done at this point
         left, eq = point["iteration"], 0.0
         for (w, h), count in zip(sizes, per_scale, strict=True):
@@ -466,8 +467,7 @@ def section_memory(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------ service
 def section_service(args: argparse.Namespace) -> None:
     from service import Server, random_weights  # bench/service.py
-
-    from client import Client
+    from styletx_client import Client
 
     shared = IMAGES
     content_bytes = (shared / "content" / "tubingen.jpg").read_bytes()
@@ -509,7 +509,7 @@ def concurrent_jobs(target: str, clients: int, content: bytes, style: bytes,
     and the jobs started in admission order (FIFO)."""
     import threading
 
-    from client import Accepted, Client, QueueUpdate, Started
+    from styletx_client import Accepted, Client, QueueUpdate, Started
 
     lock = threading.Lock()
     records: list[dict[str, Any]] = [{"positions": [], "started_at": None} for _ in range(clients)]

@@ -27,10 +27,11 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from styletx_core.layers import FEATURE_LAYERS
 from styletx_core.vgg import VGGFeatures, conv_names
 from styletx_core.weights import ensure_cached, load_vgg_weights
 
-LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1")
+LAYERS = FEATURE_LAYERS
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -28,9 +28,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from client import Client  # noqa: E402
-from server.app import StyletxServer  # noqa: E402
-from server.config import ServerConfig  # noqa: E402
+from styletx_client import Client  # noqa: E402
+from styletx_server.app import StyletxServer  # noqa: E402
+from styletx_server.config import ServerConfig  # noqa: E402
+
 from styletx_core.engine import StyleTransfer  # noqa: E402
 from styletx_core.options import StylizeOptions  # noqa: E402
 

@@ -4,7 +4,7 @@
     python bench/soak.py --minutes 30 --engine real --size 128 --clients 2  # the real engine
 
 Each client thread loops: with probability ``--invalid`` it sends a request from the fuzz corpus
-(tests/test_reliability_fuzz.py), else a valid job. The server's RSS is sampled every second. At the end the
+(bench/traffic.py, the one the fuzz test sends), else a valid job. The server's RSS is sampled every second. At the end the
 script prints and writes ``bench/results/soak.json`` (outcome counts, latency and queue-wait percentiles, RSS
 at start / peak / end and its least-squares slope in MiB per minute over the second half) and exits 1 when
 a call ended in a status the corpus does not allow, a call hung, or the server died.
@@ -23,15 +23,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
 
 import grpc  # noqa: E402
-from test_reliability_fuzz import corpus, percentile  # noqa: E402
-from test_reliability_overload import load_request, one_call, rss_bytes  # noqa: E402
-from test_server_shutdown import start_server  # noqa: E402
-
-from styletx.v1 import styletx_pb2 as pb  # noqa: E402
-from styletx.v1 import styletx_pb2_grpc as pb_grpc  # noqa: E402
+from styletx_proto.v1 import styletx_pb2 as pb  # noqa: E402
+from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc  # noqa: E402
+from traffic import corpus, load_request, one_call, percentile, rss_bytes, start_server  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,9 +69,11 @@ def slope_mib_per_minute(samples: list[tuple[float, int]]) -> float:
 def soak(args: argparse.Namespace) -> dict[str, Any]:
     extra = ["--workers", str(args.workers), "--queue-size", str(args.queue_size), "--max-pixels", "100000",
              "--max-size", "256", "--max-styles", "3", "--max-receive-mb", "1"]
-    if args.engine == "real":
-        extra += ["--engine-factory", ""]  # the default: styletx_core.engine.StyleTransfer
-    process, port, _ = start_server(*extra, env={"STYLETX_FAKE_STEP": "0.005"})
+    # fake: the tests' stand-in engine, imported by the server subprocess (bench itself imports no test code);
+    # real: the default factory, styletx_core.engine.StyleTransfer.
+    factory = "" if args.engine == "real" else "support.fake:make_engine"
+    process, port, _ = start_server(*extra, "--engine-factory", factory, env={"STYLETX_FAKE_STEP": "0.005"},
+                                    pythonpath=[ROOT / "tests"])
     target = f"127.0.0.1:{port}"
     cases = corpus(args.seed)
     stop = threading.Event()

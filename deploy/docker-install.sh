@@ -2,10 +2,11 @@
 # Runs inside the Dockerfile's builder stages only; nothing it reads or writes besides /opt/venv,
 # /opt/styletx/app and /opt/styletx/weights reaches the final image.
 #
-#   docker-install.sh requirements  write requirements.txt: the third-party requirements of .[server]
+#   docker-install.sh requirements  write requirements.txt: the third-party requirements of the server
+#                              distribution (.) and of the client distribution it depends on (client/)
 #   docker-install.sh deps     install requirements.txt into /opt/venv (a cached layer: only that file is in
 #                              /src at this point)
-#   docker-install.sh app      install the styletx package alone into /opt/styletx/app (PYTHONPATH)
+#   docker-install.sh app      install the two distributions alone into /opt/styletx/app (PYTHONPATH)
 #   docker-install.sh onnxruntime  replace onnxruntime by $ONNXRUNTIME_PACKAGE (CUDA target)
 #   docker-install.sh weights  fill $STYLETX_CACHE: VGG weights, fast/CycleGAN networks, ONNX export
 #
@@ -29,26 +30,24 @@ if [ -s /run/secrets/pip_constraint ]; then
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_PROGRESS_BAR=off
 
-# requirements.txt: every third-party requirement of the extra "$EXTRA" (default server), with the project's
-# self-references (styletx[engine]) expanded. Only a change of these lines invalidates the deps layer; edits to
-# entry points, versions or tool settings in pyproject.toml do not.
+# requirements.txt: every third-party requirement of the server distribution (pyproject.toml), with its
+# requirement of the client distribution (styletx-client[extras], client/pyproject.toml) replaced by that
+# one's own requirements and those of the extras named. Only a change of these lines invalidates the deps layer;
+# edits to entry points, versions or tool settings do not.
 write_requirements() {
-    python3 - "${EXTRA:-server}" >requirements.txt <<'EOF'
-import re, sys, tomllib
-project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-extras, wanted, seen = project.get("optional-dependencies", {}), list(project.get("dependencies", [])), set()
-def add(extra):
-    if extra in seen:
-        return
-    seen.add(extra)
-    for req in extras[extra]:
-        own = re.fullmatch(re.escape(project["name"]) + r"\[([\w,-]+)\]", req.replace(" ", ""))
-        if own:
-            for name in own.group(1).split(","):
-                add(name)
-        else:
-            wanted.append(req)
-add(sys.argv[1])
+    python3 - >requirements.txt <<'EOF'
+import re, tomllib
+server = tomllib.load(open("pyproject.toml", "rb"))["project"]
+client = tomllib.load(open("client/pyproject.toml", "rb"))["project"]
+wanted = []
+for req in server["dependencies"]:
+    own = re.match(re.escape(client["name"]) + r"(?:\[([\w,-]+)\])?", req.replace(" ", ""))
+    if own:
+        wanted += client["dependencies"]
+        for extra in filter(None, (own.group(1) or "").split(",")):
+            wanted += client["optional-dependencies"][extra]
+    else:
+        wanted.append(req)
 print("\n".join(dict.fromkeys(wanted)))
 EOF
     cat requirements.txt
@@ -78,7 +77,7 @@ swap_onnxruntime() {
 install_app() {
     # --target keeps the package (and its console scripts, in bin/) out of the venv: the final image copies
     # the big venv layer from `deps` unchanged and this small directory from `app`.
-    $PIP install --no-deps --target "$APP" .
+    $PIP install --no-deps --target "$APP" ./client .
     PYTHONPATH="$APP" $PIP check
 }
 

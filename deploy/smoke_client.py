@@ -58,7 +58,7 @@ def _style(size: int) -> Image.Image:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     # The SDK under test; imported late so that --help works without it.
-    from client import Client, StyletxError, TLSOptions
+    from styletx_client import Client, StyletxError, TLSOptions
 
     tls = TLSOptions(root_certificates=args.tls_ca, private_key=args.tls_key,
                      certificate_chain=args.tls_cert, server_name_override=args.server_name) \

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Generate the Python stubs of the styletx API: styletx/v1/styletx_pb2.py, styletx_pb2_grpc.py and typed
-# .pyi files (mypy-protobuf). One command, reproducible: the same grpcio-tools/mypy-protobuf give the same bytes,
+# Generate the Python stubs of the styletx API into the client distribution: client/styletx_proto/v1/
+# styletx_pb2.py, styletx_pb2_grpc.py and typed .pyi files (mypy-protobuf). protoc names the modules after the
+# .proto path (styletx/v1/...); they are moved under the unique package name `styletx_proto` and their imports
+# of each other rewritten to match, so no generic top-level `styletx` package is installed. One command, reproducible: the same grpcio-tools/mypy-protobuf give the same bytes,
 # and tests/test_proto.py fails when the checked-in stubs drift from proto/.
 #
 # Usage: scripts/gen_proto.sh [--out DIR] [--lint]
@@ -22,19 +24,26 @@ while [ $# -gt 0 ]; do
 done
 
 BIN="$(dirname "$PYTHON")"
-mkdir -p "$OUT/styletx/v1"
+PKG="$OUT/client/styletx_proto"
+RAW="$(mktemp -d)"
+trap 'rm -rf "$RAW"' EXIT
+mkdir -p "$PKG/v1"
 cd "$ROOT/proto"
 "$PYTHON" -m grpc_tools.protoc -I . \
-  --python_out="$OUT" --grpc_python_out="$OUT" \
-  --plugin=protoc-gen-mypy="$BIN/protoc-gen-mypy" --mypy_out="$OUT" \
-  --plugin=protoc-gen-mypy_grpc="$BIN/protoc-gen-mypy_grpc" --mypy_grpc_out="$OUT" \
+  --python_out="$RAW" --grpc_python_out="$RAW" \
+  --plugin=protoc-gen-mypy="$BIN/protoc-gen-mypy" --mypy_out="$RAW" \
+  --plugin=protoc-gen-mypy_grpc="$BIN/protoc-gen-mypy_grpc" --mypy_grpc_out="$RAW" \
   styletx/v1/styletx.proto
 
-# Package markers: the stubs import each other as `styletx.v1.*`, so both levels must be packages.
-for pkg in "$OUT/styletx" "$OUT/styletx/v1"; do
+# styletx.v1.styletx_pb2 -> styletx_proto.v1.styletx_pb2 (imports and the module name given to the builder).
+for file in "$RAW"/styletx/v1/styletx_pb2*; do
+  sed -e 's/from styletx\.v1 import/from styletx_proto.v1 import/' \
+      -e 's/styletx\.v1\.styletx_pb2/styletx_proto.v1.styletx_pb2/g' "$file" > "$PKG/v1/$(basename "$file")"
+done
+for pkg in "$PKG" "$PKG/v1"; do
   [ -f "$pkg/__init__.py" ] || echo '"""Generated gRPC stubs of the styletx API (scripts/gen_proto.sh)."""' > "$pkg/__init__.py"
 done
-touch "$OUT/styletx/py.typed"
+touch "$PKG/py.typed"
 
 if [ "$LINT" = 1 ]; then
   cd "$ROOT"

@@ -9,7 +9,7 @@ if ! command -v buf >/dev/null && command -v npm >/dev/null; then
   echo "== buf (proto lint)"; npm install --silent --global @bufbuild/buf >/dev/null
 fi
 echo "== ruff"; ruff check .
-echo "== mypy"; mypy styletx_core server client
+echo "== mypy"; mypy -p styletx_core -p styletx_cli -p styletx_server -p styletx_client
 echo "== import contracts"; lint-imports
 echo "== weights"; styletx weights fetch --arch all
 echo "== chart/image test tools"; bash deploy/install-test-tools.sh

@@ -26,12 +26,14 @@ from torch.nn import functional as F
 
 from . import color
 from .balance import StyleBalance
-from .errors import EngineError, ImageError, OptionError, ResourceLimitError
+from .errors import EngineError, OptionError, ResourceLimitError
+from .geometry import MIN_SIDE, check_geometry, fit_long_side
 from .imageio import pil_to_tensor, tensor_to_pil
 from .losses import ContentLoss, LayerApply, Scale, SumLoss, TVLoss
 from .memory import ScalePlan, available_memory, plan_scale, scale_allocator, tune_allocator
 from .options import StylizeOptions
 from .progress import Callback, Iterate, StylizeResult
+from .schedule import scale_iterations, total_iterations
 from .targets import TargetCache, energy_factors, style_targets
 from .vgg import FEATURE_LAYERS, VGGFeatures, layer_names
 from .weights import LoadedWeights, load_vgg_weights
@@ -114,11 +116,11 @@ class _Run:
     history: list[dict[str, float]] = field(default_factory=list)
 
     def iterations_at(self, scale: int) -> int:
-        return self.opts.iterations if scale == len(self.sizes) - 1 else self.opts.coarse_iterations
+        return scale_iterations(self.opts)[scale]
 
     @property
     def total(self) -> int:
-        return sum(self.iterations_at(s) for s in range(len(self.sizes)))
+        return total_iterations(self.opts)
 
     @property
     def total_work(self) -> float:
@@ -214,10 +216,9 @@ class StyleTransfer:
         opts = opts or StylizeOptions()
         self._check_request(content, styles, opts)
         seed = opts.seed if opts.seed is not None else random.SystemRandom().randrange(2**31)
-        generator = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)  # per job: never reseed torch's global RNG
         content_t, style_ts = self._prepare_colors(content, styles, opts)
-        sizes = [_fit(content.size, s) for s in opts.scales()]
+        sizes = [fit_long_side(content.size, s) for s in opts.scales()]
         run = _Run(opts, sizes, self.memory_plan(sizes, opts), callback)
         # A shallow copy shares the weights but has its own ``checkpoint`` switch: jobs running side by side in
         # the server's workers each follow their own memory plan.
@@ -273,7 +274,7 @@ class StyleTransfer:
         if weights is not None and len(weights) != len(styles):
             raise OptionError("style_blend_weights", f"{len(weights)} weights for {len(styles)} styles")
         check_geometry(content.size, [style.size for style in styles], opts)
-        width, height = _fit(content.size, opts.size)
+        width, height = fit_long_side(content.size, opts.size)
         if width * height > self.max_pixels:
             raise ResourceLimitError(
                 f"output {width}×{height} has {width * height} pixels; this server allows {self.max_pixels}"
@@ -374,7 +375,6 @@ class StyleTransfer:
         best = _Best()
         for _ in range(run.iterations_at(index)):
             started = time.perf_counter()
-            _inject_fault(opts, run.done + 1)
             before = image.detach().clone() if average is None else image
             optimizer.step(closure)  # type: ignore[arg-type]  # LBFGS needs the tensor, not a float
             if average is not None:
@@ -549,36 +549,6 @@ class _EMA:
         return self.accumulated / self.weight
 
 
-#: VGG pools four times before relu5_1: a side under 16 px leaves nothing at the deepest style layer.
-MIN_SIDE = 16
-
-
-def check_geometry(content: tuple[int, int], styles: Sequence[tuple[int, int]], opts: StylizeOptions) -> None:
-    """Refuse images so thin that a scale of the run would be under :data:`MIN_SIDE` pixels across.
-
-    Cheap (sizes only), so the server calls it while validating, before a job is queued.
-    """
-    smallest = opts.scales()[0]
-    width, height = _fit(content, smallest)
-    if min(width, height) < MIN_SIDE:
-        raise ImageError(f"is {content[0]}×{content[1]}: at the smallest scale it would be {width}×{height}; "
-                         f"both sides must reach {MIN_SIDE} px (use a less elongated image or a larger min_size)",
-                         "content")
-    style_long = max(MIN_SIDE, round(smallest * opts.style_scale))
-    for index, size in enumerate(styles):
-        width, height = _fit(size, style_long)
-        if min(width, height) < MIN_SIDE:
-            raise ImageError(f"is {size[0]}×{size[1]}: resized for the smallest scale it would be "
-                             f"{width}×{height}; both sides must reach {MIN_SIDE} px", f"styles[{index}].image")
-
-
-def _fit(size: tuple[int, int], long_side: int) -> tuple[int, int]:
-    """(width, height) with the long side ``long_side`` and the aspect ratio of ``size``."""
-    width, height = size
-    scale = long_side / max(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
 def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     width, height = size
     if image.shape[-2:] == (height, width):
@@ -591,19 +561,7 @@ def _normalised(weights: Sequence[float]) -> list[float]:
     return [w / total for w in weights]
 
 
-def _inject_fault(opts: StylizeOptions, iteration: int) -> None:
-    """Test-only faults (``opts.extra = {"fault": ..., "fault_at": n}``); requests can never set ``extra``."""
-    fault = opts.extra.get("fault")
-    if fault is None or iteration != opts.extra.get("fault_at", 1):
-        return
-    if fault == "oom":
-        raise torch.OutOfMemoryError("injected out-of-memory fault")
-    if fault == "nan":
-        raise NumericalError(f"the loss became nan at iteration {iteration} (injected fault)")
-    raise RuntimeError(f"injected fault {fault!r}")
-
-
 def iterate_sizes(opts: StylizeOptions, size: tuple[int, int]) -> Iterator[tuple[int, int]]:
     """The (width, height) of each scale for an input of ``size`` (for planning and tests)."""
-    return (_fit(size, s) for s in opts.scales())
+    return (fit_long_side(size, s) for s in opts.scales())
 

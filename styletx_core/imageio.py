@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
+from .geometry import DEFAULT_MAX_PIXELS, fit_long_side
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -27,8 +28,6 @@ __all__ = [
     "tensor_to_pil",
 ]
 
-#: Largest input accepted by default (≈ 50 megapixels): bigger files are refused before decoding.
-DEFAULT_MAX_PIXELS = 50_000_000
 OUTPUT_FORMATS = ("png", "jpeg", "tiff16")
 _SRGB = ImageCms.createProfile("sRGB")
 
@@ -188,7 +187,5 @@ def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
 
 def resize_long_side(image: Image.Image, long_side: int) -> Image.Image:
     """Resize so the longer side is ``long_side`` (aspect kept, each side at least 1 px), Lanczos."""
-    width, height = image.size
-    scale = long_side / max(width, height)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    size = fit_long_side(image.size, long_side)
     return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)

@@ -19,11 +19,9 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,7 +30,11 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from styletx_core import artifacts
+from styletx_core.artifacts import ort_session, write_atomic
 from styletx_core.errors import EngineError, ModelError
+from styletx_core.layers import SCORING_LAYERS
+from styletx_core.version import styletx_version
 from styletx_core.vgg import Preprocessing, VGGFeatures
 
 __all__ = [
@@ -43,7 +45,6 @@ __all__ = [
     "OnnxFeatures",
     "ParityReport",
     "check_parity",
-    "default_providers",
     "ensure_export",
     "export_vgg_onnx",
     "features_digest",
@@ -54,7 +55,7 @@ __all__ = [
 _LOGGER = logging.getLogger(__name__)
 
 #: The style layers (relu1_1 … relu5_1) and the content layer, in the order of the graph's outputs.
-DEFAULT_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1", "relu4_2")
+DEFAULT_LAYERS: tuple[str, ...] = SCORING_LAYERS
 #: Probe sizes (H, W) of the start-up gate: a square one and a non-square odd one (odd sizes exercise floor
 #: rounding in every pooling layer).
 DEFAULT_PROBE_SIZES: tuple[tuple[int, int], ...] = ((64, 64), (77, 101))
@@ -136,13 +137,6 @@ class ExportMetadata:
         data["layers"] = list(self.layers)
         data["preprocessing"] = self.preprocessing.as_dict()
         return data
-
-
-def styletx_version() -> str:
-    try:
-        return importlib_metadata.version("styletx")
-    except importlib_metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 def features_digest(features: VGGFeatures) -> str:
@@ -270,19 +264,6 @@ def _initializer(name: str, tensor: torch.Tensor | torch.nn.Module | None) -> Te
     return numpy_helper.from_array(tensor.detach().to("cpu", torch.float32).numpy(), name)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write then rename, so a crash or a concurrent export never leaves half a model behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --------------------------------------------------------------------------------------------------- load
 
 
@@ -332,15 +313,6 @@ def _check_matches(meta: ExportMetadata, where: str, expected: VGGFeatures | Non
                          "re-export it from the weights in use")
 
 
-def default_providers() -> list[str]:
-    """CUDA when ``onnxruntime-gpu`` and a GPU are both present, else the CPU."""
-    import onnxruntime as ort
-
-    if "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
 class OnnxFeatures:
     """An onnxruntime session of an exported extractor: RGB 0–1 N×3×H×W float32 → ``{layer: array}``.
 
@@ -357,19 +329,10 @@ class OnnxFeatures:
         providers: Sequence[str] | None = None,
         threads: int = 0,
     ) -> None:
-        import onnxruntime as ort
-
         self.path = Path(path)
         self.metadata = read_metadata(self.path)
         _check_matches(self.metadata, str(self.path), expected, layers)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3  # onnxruntime's own warnings go to stderr, not through logging
-        try:
-            self.session = ort.InferenceSession(str(self.path), options,
-                                                providers=list(providers or default_providers()))
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise ModelError(f"onnxruntime cannot load {self.path}: {str(exc).splitlines()[0]}") from None
+        self.session = ort_session(self.path, providers=providers, threads=threads)
         self.provider = self.session.get_providers()[0]
 
     @property
@@ -405,6 +368,12 @@ class ParityReport:
     path: str = ""
     message: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def failed(cls, path: Path | None, message: str) -> ParityReport:
+        """The gate's answer when the file could not be checked at all (missing, corrupt, other weights)."""
+        return cls(ok=False, tolerance=0.0, provider="", sizes=[], errors={}, elapsed=0.0, path=str(path or ""),
+                   message=message)
 
     @property
     def max_error(self) -> float:
@@ -445,7 +414,7 @@ def check_parity(
     Args:
         sizes: probe (height, width) pairs, each ≥ 16.
         tolerance: max allowed error; default 1e-3 on CPU, 2e-2 when either side runs on a GPU.
-        providers: onnxruntime providers; default :func:`default_providers`.
+        providers: onnxruntime providers; default :func:`~styletx_core.artifacts.ort_providers`.
     """
     start = time.perf_counter()
     onnx_features = OnnxFeatures(onnx_path, expected=features, layers=features.layers, providers=providers)
@@ -482,11 +451,9 @@ def _relative_error(got: np.ndarray, want: np.ndarray) -> float:
 
 def export_cache_path(features: VGGFeatures, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """``<cache>/onnx/<arch>-<pooling>-<digest>-<layers>.onnx``: the name ties the file to the weights."""
-    from styletx_core.weights import cache_dir as weights_cache_dir
-
     layers = hashlib.sha256(json.dumps(list(features.layers)).encode()).hexdigest()[:8]
     name = f"{features.arch}-{_pooling_of(features)}-{features_digest(features)[:16]}-{layers}.onnx"
-    return weights_cache_dir(cache_dir) / "onnx" / name
+    return artifacts.cache_dir(cache_dir) / "onnx" / name
 
 
 def ensure_export(features: VGGFeatures, cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -509,12 +476,12 @@ def startup_gate(
     cache_dir: str | os.PathLike[str] | None = None,
     tolerance: float | None = None,
     providers: Sequence[str] | None = None,
-) -> tuple[bool, dict[str, Any]]:
-    """The server's start-up check: ``(ok, report)``; never raises for a bad or missing model.
+) -> ParityReport:
+    """The server's start-up check; never raises for a bad or missing model.
 
     With ``onnx_path`` the given file is checked as it is (a configured model is never rewritten); without,
-    the export in the cache is used, written first when missing. ``report`` is :meth:`ParityReport.as_dict`,
-    or ``{"ok": False, "error": ..., "path": ...}`` when the file is unusable. One log line states the result.
+    the export in the cache is used, written first when missing. A file that cannot be used at all gives
+    :meth:`ParityReport.failed` with the reason as its ``message``. One log line states the result.
     """
     path: Path | None = Path(onnx_path) if onnx_path is not None else None
     try:
@@ -523,10 +490,10 @@ def startup_gate(
         report = check_parity(path, features, tolerance=tolerance, providers=providers)
     except (EngineError, OSError) as exc:
         _LOGGER.error("ONNX parity gate FAILED: %s; refusing to serve", exc)
-        return False, {"ok": False, "error": str(exc), "path": str(path or "")}
+        return ParityReport.failed(path, str(exc))
     except Exception as exc:  # e.g. CUDA out of memory in the torch pass: the gate fails closed, not loudly
         _LOGGER.exception("ONNX parity gate FAILED unexpectedly; refusing to serve")
-        return False, {"ok": False, "error": f"{type(exc).__name__}: {exc}", "path": str(path or "")}
+        return ParityReport.failed(path, f"{type(exc).__name__}: {exc}")
     log = _LOGGER.info if report.ok else _LOGGER.error
     log("ONNX parity gate %s: %s (%s)", "passed" if report.ok else "FAILED", report.message, path)
-    return report.ok, report.as_dict()
+    return report

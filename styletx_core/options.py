@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import OptionError
-from .vgg import CFGS, layer_names
+from .layers import CFGS, STYLE_LAYERS, layer_names
 
 __all__ = ["CHOICES", "KNOWN_LAYERS", "LIMITS", "STYLE_LAYERS", "StylizeOptions"]
-
-STYLE_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
 #: Inclusive numeric ranges, by option name.
 LIMITS: dict[str, tuple[float, float]] = {
@@ -108,8 +106,6 @@ class StylizeOptions:
     """Offer a preview image every N iterations (0: never)."""
     variation_strength: float = 0.5
     """Only for :meth:`StyleTransfer.variations`: how strongly each variation is randomised."""
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    """Test-only switches (fault injection); never set from a request."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -169,5 +165,5 @@ class StylizeOptions:
         return sizes[::-1]
 
     def public_dict(self) -> dict[str, Any]:
-        """Options as plain values, without test-only switches."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        """Options as plain values."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

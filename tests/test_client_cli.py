@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_server import png
-from test_server_fake import FakeEngine, ServerThread
+from styletx_client import LocalClient, cli
+from styletx_client._request import PARAMS
+from styletx_server.local import LocalBackend
+from support.fake import FakeEngine, ServerThread
+from support.requests import png
 
-from client import LocalClient, cli
-from client._request import PARAMS
-from server.local import LocalBackend
 from styletx_core.options import StylizeOptions
 
 FLAGS = ["--size", "64", "--min-size", "32", "--iterations", "2", "--coarse-iterations", "1", "-q"]
@@ -143,8 +143,8 @@ def test_local_mode_without_the_server_extra_says_what_to_install(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import client._client as impl
+    import styletx_client._client as impl
 
     monkeypatch.setattr(impl.importlib.metadata, "entry_points", lambda group: [])
     code = cli.main(["stylize", *map(str, images), "-o", str(tmp_path / "y.png"), *FLAGS])
-    assert code == 1 and "styletx[server]" in capsys.readouterr().err
+    assert code == 1 and "server + engine distribution" in capsys.readouterr().err

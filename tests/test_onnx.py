@@ -169,38 +169,38 @@ def test_tampered_numbers_fail_the_gate(exported: dict[str, tuple[VGGFeatures, P
     report = check_parity(tmp_path / "tampered.onnx", features, sizes=[(32, 32)])
     assert not report.ok and report.errors["relu1_1"] < 1e-5 and report.errors["relu2_1"] > 0.1
     with caplog.at_level(logging.ERROR, logger="styletx_core.onnx_export"):
-        ok, info = startup_gate(features, tmp_path / "tampered.onnx")
-    assert not ok and info["ok"] is False and info["max_error"] > 0.1
+        gate = startup_gate(features, tmp_path / "tampered.onnx")
+    assert not gate.ok and gate.max_error > 0.1
     assert "ONNX parity gate FAILED" in caplog.text
 
 
 def test_gate_passes_and_reports(exported: dict[str, tuple[VGGFeatures, Path]]) -> None:
     features, path = exported["vgg16"]
-    ok, info = startup_gate(features, path)
-    assert ok and info["ok"] and info["provider"] == "CPUExecutionProvider"
-    assert info["metadata"]["arch"] == "vgg16" and set(info["errors"]) == set(DEFAULT_LAYERS)
-    json.dumps(info)  # GetServerInfo / logs need it serialisable
+    gate = startup_gate(features, path)
+    assert gate.ok and gate.provider == "CPUExecutionProvider"
+    assert gate.metadata["arch"] == "vgg16" and set(gate.errors) == set(DEFAULT_LAYERS)
+    json.dumps(gate.as_dict())  # logs need it serialisable
 
 
 def test_gate_never_raises_for_a_missing_file(tmp_path: Path) -> None:
-    ok, info = startup_gate(random_features("vgg16"), tmp_path / "nope.onnx")
-    assert not ok and "does not exist" in info["error"]
+    gate = startup_gate(random_features("vgg16"), tmp_path / "nope.onnx")
+    assert not gate.ok and "does not exist" in gate.message and gate.path.endswith("nope.onnx")
 
 
 def test_gate_exports_into_the_cache_once(tmp_path: Path) -> None:
     features = random_features("vgg16", layers=("relu1_1", "relu2_1"))
-    ok, info = startup_gate(features, cache_dir=tmp_path)
-    assert ok, info
+    gate = startup_gate(features, cache_dir=tmp_path)
+    assert gate.ok, gate
     path = ensure_export(features, tmp_path)
-    assert path.parent == tmp_path / "onnx" and Path(info["path"]) == path
+    assert path.parent == tmp_path / "onnx" and Path(gate.path) == path
     stamp = path.stat().st_mtime_ns
     assert ensure_export(features, tmp_path) == path and path.stat().st_mtime_ns == stamp
     path.write_bytes(b"corrupt")  # a damaged cache is repaired, not trusted
-    assert startup_gate(features, cache_dir=tmp_path)[0]
+    assert startup_gate(features, cache_dir=tmp_path).ok
 
 
 def test_cli_export_with_a_weights_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from styletx_core.commands.onnx import main
+    from styletx_cli.onnx import main
 
     torch.manual_seed(3)
     torch.save(make_layers("vgg16", "relu5_3").state_dict(), tmp_path / "w.pth")

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 from conftest import require_tool
+from styletx_proto.v1 import styletx_pb2 as pb
 
-from styletx.v1 import styletx_pb2 as pb
 from styletx_core.options import CHOICES, StylizeOptions
 
 ROOT = Path(__file__).resolve().parents[1]
+STUBS = "client/styletx_proto/v1"
 GENERATED = ("styletx_pb2.py", "styletx_pb2.pyi", "styletx_pb2_grpc.py", "styletx_pb2_grpc.pyi")
 
 
@@ -24,14 +25,14 @@ def test_generated_stubs_match_proto(tmp_path: Path) -> None:
         ["bash", str(ROOT / "scripts/gen_proto.sh"), "--out", str(tmp_path)], check=True, capture_output=True
     )
     for name in GENERATED:
-        fresh, checked_in = tmp_path / "styletx/v1" / name, ROOT / "styletx/v1" / name
+        fresh, checked_in = tmp_path / STUBS / name, ROOT / STUBS / name
         assert checked_in.exists(), f"{checked_in} missing: run scripts/gen_proto.sh"
         assert filecmp.cmp(fresh, checked_in, shallow=False), f"{name} drifted: run scripts/gen_proto.sh"
 
 
 def test_params_mirror_every_engine_option() -> None:
     """Every public StylizeOptions field is a StylizeParams field (blend weights travel with each Style)."""
-    public = {f.name for f in dataclasses.fields(StylizeOptions)} - {"extra", "style_blend_weights"}
+    public = {f.name for f in dataclasses.fields(StylizeOptions)} - {"style_blend_weights"}
     assert public == set(pb.StylizeParams.DESCRIPTOR.fields_by_name)
     assert "weight" in pb.Style.DESCRIPTOR.fields_by_name
 

@@ -14,12 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from test_server import png, request
-from test_server_shutdown import start_server
-
-from client import Client, RetryPolicy
-from styletx.v1 import styletx_pb2_grpc as pb_grpc
+from styletx_client import Client, RetryPolicy
+from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
+from support.process import start_server
+from support.requests import png, request
 
 JOB: dict[str, Any] = {"size": 64, "min_size": 32, "iterations": 2, "coarse_iterations": 0}
 
@@ -36,6 +36,7 @@ def _watch(channel: grpc.Channel, statuses: list[int]) -> None:
         return
 
 
+@pytest.mark.slow
 def test_sigterm_drains_and_the_sdk_retries_land_on_the_other_replica() -> None:
     with ThreadPoolExecutor(2) as pool:
         (a, port_a, log_a), (b, port_b, log_b) = pool.map(

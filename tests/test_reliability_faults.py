@@ -1,53 +1,28 @@
 """Injected faults in the real engine: the failing job ends with a clear status, the server carries on.
 
-The engine's test-only switch (``StylizeOptions.extra = {"fault": ..., "fault_at": n}``) cannot be set by a
-request, so :class:`FaultyEngine` sets it from the test side, one fault per job, around the real
-:class:`~styletx_core.engine.StyleTransfer` (random weights, 32 px, Adam).
+Faults come in through the engine factory, never through a switch in production code: :class:`FaultyEngine`
+wraps the real :class:`~styletx_core.engine.StyleTransfer` (random weights, 32 px, Adam) and hands one job at a
+time a :class:`FaultLoss`, an extra loss term (the engine's ``extra_losses``) that fails at its n-th
+evaluation: inside the optimiser's step, where a real out-of-memory or NaN would occur.
 """
 
 from __future__ import annotations
 
-import collections
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
-from test_reliability_fuzz import encode
-from test_server_fake import ServerThread
+from styletx_proto.v1 import styletx_pb2 as pb
+from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
+from styletx_server.errors import MAX_MESSAGE_CHARS, ServiceError, from_engine_error
+from support.fake import ServerThread
+from support.faults import FaultyEngine
+from support.requests import encode
 
-from server.errors import MAX_MESSAGE_CHARS, ServiceError, from_engine_error
-from styletx.v1 import styletx_pb2 as pb
-from styletx.v1 import styletx_pb2_grpc as pb_grpc
 from styletx_core.engine import NumericalError
-from styletx_core.options import StylizeOptions
-from styletx_core.progress import Callback, StylizeResult
-
-
-class FaultyEngine:
-    """The real engine; each ``stylize`` takes the next fault from ``faults`` (none when it is empty)."""
-
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self.faults: collections.deque[dict[str, Any]] = collections.deque()
-        self._lock = threading.Lock()
-
-    def stylize(self, content: Image.Image, styles: Sequence[Image.Image], opts: StylizeOptions,
-                callback: Callback | None = None, init_image: Image.Image | None = None) -> StylizeResult:
-        with self._lock:
-            fault = self.faults.popleft() if self.faults else None
-        if fault is not None:
-            opts = opts.replace(extra=fault)
-        return self.engine.stylize(content, styles, opts, callback=callback, init_image=init_image)
-
-    def variations(self, *args: Any, **kwargs: Any) -> list[StylizeResult]:
-        return self.engine.variations(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:  # target_cache_info, device, weights: the real engine's
-        return getattr(self.engine, name)
 
 
 def job(iterations: int = 3) -> pb.StylizeRequest:

@@ -6,329 +6,26 @@ a message that names the problem (the request field, or the size limit), within 
 that are odd but legal (palette, CMYK, 16-bit, animated, 1×N images; mutations a decoder may tolerate) may
 also succeed, but never end INTERNAL/UNKNOWN or hang. The server then still completes a valid job.
 
-Outcome counts go to stdout and ``bench/results/fuzz.json``. ``bench/soak.py`` reuses :func:`corpus`.
+Outcome counts go to stdout and ``fuzz.json`` in the ``results_dir`` fixture (build/test-results). The corpus itself is ``bench/traffic.py``'s (``bench/soak.py`` sends it too).
 """
 
 from __future__ import annotations
 
-import io
 import json
-import math
 import random
-import struct
 import time
-import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from PIL import Image
-from test_server_fake import FakeEngine, ServerThread
-
-from styletx.v1 import styletx_pb2 as pb
-from styletx.v1 import styletx_pb2_grpc as pb_grpc
-
-SEED = 20240917
-RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
-#: The fuzzed server's limits: small, so that limit violations are cheap to provoke.
-LIMITS = {"max_pixels": 100_000, "max_size": 256, "max_styles": 3, "max_receive_mb": 1}
-REJECT = frozenset({"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"})
-TOLERATE = REJECT | {"OK"}
-CALL_TIMEOUT = 20.0
-"""Deadline of each fuzz call; DEADLINE_EXCEEDED is a failure (a hang)."""
-BOUND_SECONDS = 5.0
-"""Slowest allowed answer to a hostile request (generous: the machine is shared)."""
-
-
-@dataclass(frozen=True)
-class Case:
-    """One request and what may come back: ``allowed`` status names, and ``needle``, a text every error
-    message must contain (the field at fault, or the limit)."""
-
-    category: str
-    request: pb.StylizeRequest
-    needle: str
-    allowed: frozenset[str] = REJECT
-
-
-# ---------------------------------------------------------------------------------------------- images
-
-
-def encode(image: Image.Image, fmt: str, **save: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **save)
-    return buffer.getvalue()
-
-
-def _noise(rng: random.Random, size: tuple[int, int], mode: str = "RGB") -> Image.Image:
-    image = Image.frombytes("RGB", size, rng.randbytes(size[0] * size[1] * 3))
-    return image if mode == "RGB" else image.convert(mode)
-
-
-def valid_images(rng: random.Random) -> list[tuple[str, bytes]]:
-    """Small images in every container the decoder knows, to truncate and corrupt."""
-    image = _noise(rng, (48, 40))
-    return [("png", encode(image, "PNG")), ("jpeg", encode(image, "JPEG", quality=80)),
-            ("gif", encode(image.convert("P"), "GIF")), ("bmp", encode(image, "BMP")),
-            ("tiff", encode(image, "TIFF", compression="tiff_deflate")), ("webp", encode(image, "WEBP")),
-            ("ppm", encode(image, "PPM"))]
-
-
-def exotic_images(rng: random.Random) -> list[tuple[str, bytes]]:
-    """Legal but unusual inputs: every one must be converted (or refused by name), never crash."""
-    base = _noise(rng, (40, 32))
-    frames = [_noise(rng, (24, 24)) for _ in range(3)]
-    sixteen = Image.frombytes("I;16", (32, 24), rng.randbytes(32 * 24 * 2))
-    transparent = base.convert("P")
-    transparent.info["transparency"] = 0
-    return [
-        ("palette", encode(base.convert("P"), "PNG")),
-        ("palette-transparent", encode(transparent, "PNG")),
-        ("cmyk-jpeg", encode(base.convert("CMYK"), "JPEG")),
-        ("cmyk-tiff", encode(base.convert("CMYK"), "TIFF")),
-        ("gray16-png", encode(sixteen, "PNG")),
-        ("gray-alpha", encode(base.convert("LA"), "PNG")),
-        ("rgba", encode(base.convert("RGBA"), "PNG")),
-        ("bilevel", encode(base.convert("1"), "PNG")),
-        ("float-tiff", encode(base.convert("F"), "TIFF")),
-        ("int32-tiff", encode(base.convert("I"), "TIFF")),
-        ("animated-gif", encode(frames[0].convert("P"), "GIF", save_all=True,
-                                append_images=[f.convert("P") for f in frames[1:]])),
-        ("animated-png", encode(frames[0], "PNG", save_all=True, append_images=frames[1:])),
-        ("animated-webp", encode(frames[0], "WEBP", save_all=True, append_images=frames[1:])),
-        ("1x1", encode(_noise(rng, (1, 1)), "PNG")),
-        ("1xN", encode(_noise(rng, (1, 300)), "PNG")),
-        ("Nx1", encode(_noise(rng, (300, 1)), "PNG")),
-        ("2x2-jpeg", encode(_noise(rng, (2, 2)), "JPEG")),
-    ]
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_header(width: int, height: int, *, idat: bytes = b"") -> bytes:
-    """A PNG whose header declares ``width``×``height`` (CRCs correct, so only the size is hostile)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat or zlib.compress(b"\0"))
-            + _png_chunk(b"IEND", b""))
-
-
-def bombs(rng: random.Random) -> list[tuple[str, bytes]]:
-    """Files declaring far more pixels than they carry (and one zlib bomb that really inflates)."""
-    out: list[tuple[str, bytes]] = []
-    for _ in range(6):
-        width, height = rng.randint(5_000, 2**31 - 1), rng.randint(5_000, 2**31 - 1)
-        out.append(("png-huge", png_header(width, height)))
-    out.append(("png-zlib-bomb", png_header(20_000, 20_000, idat=zlib.compress(bytes(20_001 * 3 * 64), 9))))
-    gif = bytearray(encode(_noise(rng, (8, 8)).convert("P"), "GIF"))
-    gif[6:10] = struct.pack("<HH", 65535, 65535)
-    out.append(("gif-huge", bytes(gif)))
-    bmp = bytearray(encode(_noise(rng, (8, 8)), "BMP"))
-    bmp[18:26] = struct.pack("<ii", 1_000_000, 1_000_000)
-    out.append(("bmp-huge", bytes(bmp)))
-    out.append(("ppm-huge", b"P6\n100000 100000\n255\n" + bytes(64)))
-    jpeg = bytearray(encode(_noise(rng, (8, 8)), "JPEG"))
-    sof = jpeg.find(b"\xff\xc0")
-    jpeg[sof + 5:sof + 9] = struct.pack(">HH", 65000, 65000)
-    out.append(("jpeg-huge", bytes(jpeg)))
-    out.append(("tiff-huge", _tiff_header(200_000, 200_000)))
-    return out
-
-
-def _tiff_header(width: int, height: int) -> bytes:
-    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-               (273, 4, 1, 8), (277, 3, 1, 1), (279, 4, 1, 16)]
-    ifd = struct.pack("<H", len(entries)) + b"".join(
-        struct.pack("<HHII", tag, kind, count, value) for tag, kind, count, value in entries) + bytes(4)
-    return b"II*\0" + struct.pack("<I", 24) + bytes(16) + ifd
-
-
-def zero_pixel(rng: random.Random) -> list[tuple[str, bytes]]:
-    return [("png-0x0", png_header(0, 0)), ("png-0xN", png_header(0, rng.randint(1, 100))),
-            ("png-Nx0", png_header(rng.randint(1, 100), 0)), ("ppm-0x0", b"P6\n0 0\n255\n")]
-
-
-def garbage(rng: random.Random) -> bytes:
-    """Random bytes, sometimes behind a real file signature so the decoder gets further."""
-    magic = rng.choice([b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"GIF89a", b"BM", b"II*\0", b"RIFF",
-                        b"P6\n", b"<svg xmlns='http://www.w3.org/2000/svg'>", b"%PDF-1.7\n", b"PK\x03\x04"])
-    return magic + rng.randbytes(rng.randint(0 if magic else 1, 2048))
-
-
-# -------------------------------------------------------------------------------------------- requests
-
-
-def _png(rng: random.Random, size: tuple[int, int] = (40, 30)) -> bytes:
-    return encode(_noise(rng, size), "PNG")
-
-
-def base_request(rng: random.Random, styles: int = 1) -> pb.StylizeRequest:
-    """A valid, cheap request (one iteration on the fake engine)."""
-    return pb.StylizeRequest(content=_png(rng), styles=[pb.Style(image=_png(rng, (24, 24))) for _ in range(styles)],
-                             params=pb.StylizeParams(size=64, min_size=32, iterations=1, coarse_iterations=0))
-
-
-def _with_image(rng: random.Random, data: bytes) -> tuple[pb.StylizeRequest, str]:
-    """``data`` as the content or as one of the style images; returns the request and the field name."""
-    request = base_request(rng, styles=rng.randint(1, 3))
-    slot = rng.randrange(len(request.styles) + 1)
-    if slot == 0:
-        request.content = data
-        return request, "content"
-    request.styles[slot - 1].image = data
-    return request, f"styles[{slot - 1}].image"
-
-
-_DOUBLES = ("scale_step", "learning_rate", "ema_decay", "content_weight", "style_weight", "tv_weight",
-            "style_scale", "variation_strength", "style_energy_power")
-_ENUMS = ("optimizer", "init", "model", "pooling", "style_loss", "preserve_color", "precision")
-_BAD_DOUBLES = (math.nan, math.inf, -math.inf, -1.0, -1e-300, 1e300)
-_BAD_UINTS = {"size": (0, 1, 15, 8193, 2**32 - 1), "min_size": (1, 15, 8193, 2**32 - 1),
-              "iterations": (0, 10001, 2**32 - 1), "coarse_iterations": (10001, 2**32 - 1),
-              "preview_every": (10001, 2**32 - 1)}
-_BAD_LAYERS = ("relu9_9", "conv1_1", "", "../../etc/passwd", "/dev/zero", "relu1_1\0", "x" * 5000, "RELU1_1")
-
-
-def number_cases(rng: random.Random) -> Iterator[Case]:
-    for name in _DOUBLES:
-        for value in _BAD_DOUBLES:
-            request = base_request(rng)
-            setattr(request.params, name, value)
-            yield Case("number", request, f"params.{name}")
-    for name, values in _BAD_UINTS.items():
-        for value in values:
-            request = base_request(rng)
-            setattr(request.params, name, value)
-            yield Case("range", request, f"params.{name}")
-    for value in (257, 1024, 8192):  # legal for the engine, above this server's max_size
-        request = base_request(rng)
-        request.params.size = value
-        yield Case("range", request, "params.size")
-    for value in (2**63, 2**64 - 1):
-        request = base_request(rng)
-        request.params.seed = value
-        yield Case("number", request, "params.seed")
-    for value in (math.nan, math.inf, -1.0, -math.inf):
-        request = base_request(rng, styles=2)
-        request.styles[1].weight = value
-        yield Case("number", request, "styles[1].weight")
-    request = base_request(rng, styles=2)
-    request.styles[0].weight = request.styles[1].weight = 0.0
-    yield Case("number", request, "styles[].weight")
-    for weights in ([math.nan] * 5, [-1.0] * 5, [0.0] * 5, [1.0] * 4, [1.0] * 6, [math.inf, 1, 1, 1, 1]):
-        request = base_request(rng)
-        request.params.style_layer_weights.extend(weights)
-        yield Case("number", request, "params.style_layer_weights")
-
-
-def enum_cases(rng: random.Random) -> Iterator[Case]:
-    raw = (4, 7, 99, 2**31 - 1, -1, -(2**31))
-    for name in _ENUMS:
-        for value in raw:
-            request = base_request(rng)
-            setattr(request.params, name, value)
-            yield Case("enum", request, f"params.{name}")
-    for value in (4, 99, -1, 2**31 - 1):
-        request = base_request(rng)
-        request.output_format = value  # type: ignore[assignment]  # an unknown raw number
-        yield Case("enum", request, "output_format")
-        request = base_request(rng)
-        request.preview.format = value  # type: ignore[assignment]
-        yield Case("enum", request, "preview.format")
-    for value in (99, -5, 2**31 - 1):
-        request = base_request(rng)
-        request.mode = value  # type: ignore[assignment]
-        yield Case("enum", request, "mode")
-
-
-def layer_cases(rng: random.Random) -> Iterator[Case]:
-    for layer in _BAD_LAYERS:
-        for name in ("content_layers", "style_layers"):
-            request = base_request(rng)
-            getattr(request.params, name).append(layer)
-            yield Case("layers", request, f"params.{name}")
-
-
-def style_count_cases(rng: random.Random) -> Iterator[Case]:
-    for _ in range(4):
-        request = base_request(rng)
-        del request.styles[:]
-        yield Case("styles", request, "styles")
-    for extra in range(1, 6):
-        yield Case("styles", base_request(rng, styles=LIMITS["max_styles"] + extra), "styles")
-    for _ in range(3):
-        request = base_request(rng, styles=2)
-        request.styles[1].image = b""
-        yield Case("styles", request, "styles[1].image")
-        request = base_request(rng)
-        request.content = b""
-        yield Case("styles", request, "content")
-
-
-def oversized_cases(rng: random.Random) -> Iterator[Case]:
-    """Requests above the 1 MiB receive limit: refused by gRPC itself before any parsing."""
-    limit = LIMITS["max_receive_mb"] << 20
-    for index in range(8):
-        request = base_request(rng)
-        if index % 2:
-            request.content = rng.randbytes(limit + rng.randint(1, limit))
-        else:
-            for style in request.styles:
-                style.image = rng.randbytes(limit // 2)
-            request.styles.add(image=rng.randbytes(limit // 2 + 1))
-        yield Case("oversized", request, "larger than max")
-    request = base_request(rng)
-    request.model_name = "m" * (limit + 10)
-    yield Case("oversized", request, "larger than max")
-
-
-def image_cases(rng: random.Random, count: int) -> Iterator[Case]:
-    """``count`` hostile images: truncations, garbage, corruptions, bombs, zero pixels; plus exotic inputs."""
-    originals = valid_images(rng)
-    for name, data in bombs(rng):
-        request, field = _with_image(rng, data)
-        yield Case(f"bomb/{name}", request, field)
-    for _name, data in zero_pixel(rng):
-        request, field = _with_image(rng, data)
-        yield Case("zero-pixel", request, field)
-    for name, data in exotic_images(rng):
-        for _ in range(2):
-            request, field = _with_image(rng, data)
-            yield Case(f"exotic/{name}", request, field, TOLERATE)
-    for _ in range(count):
-        fmt, data = rng.choice(originals)
-        roll = rng.random()
-        if roll < 0.4:  # cut well inside the pixel data: nothing can decode that
-            request, field = _with_image(rng, data[:rng.randint(1, int(len(data) * 0.6))])
-            yield Case(f"truncated/{fmt}", request, field)
-        elif roll < 0.55:  # cut near the end: some decoders tolerate a missing trailer
-            request, field = _with_image(rng, data[:rng.randint(int(len(data) * 0.6), len(data) - 1)])
-            yield Case(f"truncated-tail/{fmt}", request, field, TOLERATE)
-        elif roll < 0.8:
-            request, field = _with_image(rng, garbage(rng))
-            yield Case("garbage", request, field)
-        else:  # flipped bytes: a decoder without checksums may still produce an image
-            corrupt = bytearray(data)
-            for _ in range(rng.randint(1, 16)):
-                corrupt[rng.randrange(len(corrupt))] = rng.randrange(256)
-            request, field = _with_image(rng, bytes(corrupt))
-            yield Case(f"corrupt/{fmt}", request, field, TOLERATE)
-
-
-def corpus(seed: int = SEED, images: int = 820) -> list[Case]:
-    """The whole fuzz corpus, deterministic for a given ``seed``."""
-    rng = random.Random(seed)
-    generators: list[Callable[[random.Random], Iterator[Case]]] = [
-        number_cases, enum_cases, layer_cases, style_count_cases, oversized_cases]
-    cases = [case for generate in generators for case in generate(rng)]
-    cases += image_cases(rng, images)
-    return cases
-
+from styletx_proto.v1 import styletx_pb2 as pb
+from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
+from support.fake import FakeEngine, ServerThread
+from traffic import BOUND_SECONDS, CALL_TIMEOUT, LIMITS, SEED, Case, base_request, corpus, percentile
 
 # ------------------------------------------------------------------------------------------------ test
 
@@ -351,11 +48,6 @@ def send(stub: pb_grpc.StyleTransferStub, request: pb.StylizeRequest, timeout: f
     return Outcome("OK" if ok else "NO_COMPLETED", "", time.monotonic() - start)
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))] if ordered else 0.0
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerThread]:
     engine = FakeEngine(step_seconds=0)
@@ -365,7 +57,8 @@ def server() -> Iterator[ServerThread]:
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about the corrupt EXIF it is fed
-def test_fuzz_corpus_is_refused_by_name_and_the_server_keeps_working(server: ServerThread) -> None:
+@pytest.mark.slow
+def test_fuzz_corpus_is_refused_by_name_and_the_server_keeps_working(server: ServerThread, results_dir: Path) -> None:
     cases = corpus()
     assert len(cases) >= 1000
     rng = random.Random(SEED + 1)
@@ -387,8 +80,7 @@ def test_fuzz_corpus_is_refused_by_name_and_the_server_keeps_working(server: Ser
                 assert send(stub, base_request(rng)).code == "OK", f"valid job failed after case {index}"
         final = send(stub, base_request(rng))
     report = _report(cases, outcomes, seconds)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fuzz.json").write_text(json.dumps(report, indent=2) + "\n")
+    (results_dir / "fuzz.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["by_outcome"]), json.dumps(report["latency_ms"]))
     assert not failures, f"{len(failures)} of {len(cases)} cases misbehaved:\n" + "\n".join(failures[:30])
     assert final.code == "OK", final

@@ -22,14 +22,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from test_reliability_fuzz import encode
-from test_server_fake import FakeEngine, ServerThread
-
-from client import Client, StyletxError, TLSOptions
-from server import auth
-from server.config import parse_config
-from styletx.v1 import styletx_pb2 as pb
-from styletx.v1 import styletx_pb2_grpc as pb_grpc
+from styletx_client import Client, StyletxError, TLSOptions
+from styletx_proto.v1 import styletx_pb2 as pb
+from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
+from styletx_server import auth
+from styletx_server.config import parse_config
+from support.fake import FakeEngine, ServerThread
+from support.requests import encode
 
 x509 = pytest.importorskip("cryptography.x509", reason="the dev extra provides cryptography")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
@@ -353,6 +352,7 @@ def test_per_request_limits_on_pixels_styles_size_and_message(limited: ServerThr
 # ------------------------------------------------------------------------------- streams per connection
 
 
+@pytest.mark.slow
 def test_concurrent_streams_per_connection_are_capped(engine: FakeEngine) -> None:
     """With max_concurrent_streams=2, further calls on the same connection wait for a free stream (they are
     not refused and take no queue slot meanwhile); another connection is not held up; all calls complete."""
@@ -408,7 +408,7 @@ def test_max_concurrent_streams_is_configurable(monkeypatch: pytest.MonkeyPatch)
 
 
 def _python_files() -> Iterator[Path]:
-    for folder in ("styletx_core", "server", "client", "bench", "scripts", "tests"):
+    for folder in ("styletx_core", "styletx_cli", "server", "client", "bench", "scripts", "tests"):
         yield from (ROOT / folder).rglob("*.py")
 
 

@@ -191,7 +191,7 @@ def test_magenta_cosine_prefers_the_style() -> None:
 
 def test_cli_score_prints_json(scorer: QualityScorer, tmp_path: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
-    from styletx_core.commands.onnx import main
+    from styletx_cli.onnx import main
 
     photo().save(tmp_path / "c.png")
     painting().save(tmp_path / "s.png")

@@ -14,30 +14,14 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
-from test_server_fake import FakeEngine, ServerThread
+from styletx_proto.v1 import styletx_pb2 as pb
+from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
+from styletx_server.events import result_chunks
+from styletx_server.validation import params_to_options
+from support.fake import FakeEngine, ServerThread
+from support.requests import kind, png, request, wait_for
 
-from server.events import result_chunks
-from server.validation import params_to_options
-from styletx.v1 import styletx_pb2 as pb
-from styletx.v1 import styletx_pb2_grpc as pb_grpc
 from styletx_core.options import StylizeOptions
-
-
-def png(size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 120, 40)) -> bytes:
-    buffer = io.BytesIO()
-    image = Image.new("RGB", size, color)
-    image.putpixel((1, 1), (0, 0, 0))
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def request(iterations: int = 3, **params: Any) -> pb.StylizeRequest:
-    params = {"size": 64, "min_size": 32, "iterations": iterations, "coarse_iterations": 2, **params}
-    return pb.StylizeRequest(
-        content=png(),
-        styles=[pb.Style(image=png((32, 32), (10, 60, 220)))],
-        params=pb.StylizeParams(**params),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +40,6 @@ def server(engine: FakeEngine) -> Iterator[ServerThread]:
 def stub(server: ServerThread) -> Iterator[pb_grpc.StyleTransferStub]:
     with grpc.insecure_channel(server.target) as channel:
         yield pb_grpc.StyleTransferStub(channel)
-
-
-def kind(event: pb.StylizeEvent) -> str:
-    return str(event.WhichOneof("event"))
 
 
 def test_job_streams_events_in_order_and_image_round_trips(stub: pb_grpc.StyleTransferStub) -> None:
@@ -96,15 +76,6 @@ def test_result_is_chunked_below_one_mebibyte() -> None:
     assert b"".join(c.data for c in chunks) == data and {c.total_size for c in chunks} == {len(data)}
 
 
-def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return bool(predicate())
-
-
 def test_cancel_frees_the_worker_within_an_iteration(
     stub: pb_grpc.StyleTransferStub, engine: FakeEngine
 ) -> None:
@@ -134,8 +105,10 @@ def test_deadline_exceeded_stops_the_job(stub: pb_grpc.StyleTransferStub, engine
 def test_full_queue_is_resource_exhausted_with_retry_hint(stub: pb_grpc.StyleTransferStub) -> None:
     running = stub.Stylize(request(iterations=500), timeout=60)
     assert [kind(next(running)), kind(next(running))] == ["accepted", "started"]
-    waiting = [stub.Stylize(request(iterations=1), timeout=60) for _ in range(2)]  # queue_size=2
-    accepted = [next(call).accepted for call in waiting]
+    waiting, accepted = [], []
+    for _ in range(2):  # queue_size=2; one after the other: two calls in flight may be admitted in either order
+        waiting.append(stub.Stylize(request(iterations=1), timeout=60))
+        accepted.append(next(waiting[-1]).accepted)
     assert [a.queue_position for a in accepted] == [0, 1]
     with pytest.raises(grpc.RpcError) as caught:
         list(stub.Stylize(request(iterations=1), timeout=10))

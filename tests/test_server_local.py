@@ -7,11 +7,11 @@ import time
 
 import grpc
 import pytest
-from test_server import kind, request
-from test_server_fake import FakeEngine
+from styletx_server.errors import ServiceError
+from styletx_server.local import LocalBackend
+from support.fake import FakeEngine
+from support.requests import kind, request
 
-from server.errors import ServiceError
-from server.local import LocalBackend
 from styletx_core.options import StylizeOptions
 
 

@@ -18,10 +18,10 @@ import pytest
 import torch
 from conftest import require_tool
 from PIL import Image
-from test_server_fake import ServerThread
+from styletx_proto.v1 import styletx_pb2 as pb
+from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
+from support.fake import ServerThread
 
-from styletx.v1 import styletx_pb2 as pb
-from styletx.v1 import styletx_pb2_grpc as pb_grpc
 from styletx_core.fast import FastStylizer, PresetStylizer, ensure_models
 
 

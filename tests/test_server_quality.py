@@ -17,13 +17,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
-from test_server_fake import FakeEngine, ServerThread
-
-from client import Client
-from client.cli import main as cli_main
-from server.config import ServerConfig
-from styletx.v1 import styletx_pb2 as pb
-from styletx.v1 import styletx_pb2_grpc as pb_grpc
+from styletx_client import Client
+from styletx_client.cli import main as cli_main
+from styletx_proto.v1 import styletx_pb2 as pb
+from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
+from styletx_server.config import ServerConfig
+from support.fake import FakeEngine, ServerThread
 
 
 def encode(image: Image.Image) -> bytes:
@@ -71,6 +70,7 @@ def test_parity_gate_passes_and_is_reported(server: ServerThread) -> None:
     assert parity.provider == "CPUExecutionProvider" and Path(parity.onnx_path).is_file()
 
 
+@pytest.mark.slow
 def test_completed_carries_quality_scores_that_the_sdk_types(
     server: ServerThread, images: tuple[Image.Image, Image.Image]
 ) -> None:
@@ -139,8 +139,8 @@ def test_failing_gate_refuses_jobs_and_reports_why(engine: Any, corrupt_onnx: Pa
 
 def test_prepare_refuses_to_serve_with_a_failing_gate(engine: Any, corrupt_onnx: Path) -> None:
     """The contract the server start-up uses: prepare() answers whether to report SERVING."""
-    from server.service import StyleTransferService
-    from server.validation import Limits
+    from styletx_server.limits import Limits
+    from styletx_server.service import StyleTransferService
 
     async def prepare() -> tuple[bool, pb.ParityGate]:
         service = StyleTransferService([engine], ["cpu"], Limits(), pb.GetServerInfoResponse())

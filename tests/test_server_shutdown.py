@@ -3,76 +3,23 @@ queued job and new calls get UNAVAILABLE, and the process exits 0."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from test_server import kind, request
-
-from styletx.v1 import styletx_pb2_grpc as pb_grpc
+from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
+from support.process import start_server
+from support.requests import kind, request
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_server(
-    *extra: str, env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen[str], int, list[Any]]:
-    """Start ``python -m server`` with the fake engine; returns the process, its port and its parsed log."""
-    environment = {
-        **os.environ,
-        "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT}",
-        "STYLETX_FAKE_STEP": "0.05",
-        **(env or {}),
-    }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--devices",
-            "cpu",
-            "--engine-factory",
-            "test_server_fake:make_engine",
-            *extra,
-        ],
-        cwd=ROOT,
-        env=environment,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    log: list[Any] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            entry = json.loads(line) if line.startswith("{") else {"message": line}
-            log.append(entry)
-            if "port" in entry:
-                ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if not ready.wait(60):
-        process.kill()
-        raise AssertionError(f"server did not start: {log}")
-    port = next(e["port"] for e in log if "port" in e)
-    return process, port, log
-
-
+@pytest.mark.slow
 def test_sigterm_drains_running_jobs_and_refuses_the_rest() -> None:
     process, port, log = start_server("--workers", "1", "--grace", "20")
     try:

@@ -12,10 +12,10 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image
-from test_server_fake import ServerThread
+from styletx_proto.v1 import styletx_pb2 as pb
+from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
+from support.fake import ServerThread
 
-from styletx.v1 import styletx_pb2 as pb
-from styletx.v1 import styletx_pb2_grpc as pb_grpc
 from styletx_core.fast import FastStylizer, ensure_models
 from styletx_core.video import StreamStylizer
 from styletx_core.video.frames import FastFrames
@@ -126,8 +126,7 @@ def test_cli_remote_video_round_trips_a_file(server: ServerThread, clip: list[np
                                               tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``styletx video IN OUT --style S --server`` uses the RPC: same frame count, size and frame rate."""
     import imageio_ffmpeg
-
-    from client.cli import main as cli_main
+    from styletx_client.cli import main as cli_main
 
     source, output, style = tmp_path / "in.mp4", tmp_path / "out.mp4", tmp_path / "style.png"
     style_image.save(style)

@@ -209,6 +209,7 @@ class CountingStylizer:
         return Image.fromarray(255 - np.asarray(frame))
 
 
+@pytest.mark.slow
 def test_resume_continues_after_the_last_finished_frame(tmp_path: Path, clip: SyntheticClip) -> None:
     source = _write(tmp_path / "v.mp4", clip.frames, fps=10)
 
@@ -304,7 +305,7 @@ def test_optimize_frames_run_on_the_real_engine(engine: Any, clip: SyntheticClip
 
 
 def test_cli_video(tmp_path: Path, clip: SyntheticClip, style_image: Image.Image) -> None:
-    from styletx_core.commands.video import main
+    from styletx_cli.video import main
 
     source = _write(tmp_path / "v.mp4", clip.frames[:4], fps=8)
     style = tmp_path / "s.png"

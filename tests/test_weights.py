@@ -19,7 +19,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from styletx_core.commands.weights import main as weights_cli
+from styletx_cli.weights import main as weights_cli
+from styletx_core.artifacts import cache_dir
 from styletx_core.errors import ModelError, WeightsUnavailableError
 from styletx_core.vgg import (
     CAFFE_PREPROCESSING,
@@ -31,7 +32,6 @@ from styletx_core.vgg import (
 )
 from styletx_core.weights import (
     VGGWeights,
-    cache_dir,
     ensure_cached,
     fetch,
     load_vgg_weights,
@@ -107,6 +107,7 @@ def test_offline_vgg16_has_the_published_vgg16_values(offline_cache: Path) -> No
         assert sd[f"{name}.bias"][0].item() == pytest.approx(first_bias, abs=1e-8), name
 
 
+@pytest.mark.slow
 def test_offline_vgg19_is_quantised_to_256_values_per_layer(offline_cache: Path) -> None:
     loaded = load_vgg_weights("vgg19", "offline", cache_dir=offline_cache)
     assert loaded.preprocessing == CAFFE_PREPROCESSING and len(loaded.state_dict) == 32

@@ -17,28 +17,12 @@ Layer indices for ``n_blocks = B`` (indices that hold no parameters are padding,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
+from .options import GeneratorConfig
+
 __all__ = ["CycleGANGenerator", "FreezableInstanceNorm", "GeneratorConfig", "NormStats"]
-
-
-@dataclass(frozen=True)
-class GeneratorConfig:
-    """Hyper-parameters that fully determine the generator's parameter shapes."""
-
-    n_blocks: int = 9
-    ngf: int = 64
-    affine: bool = False
-    input_nc: int = 3
-    output_nc: int = 3
-
-    def describe(self) -> str:
-        """A short human-readable label, used in error messages and model listings."""
-        norm = "affine" if self.affine else "non-affine"
-        return f"resnet_{self.n_blocks}blocks ngf={self.ngf} {norm} instance norm {self.input_nc}→{self.output_nc}"
 
 
 class NormStats:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..artifacts import ort_session
 from ..errors import ModelError
 from .generator import CycleGANGenerator
 
@@ -69,17 +70,10 @@ class OnnxGenerator:
     """
 
     def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
-        import onnxruntime as ort
-
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelError(f"{self.path}: model file not found")
-        available = ort.get_available_providers()
-        chosen = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        try:
-            self.session = ort.InferenceSession(str(self.path), providers=chosen)
-        except Exception as exc:
-            raise ModelError(f"{self.path}: cannot load ONNX model ({str(exc)[:200]})") from None
+        self.session = ort_session(self.path, providers=providers)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] != 3:
             raise ModelError(f"{self.path}: expected one NCHW input with 3 channels, found "

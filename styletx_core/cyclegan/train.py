@@ -14,7 +14,6 @@ epochs over ~1,000 images are ``steps=200_000, decay_from=0.5``).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -27,9 +26,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from ..artifacts import write_atomic
 from ..errors import ImageError, ModelError, OptionError
 from .discriminator import PatchDiscriminator
-from .generator import CycleGANGenerator, GeneratorConfig
+from .generator import CycleGANGenerator
+from .options import TrainOptions
 from .tiling import tensor_to_image
 
 __all__ = ["TrainIterate", "TrainOptions", "TrainResult", "train_cyclegan"]
@@ -37,50 +38,6 @@ __all__ = ["TrainIterate", "TrainOptions", "TrainResult", "train_cyclegan"]
 _LOGGER = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 CHECKPOINT = "checkpoint.pt"
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """Training settings; the defaults are the paper's except ``steps`` (see module doc)."""
-
-    steps: int = 20_000
-    decay_from: float = 0.5  # fraction of ``steps`` after which the learning rate decays linearly to 0
-    load_size: int = 286  # shorter side images are resized to before the random crop (reference: 286)
-    crop_size: int = 256
-    batch_size: int = 1
-    lr: float = 2e-4
-    beta1: float = 0.5
-    lambda_cycle: float = 10.0
-    lambda_identity: float = 0.5  # times lambda_cycle
-    pool_size: int = 50
-    n_blocks: int = 9
-    ngf: int = 64
-    ndf: int = 64
-    affine: bool = False
-    sample_every: int = 500
-    checkpoint_every: int = 1000
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA (no loss scaling needed); ignored on CPU
-    workers: int = 0
-
-    def validate(self) -> None:
-        """Raise ``OptionError`` for out-of-range settings."""
-        checks = {
-            "steps": self.steps >= 1, "decay_from": 0.0 <= self.decay_from <= 1.0,
-            "crop_size": self.crop_size >= 32 and self.crop_size % 4 == 0,
-            "load_size": self.load_size >= self.crop_size, "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0, "beta1": 0 <= self.beta1 < 1, "pool_size": self.pool_size >= 0,
-            "n_blocks": self.n_blocks >= 0, "ngf": self.ngf >= 1, "ndf": self.ndf >= 1,
-            "sample_every": self.sample_every >= 0, "checkpoint_every": self.checkpoint_every >= 0,
-            "workers": self.workers >= 0,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise OptionError(name, f"invalid value {getattr(self, name)!r}")
-
-    def generator_config(self) -> GeneratorConfig:
-        return GeneratorConfig(n_blocks=self.n_blocks, ngf=self.ngf, affine=self.affine)
 
 
 @dataclass(frozen=True)
@@ -301,9 +258,7 @@ def _save_checkpoint(s: _State, opts: TrainOptions, out_dir: Path) -> None:
     payload: dict[str, Any] = {name: net.state_dict() for name, net in s.networks().items()}
     payload.update(opt_G=s.opt_g.state_dict(), opt_D=s.opt_d.state_dict(), sched_G=s.sched_g.state_dict(),
                    sched_D=s.sched_d.state_dict(), rng=s.rng.get_state(), step=s.step, options=asdict(opts))
-    tmp = out_dir / f".{CHECKPOINT}.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, out_dir / CHECKPOINT)
+    write_atomic(out_dir / CHECKPOINT, lambda handle: torch.save(payload, handle))
     for name, net in (("latest_net_G_A.pth", s.g_ab), ("latest_net_G_B.pth", s.g_ba)):
         torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, out_dir / name)
 

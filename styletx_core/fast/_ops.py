@@ -19,7 +19,6 @@ __all__ = [
     "check_preserve_color",
     "check_strength",
     "check_weights",
-    "fit_size",
     "from_unit_array",
     "histogram_matched",
     "keep_luminance",
@@ -67,14 +66,6 @@ def check_weights(weights: Sequence[float] | None, count: int) -> np.ndarray:
     if not np.isfinite(values).all() or (values < 0).any() or values.sum() <= 0:
         raise OptionError("weights", "values must be finite, non-negative and not all zero")
     return (values / values.sum()).astype(np.float32)
-
-
-def fit_size(size: tuple[int, int], long_side: int | None) -> tuple[int, int]:
-    """``size`` scaled so that its longer side is ``long_side`` (unchanged for ``None``); sides ≥ 1 px."""
-    if long_side is None or long_side == max(size):
-        return size
-    scale = long_side / max(size)
-    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def to_unit_array(image: Image.Image, size: tuple[int, int] | None = None) -> np.ndarray:

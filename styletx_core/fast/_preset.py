@@ -11,13 +11,13 @@ from PIL import Image
 
 from styletx_core.errors import OptionError, ResourceLimitError
 
+from ..geometry import fit_long_side
 from . import _models
 from ._ops import (
     check_long_side,
     check_preserve_color,
     check_strength,
     check_weights,
-    fit_size,
     from_unit_array,
     histogram_matched,
     keep_luminance,
@@ -103,8 +103,8 @@ class PresetStylizer:
         check_preserve_color(preserve_color)
         check_long_side("size", size)
         check_long_side("processing_size", processing_size)
-        out_size = fit_size(content.size, size)
-        work_size = fit_size(content.size, processing_size) if processing_size else out_size
+        out_size = fit_long_side(content.size, size)
+        work_size = fit_long_side(content.size, processing_size) if processing_size else out_size
         width, height = max(out_size, work_size, key=lambda wh: wh[0] * wh[1])
         if width * height > self.max_pixels:
             raise ResourceLimitError(f"{width}×{height} has {width * height} pixels; the limit is "

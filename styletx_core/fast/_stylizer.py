@@ -16,13 +16,13 @@ from PIL import Image
 from styletx_core.errors import ImageError, OptionError, ResourceLimitError
 from styletx_core.progress import StylizeResult
 
+from ..geometry import fit_long_side
 from . import _models
 from ._ops import (
     check_long_side,
     check_preserve_color,
     check_strength,
     check_weights,
-    fit_size,
     from_unit_array,
     histogram_matched,
     keep_luminance,
@@ -162,8 +162,8 @@ class FastStylizer:
         """
         check_long_side("size", size)
         check_long_side("processing_size", processing_size)
-        out_size = fit_size(content.size, size)
-        work_size = fit_size(content.size, processing_size) if processing_size else out_size
+        out_size = fit_long_side(content.size, size)
+        work_size = fit_long_side(content.size, processing_size) if processing_size else out_size
         for what, (width, height) in (("output", out_size), ("processing size", work_size)):
             if width * height > self.max_pixels:
                 raise ResourceLimitError(f"{what} {width}×{height} has {width * height} pixels; the limit is "

@@ -15,6 +15,7 @@ from PIL import Image
 
 from styletx_core.errors import ImageError, OptionError
 
+from ..geometry import fit_long_side
 from ._flow import FLOW_METHODS, FlowEstimator, warp
 from ._io import FrameWriter, VideoInfo, even_size, mux_audio, probe, read_frames
 from ._temporal import TemporalGuide, blend_previous, restore_detail
@@ -140,12 +141,11 @@ def _check(mode: str, consistency: bool, alpha: float, flow: str, max_frames: in
 
 
 def _fit(size: tuple[int, int], long_side: int | None) -> tuple[int, int]:
-    if long_side is None:
-        return size
-    if not 16 <= long_side <= 8192:
+    """The frame size for ``--size`` (each side ≥ 2 px: the codecs' chroma subsampling needs pairs)."""
+    if long_side is not None and not 16 <= long_side <= 8192:
         raise OptionError("size", f"must be between 16 and 8192, got {long_side!r}")
-    scale = long_side / max(size)
-    return max(2, round(size[0] * scale)), max(2, round(size[1] * scale))
+    width, height = fit_long_side(size, long_side)
+    return max(2, width), max(2, height)
 
 
 def _open_workdir(source: Any, output: Any, stylize_frame: FrameStylizer, settings: _Settings,

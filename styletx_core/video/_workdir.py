@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from ..artifacts import write_atomic
 
 __all__ = ["WorkDir"]
 
@@ -65,10 +65,10 @@ class WorkDir:
     def write(self, index: int, frame: np.ndarray) -> None:
         """Store finished frame ``index`` (H×W×3 uint8), then record it as done."""
         image = Image.fromarray(frame)
-        _atomic(self.frame_path(index), lambda f: image.save(f, format="PNG", compress_level=1))
+        write_atomic(self.frame_path(index), lambda f: image.save(f, format="PNG", compress_level=1))
         self.frames_done = index + 1
         state = {"version": _VERSION, "job": self.job, "frames_done": self.frames_done}
-        _atomic(self.path / _STATE, lambda f: f.write(json.dumps(state, indent=1).encode()))
+        write_atomic(self.path / _STATE, lambda f: f.write(json.dumps(state, indent=1).encode()))
 
     def read(self, index: int) -> np.ndarray:
         with Image.open(self.frame_path(index)) as image:
@@ -84,12 +84,3 @@ class WorkDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

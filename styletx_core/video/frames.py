@@ -5,23 +5,33 @@
 - :class:`OptimizeFrames` — the Gatys loop; from the second frame on it starts from the warped previous
   output, runs fewer iterations at the final scale only, and adds the temporal loss (Ruder et al. 2016).
 - :class:`HybridFrames` — the fast result (blended with the warped previous output) refined by the loop.
+- :class:`CycleGANFrames` — a CycleGAN generator, tiled beyond the tile size.
+
+:func:`frame_stylizer` picks one by mode name; the CLI (local networks) and the server (its workers' shared
+networks) both build theirs through it, handing over the networks as :class:`Networks`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from styletx_core.errors import OptionError
 from styletx_core.fast import FastStylizer, PresetStylizer, preset_index
 from styletx_core.options import StylizeOptions
 
 from ._temporal import TemporalGuide, TemporalLoss, blend_previous, guided_init
 
-__all__ = ["FastFrames", "HybridFrames", "OptimizeFrames", "PresetFrames"]
+__all__ = ["FRAME_MODES", "CycleGANFrames", "FastFrames", "HybridFrames", "Networks", "OptimizeFrames",
+           "PresetFrames", "frame_stylizer", "pipeline_mode"]
+
+#: The modes :func:`frame_stylizer` knows (the CLI's ``--mode`` and the proto's video modes).
+FRAME_MODES = ("fast", "preset", "cyclegan", "optimize", "hybrid")
 
 
 def _style_digest(styles: Sequence[Image.Image]) -> str:
@@ -132,3 +142,56 @@ class HybridFrames(OptimizeFrames):
             init_image = Image.fromarray(np.clip(start * 255 + 0.5, 0, 255).astype(np.uint8))
             return self.engine.stylize(frame, self.styles, first, init_image=init_image).image
         return self._refine(frame, guide, blend_previous(start, guide, self.alpha), opts)
+
+
+class CycleGANFrames:
+    """Each frame through a CycleGAN generator (tiled with overlap beyond ``tile``); no temporal guidance of
+    its own: consistency is the pipeline's post-blend, as for the other feed-forward modes."""
+
+    def __init__(self, generator: Any, tile: int = 512, overlap: int = 64) -> None:
+        self.generator = generator
+        self.tile, self.overlap = tile, overlap
+        self.fingerprint = f"cyclegan:{id(generator)}:{tile}:{overlap}"
+
+    def __call__(self, frame: Image.Image, guide: TemporalGuide | None) -> Image.Image:
+        from styletx_core.cyclegan import run_tiled
+
+        return run_tiled(self.generator, frame, self.tile, self.overlap)
+
+
+@dataclass(frozen=True)
+class Networks:
+    """Where the frame stylisers get their networks; each is built (or fetched) only when a mode needs it."""
+
+    engine: Callable[[], Any]
+    """The optimisation engine (``StyleTransfer``)."""
+    fast: Callable[[], FastStylizer]
+    preset: Callable[[], PresetStylizer]
+    generator: Callable[[str], Any]
+    """A CycleGAN generator by name or path."""
+
+
+def pipeline_mode(mode: str) -> str:
+    """The consistency scheme of ``mode`` (:data:`~styletx_core.video.MODES`): the loop's own for optimize
+    and hybrid, the feed-forward post-blend for the rest."""
+    return mode if mode in ("optimize", "hybrid") else "fast"
+
+
+def frame_stylizer(mode: str, networks: Networks, styles: Sequence[Image.Image], options: StylizeOptions, *,
+                   presets: Sequence[str] = (), model_name: str = "", strength: float = 1.0,
+                   processing_size: int | None = None, alpha: float = 0.6, later_iterations: int | None = None,
+                   tile: int = 512, overlap: int = 64) -> Any:
+    """The frame styliser of ``mode`` (one of :data:`FRAME_MODES`); blend weights are
+    ``options.style_blend_weights`` (of the styles, or of the presets)."""
+    weights = list(options.style_blend_weights) if options.style_blend_weights else None
+    builders: dict[str, Callable[[], Any]] = {
+        "fast": lambda: FastFrames(networks.fast(), styles, weights, strength, processing_size),
+        "preset": lambda: PresetFrames(networks.preset(), presets, weights, processing_size),
+        "cyclegan": lambda: CycleGANFrames(networks.generator(model_name), tile, overlap),
+        "optimize": lambda: OptimizeFrames(networks.engine(), styles, options, later_iterations),
+        "hybrid": lambda: HybridFrames(networks.engine(), networks.fast(), styles, options, later_iterations,
+                                       alpha=alpha),
+    }
+    if mode not in builders:
+        raise OptionError("mode", f"must be one of {', '.join(FRAME_MODES)}; got {mode!r}")
+    return builders[mode]()

@@ -1,0 +1,188 @@
+"""The synchronous client, and the in-process client that the CLI uses without ``--server``."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import wrappers_pb2
+from styletx_proto.v1 import styletx_pb2 as pb
+from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
+
+from ._errors import StyletxError, from_rpc_error
+from ._events import Event, EventStream, StylizeOutput, collect
+from ._options import (
+    DEFAULT_KEEPALIVE,
+    DEFAULT_RETRY,
+    KeepAliveOptions,
+    RetryPolicy,
+    TLSOptions,
+    auth_metadata,
+    channel_options,
+)
+from ._request import ImageInput, StyleInput, build_request
+
+__all__ = ["DEFAULT_TIMEOUT", "Client", "LocalClient", "stylize"]
+
+_LOGGER = logging.getLogger(__name__)
+DEFAULT_TIMEOUT = 3600.0
+"""Seconds a job may take by default, queueing included (every call also takes ``timeout=``)."""
+_HEALTH = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
+
+
+class _Stylizer:
+    """``stylize`` and ``stylize_stream`` on top of a subclass's ``stream_request``."""
+
+    timeout: float
+
+    def stream_request(self, request: pb.StylizeRequest, *, timeout: float | None = None) -> EventStream:
+        raise NotImplementedError
+
+    def stylize_stream(self, content: ImageInput, styles: Sequence[StyleInput], *,
+                       timeout: float | None = None, **params: Any) -> EventStream:
+        """Start a job; iterate the returned stream for typed events, ``.cancel()`` it to stop the job.
+
+        ``params`` are the engine's options by name (``size=512, optimizer="adam", seed=1``) plus
+        ``output_format``, ``preview_format``, ``preview_max_side``, ``mode``, ``model_name``, ``preset``,
+        ``variation``.
+        """
+        return self.stream_request(build_request(content, styles, **params), timeout=timeout)
+
+    def stylize(self, content: ImageInput, styles: Sequence[StyleInput], *, timeout: float | None = None,
+                on_event: Callable[[Event], None] | None = None, **params: Any) -> StylizeOutput:
+        """Run a job to the end and return the image and its metrics; ``on_event`` sees every event."""
+        stream = self.stylize_stream(content, styles, timeout=timeout, **params)
+        try:
+            return collect(stream, on_event)
+        except BaseException:
+            stream.cancel()
+            raise
+
+
+class Client(_Stylizer):
+    """A styletx server's client. Method names match :class:`AsyncClient`.
+
+    Parameters
+    ----------
+    target : str
+        ``host:port``; ``dns:///host:port`` with ``load_balancing="round_robin"`` spreads jobs over replicas.
+    tls : TLSOptions, optional
+        Use TLS (else plaintext).
+    keepalive, retry : KeepAliveOptions, RetryPolicy, optional
+        Connection pings; retries of UNAVAILABLE / RESOURCE_EXHAUSTED with backoff (None: no retries).
+    load_balancing : str, optional
+        gRPC LB policy name, e.g. ``"round_robin"``.
+    timeout : float
+        Default deadline of every call, in seconds.
+    token : str, optional
+        Bearer token for a server that requires one (sent as ``authorization`` metadata; use with TLS).
+    """
+
+    def __init__(self, target: str = "localhost:50051", *, tls: TLSOptions | None = None,
+                 keepalive: KeepAliveOptions | None = DEFAULT_KEEPALIVE,
+                 retry: RetryPolicy | None = DEFAULT_RETRY,
+                 load_balancing: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 max_receive_bytes: int = 4 * 1024 * 1024, token: str | None = None) -> None:
+        options = channel_options(keepalive, retry, load_balancing, tls, max_receive_bytes)
+        self._metadata = auth_metadata(token)
+        self._channel = grpc.secure_channel(target, tls.credentials(), options) if tls else \
+            grpc.insecure_channel(target, options)
+        self._stub = pb_grpc.StyleTransferStub(self._channel)
+        self._health = self._channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            # HealthCheckRequest{string service = 1} and HealthCheckResponse{enum status = 1} have the wire
+            # format of these wrappers, so the SDK needs no grpcio-health-checking.
+            request_serializer=wrappers_pb2.StringValue.SerializeToString,
+            response_deserializer=wrappers_pb2.Int32Value.FromString)
+        self.target = target
+        self.timeout = timeout
+
+    def stream_request(self, request: pb.StylizeRequest, *, timeout: float | None = None) -> EventStream:
+        """Send a prepared request (see :func:`build_request`)."""
+        return EventStream(self._stub.Stylize(request, timeout=timeout or self.timeout, metadata=self._metadata))
+
+    def server_info(self, *, timeout: float | None = 30.0) -> pb.GetServerInfoResponse:
+        """Version, models, devices, limits and default parameters of the server."""
+        try:
+            response: pb.GetServerInfoResponse = self._stub.GetServerInfo(
+                pb.GetServerInfoRequest(), metadata=self._metadata, timeout=timeout)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return response
+
+    def health(self, service: str = "", *, timeout: float | None = 10.0) -> str:
+        """``SERVING``, ``NOT_SERVING`` … of ``service`` ("" = the whole server), by grpc.health.v1."""
+        try:
+            reply = self._health(wrappers_pb2.StringValue(value=service), timeout=timeout)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return _HEALTH[reply.value] if 0 <= reply.value < len(_HEALTH) else str(reply.value)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LocalClient(_Stylizer):
+    """Runs jobs in this process through the ``styletx.backends`` entry point ``local`` (``styletx_server.local``).
+
+    The SDK never imports the engine itself; without the server extra installed this raises a clear error.
+    """
+
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT, backend: Any = None) -> None:
+        self._backend = backend if backend is not None else load_backend("local")
+        self.target = "local"
+        self.timeout = timeout
+
+    def stream_request(self, request: pb.StylizeRequest, *, timeout: float | None = None) -> EventStream:
+        return EventStream(self._backend.stylize(request, timeout=timeout or self.timeout))
+
+    def server_info(self, *, timeout: float | None = None) -> pb.GetServerInfoResponse:
+        info: pb.GetServerInfoResponse = self._backend.server_info()
+        return info
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        return "SERVING"
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> LocalClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_backend(name: str) -> Any:
+    """Instantiate the backend registered under ``name`` in the ``styletx.backends`` entry-point group."""
+    hint = ("install the server + engine distribution (pip install . in the styletx repository) to run jobs in "
+            "this process, or pass --server HOST:PORT to use a server")
+    for entry in importlib.metadata.entry_points(group="styletx.backends"):
+        if entry.name == name:
+            try:
+                backend_class = entry.load()
+            except ImportError as error:  # registered, but the engine's dependencies (torch) are missing
+                raise StyletxError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   f"the local engine cannot load ({error}): {hint}") from None
+            return backend_class()
+    raise StyletxError(grpc.StatusCode.FAILED_PRECONDITION, f"no local engine installed: {hint}")
+
+
+def stylize(content: ImageInput, styles: Sequence[StyleInput], *, server: str = "localhost:50051",
+            timeout: float | None = None, **params: Any) -> StylizeOutput:
+    """One call: stylise ``content`` with ``styles`` on ``server``; returns the image bytes and metrics.
+
+    >>> out = stylize("photo.jpg", ["starry.jpg"], size=512, seed=1)   # doctest: +SKIP
+    >>> out.save("out.png"); out.metrics["loss_style"]                  # doctest: +SKIP
+    """
+    with Client(server) as client:
+        return client.stylize(content, styles, timeout=timeout, **params)

@@ -1,0 +1,296 @@
+"""Typed events of a Stylize stream, the stream iterators (with ``.cancel()``) and the assembled result."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from styletx_proto.v1 import styletx_pb2 as pb
+
+from ._errors import StyletxError, from_rpc_error
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = [
+    "Accepted", "AsyncEventStream", "Completed", "Event", "EventStream", "Preview", "Progress", "Quality",
+    "QueueUpdate", "ResultAssembler", "ResultChunk", "Started", "StylizeOutput", "collect", "from_proto",
+]
+
+_FORMATS = {pb.OUTPUT_FORMAT_PNG: "png", pb.OUTPUT_FORMAT_JPEG: "jpeg", pb.OUTPUT_FORMAT_TIFF16: "tiff16"}
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The server admitted the job; ``queue_position`` jobs wait ahead of it."""
+
+    job_id: str
+    queue_position: int
+    queue_capacity: int
+
+
+@dataclass(frozen=True)
+class QueueUpdate:
+    job_id: str
+    queue_position: int
+
+
+@dataclass(frozen=True)
+class Started:
+    job_id: str
+    device: str
+    seed: int
+    scales: tuple[int, ...]
+    total_iterations: int
+    queue_seconds: float
+
+
+@dataclass(frozen=True)
+class Progress:
+    job_id: str
+    iteration: int
+    total_iterations: int
+    scale_index: int
+    scale_count: int
+    width: int
+    height: int
+    loss: float
+    losses: dict[str, float]
+    elapsed: float
+    eta: float
+    peak_memory_bytes: int
+
+
+@dataclass(frozen=True)
+class Preview:
+    job_id: str
+    iteration: int
+    image: bytes
+    format: str
+    width: int
+    height: int
+
+    def to_pil(self) -> Image.Image:
+        from PIL import Image
+
+        return Image.open(io.BytesIO(self.image))
+
+
+@dataclass(frozen=True)
+class ResultChunk:
+    job_id: str
+    data: bytes
+    offset: int
+    total_size: int
+    format: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Quality:
+    """How close the result is to its style and content (ONNX VGG features on the server; lower is closer).
+
+    ``style_distance`` is per layer (relu1_1 … relu5_1): the relative Gram-matrix distance to the blended
+    style; ``content_distance`` the relative relu4_2 distance to the content; the colour distances are
+    Wasserstein-2 distances of Lab colour statistics (≈ ΔE) to the style's and to the content's colours.
+    """
+
+    style_distance: dict[str, float]
+    style_distance_mean: float
+    content_distance: float
+    color_distance: float
+    color_distance_content: float
+    scorer: str
+
+    @classmethod
+    def from_proto(cls, quality: pb.Quality) -> Quality:
+        layers = dict(sorted(quality.style_distance.items()))  # a proto map has no order; relu1_1 … relu5_1
+        return cls(layers, quality.style_distance_mean, quality.content_distance,
+                   quality.color_distance, quality.color_distance_content, quality.scorer)
+
+    def summary(self) -> str:
+        """One line for humans: ``style 0.41 (relu1_1 0.2, …) content 0.63 colour 12.1 ΔE``."""
+        layers = ", ".join(f"{name} {value:.3g}" for name, value in self.style_distance.items())
+        return (f"style {self.style_distance_mean:.3g} ({layers})  content {self.content_distance:.3g}  "
+                f"colour {self.color_distance:.3g} ΔE (to content {self.color_distance_content:.3g})")
+
+
+@dataclass(frozen=True)
+class Completed:
+    job_id: str
+    timings: dict[str, float]
+    metrics: dict[str, float]
+    seed: int
+    iterations: int
+    result_sha256: str
+    quality: Quality | None = None
+    """None when the server could not score the result (``quality_unavailable`` says why)."""
+    quality_unavailable: str = ""
+
+
+Event = Accepted | QueueUpdate | Started | Progress | Preview | ResultChunk | Completed
+
+
+def from_proto(event: pb.StylizeEvent) -> Event:
+    """The typed twin of a proto event (unknown kinds from a newer server raise, naming the kind)."""
+    which = event.WhichOneof("event")
+    job = event.job_id
+    if which == "accepted":
+        a = event.accepted
+        return Accepted(job, a.queue_position, a.queue_capacity)
+    if which == "queue_update":
+        return QueueUpdate(job, event.queue_update.queue_position)
+    if which == "started":
+        s = event.started
+        return Started(job, s.device, s.seed, tuple(s.scales), s.total_iterations, s.queue_seconds)
+    if which == "progress":
+        p = event.progress
+        return Progress(job, p.iteration, p.total_iterations, p.scale_index, p.scale_count, p.width, p.height,
+                        p.loss, dict(p.losses), p.elapsed_seconds, p.eta_seconds, p.peak_memory_bytes)
+    if which == "preview":
+        v = event.preview
+        return Preview(job, v.iteration, v.image, _FORMATS.get(v.format, "png"), v.width, v.height)
+    if which == "result_chunk":
+        r = event.result_chunk
+        return ResultChunk(job, r.data, r.offset, r.total_size, _FORMATS.get(r.format, "png"), r.width,
+                           r.height)
+    if which == "completed":
+        c = event.completed
+        timings = {f.name: getattr(c.timings, f.name) for f in c.timings.DESCRIPTOR.fields}
+        quality = Quality.from_proto(c.quality) if c.HasField("quality") else None
+        return Completed(job, timings, dict(c.metrics), c.seed, c.iterations, c.result_sha256, quality,
+                         c.quality_unavailable)
+    raise StyletxError(grpc.StatusCode.UNKNOWN, f"unknown event kind {which!r} (newer server?)")
+
+
+@dataclass
+class StylizeOutput:
+    """The result of a job: encoded image bytes plus what it cost."""
+
+    image: bytes
+    format: str
+    width: int
+    height: int
+    seed: int
+    metrics: dict[str, float]
+    timings: dict[str, float]
+    job_id: str
+    iterations: int = 0
+    history: list[Progress] = field(default_factory=list, repr=False)
+    """Every Progress event, for loss curves."""
+    quality: Quality | None = None
+    """The server's quality scores of the image (None: see ``quality_unavailable``)."""
+    quality_unavailable: str = ""
+
+    def to_pil(self) -> Image.Image:
+        from PIL import Image
+
+        image = Image.open(io.BytesIO(self.image))
+        image.load()
+        return image
+
+    def save(self, path: str | Path) -> Path:
+        """Write the bytes as received (no re-encoding)."""
+        target = Path(path)
+        target.write_bytes(self.image)
+        return target
+
+
+class ResultAssembler:
+    """Collects chunks (checked by offset and SHA-256) and progress into a :class:`StylizeOutput`."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._chunk: ResultChunk | None = None
+        self.history: list[Progress] = []
+
+    def add(self, event: Event) -> StylizeOutput | None:
+        """Feed each event; returns the output on Completed."""
+        if isinstance(event, Progress):
+            self.history.append(event)
+        elif isinstance(event, ResultChunk):
+            if event.offset != len(self._buffer):
+                raise StyletxError(grpc.StatusCode.DATA_LOSS,
+                                   f"chunk at {event.offset}, expected {len(self._buffer)}")
+            self._buffer += event.data
+            self._chunk = event
+        elif isinstance(event, Completed):
+            return self._finish(event)
+        return None
+
+    def _finish(self, done: Completed) -> StylizeOutput:
+        chunk = self._chunk
+        data = bytes(self._buffer)
+        intact = chunk is not None and len(data) == chunk.total_size and \
+            hashlib.sha256(data).hexdigest() == done.result_sha256
+        if chunk is None or not intact:
+            raise StyletxError(grpc.StatusCode.DATA_LOSS, "the result arrived incomplete or corrupted")
+        return StylizeOutput(data, chunk.format, chunk.width, chunk.height, done.seed, done.metrics,
+                             done.timings, done.job_id, done.iterations, self.history, done.quality,
+                             done.quality_unavailable)
+
+
+def collect(events: Iterable[Event], on_event: Callable[[Event], None] | None = None) -> StylizeOutput:
+    assembler = ResultAssembler()
+    for event in events:
+        if on_event is not None:
+            on_event(event)
+        output = assembler.add(event)
+        if output is not None:
+            return output
+    raise StyletxError(grpc.StatusCode.DATA_LOSS, "the stream ended before Completed")
+
+
+class EventStream:
+    """Iterator of typed events of one job. ``cancel()`` stops the job on the server within one iteration.
+
+    Wraps a gRPC response iterator, or any iterator of proto events with a ``cancel()`` (the local backend).
+    """
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self.job_id: str | None = None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    def __iter__(self) -> Iterator[Event]:
+        try:
+            for proto in self._call:
+                event = from_proto(proto)
+                self.job_id = event.job_id
+                yield event
+        except Exception as error:
+            raise from_rpc_error(error) from None
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+class AsyncEventStream:
+    """The asyncio twin of :class:`EventStream` (``async for``)."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self.job_id: str | None = None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        try:
+            async for proto in self._call:
+                event = from_proto(proto)
+                self.job_id = event.job_id
+                yield event
+        except Exception as error:
+            raise from_rpc_error(error) from None

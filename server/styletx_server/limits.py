@@ -1,0 +1,28 @@
+"""What one server accepts, torch-free: ``styletx-server --help`` builds its defaults from here without
+loading the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from styletx_core.geometry import DEFAULT_MAX_PIXELS
+
+__all__ = ["Limits"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one server accepts; published in ``GetServerInfoResponse.limits``."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_size: int = 2048
+    max_styles: int = 8
+    queue_capacity: int = 16
+    workers: int = 1
+    max_receive_message_bytes: int = 64 * 1024 * 1024
+    max_send_message_bytes: int = 4 * 1024 * 1024
+    max_chunk_bytes: int = 1024 * 1024
+    max_frame_bytes: int = 4 * 1024 * 1024 - 64 * 1024
+    """Largest encoded video frame, both ways: a frame message must stay under gRPC's default 4 MiB."""
+    video_buffer_frames: int = 4
+    """Frames one StylizeVideo stream may have on the server (received, not yet sent back)."""

@@ -1,0 +1,314 @@
+"""The ``styletx.v1.StyleTransfer`` servicer: admit a job, stream its events, map failures to statuses.
+
+The servicer only links things together (grpc ``examples/python/cancellation``): validation lives in
+:mod:`.validation`, scheduling in :mod:`.queue`, the work in :mod:`.jobs` and :mod:`.modes`. A call that ends
+early (client cancel, deadline, server stop) sets the job's cancel event and takes it out of the queue.
+
+Before it serves, the service runs the ONNX parity gate (:meth:`StyleTransferService.prepare`); a server whose
+gate failed refuses every job with UNAVAILABLE and reports the gate in GetServerInfo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from styletx_proto.v1 import styletx_pb2 as pb
+from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
+
+from .errors import ServiceError, from_engine_error
+from .image_job import ImageJob
+from .job import Job
+from .limits import Limits
+from .metrics import Metrics
+from .modes import ModeModels, ModeSettings
+from .modes.models import describe
+from .modes.runners import MODE_RUNNERS
+from .modes.video import EOF, VideoSession, validate_video
+from .queue import JobQueue
+from .validation import validate_request
+from .worker import Engine, Worker
+
+if TYPE_CHECKING:
+    from .config import ServerConfig
+
+__all__ = ["EventChannel", "StyleTransferService"]
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class EventChannel:
+    """Messages from a worker thread to the RPC coroutine, ended by :meth:`close` (with an error or without).
+
+    The first close wins: a stream that failed on the loop side (a bad frame) keeps that error even when the
+    worker then reports the cancellation it caused.
+    """
+
+    _END = object()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._error: ServiceError | None = None
+        self._closed = False
+
+    def emit(self, event: Any) -> None:
+        """Thread safe: called by the engine's callback in a worker thread."""
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+
+    def close(self, error: ServiceError | None) -> None:
+        """Loop thread only; queued after every event already emitted, so nothing is lost."""
+        if self._closed:
+            return
+        self._closed = True
+        self._error = error
+        self._loop.call_soon(self._queue.put_nowait, self._END)
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        while (item := await self._queue.get()) is not self._END:
+            yield item
+        if self._error is not None:
+            raise self._error
+
+
+class StyleTransferService(pb_grpc.StyleTransferServicer):
+    """One engine per device; ``info`` is the static part of ``GetServerInfoResponse``."""
+
+    def __init__(self, engines: Sequence[Engine], devices: Sequence[str], limits: Limits,
+                 info: pb.GetServerInfoResponse, metrics: Metrics | None = None,
+                 models: ModeModels | None = None) -> None:
+        self._engines = list(engines)
+        self._devices = list(devices)
+        self.models = models or ModeModels()
+        self.workers = [Worker(e, d, self.models, i) for i, (e, d) in enumerate(zip(engines, devices, strict=True))]
+        self.parity = pb.ParityGate(checked=False, ok=True, message="not run yet")
+        self._gate: asyncio.Future[bool] | None = None
+        self.limits = limits
+        self.metrics = metrics or Metrics()
+        self._info = info
+        self._channels: dict[str, EventChannel] = {}
+        self.modes = frozenset(MODE_RUNNERS)
+        self.queue = JobQueue(self._run, self._job_done, workers=len(self._engines),
+                              capacity=limits.queue_capacity)
+        self.metrics.queue_depth.set_function(lambda: self.queue.depth)
+        self.metrics.jobs_running.set_function(lambda: self.queue.running)
+
+    def start(self) -> None:
+        """Start the workers; without :meth:`prepare` the service gates itself in the background."""
+        self.queue.start()
+        if self._gate is None:
+            self._gate = asyncio.ensure_future(self._run_gate())
+
+    async def prepare(self, config: ServerConfig) -> bool:
+        """Take the mode settings from ``config`` and run the parity gate; returns whether to report SERVING.
+
+        Call before :meth:`start` (the server then sets health from the answer); the gate's one log line says
+        why a server refuses to serve.
+        """
+        self.models = ModeModels(ModeSettings.from_config(config))
+        for worker in self.workers:
+            worker.models = self.models
+        self._gate = asyncio.ensure_future(self._run_gate())
+        return await self._gate
+
+    async def _run_gate(self) -> bool:
+        self.parity = await asyncio.to_thread(self.models.parity_gate, self._engines[0])
+        self.metrics.parity_gate_ok.set(1 if self.parity.ok else 0)
+        return self.parity.ok
+
+    @property
+    def serving(self) -> bool:
+        """False once the parity gate has failed."""
+        return self.parity.ok
+
+    def _check_serving(self) -> None:
+        if not self.parity.ok:
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE,
+                               f"this server failed its ONNX parity gate and refuses jobs: {self.parity.message}")
+
+    async def Stylize(  # noqa: N802 - gRPC method name
+        self, request: pb.StylizeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StylizeEvent]:
+        job = await self._admit(request, context)
+        finished = False
+        try:
+            async for event in self._channels[job.id]:
+                yield event
+            finished = True
+        except ServiceError as error:
+            finished = True
+            await _abort(context, error)
+        finally:
+            self._channels.pop(job.id, None)
+            if not finished:  # the client cancelled, the deadline passed, or the server is stopping
+                job.cancel.set()
+                if self.queue.withdraw(job):
+                    self.metrics.jobs.labels(code="CANCELLED").inc()
+                _LOGGER.info("job %s abandoned by its caller", job.id, extra={"job_id": job.id})
+
+    async def GetServerInfo(  # noqa: N802 - gRPC method name
+        self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetServerInfoResponse:
+        info = pb.GetServerInfoResponse()
+        info.CopyFrom(self._info)
+        info.queue_depth = self.queue.depth
+        await asyncio.to_thread(describe, info, self.models, self.limits, self.parity)
+        return info
+
+    async def _admit(self, request: pb.StylizeRequest, context: grpc.aio.ServicerContext) -> Job:
+        """Validate and enqueue, or abort the call. A full queue refuses before paying for decoding."""
+        received = time.monotonic()
+        try:
+            self._check_serving()
+            self.queue.check_capacity()
+            validated = await asyncio.to_thread(validate_request, request, self.limits, self.modes,
+                                                self.models.cyclegan_names)
+            channel = EventChannel(asyncio.get_running_loop())
+            job = Job(ImageJob(validated, self.limits.max_chunk_bytes), channel.emit,
+                      decode_seconds=time.monotonic() - received, received=received)
+            position = self.queue.submit(job)
+        except ServiceError as error:
+            self.metrics.jobs.labels(code=error.code.name).inc()
+            await _abort(context, error)
+            raise  # unreachable: abort raises
+        self._channels[job.id] = channel
+        channel.emit(pb.StylizeEvent(job_id=job.id, accepted=pb.Accepted(
+            job_id=job.id, queue_position=position, queue_capacity=self.queue.capacity)))
+        _LOGGER.info("job %s accepted at position %d", job.id, position, extra={"job_id": job.id})
+        return job
+
+    def _run(self, job: Job, worker: int) -> None:
+        """Worker thread: one job (an image or a video stream) on this worker's engine."""
+        try:
+            stats = job.work.run(job, self.workers[worker])
+        finally:
+            self.metrics.observe_cache(worker, self._engines[worker])
+        self.metrics.job_finished("OK", stats.iterations, stats.run_seconds, stats.total_seconds)
+
+    # ------------------------------------------------------------------------------------------------ video
+
+    async def StylizeVideo(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[pb.StylizeVideoRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StylizeVideoResponse]:
+        job, session = await self._admit_video(request_iterator, context)
+        channel = self._channels[job.id]
+        slots = asyncio.Semaphore(self.limits.video_buffer_frames)
+        reader = asyncio.create_task(self._read_frames(request_iterator, job, session, slots, channel))
+        finished = False
+        try:
+            async for response in channel:
+                yield response
+                if response.HasField("frame"):  # handed to gRPC: its slot may take the next frame
+                    session.buffered -= 1
+                    slots.release()
+            finished = True
+        except ServiceError as error:
+            finished = True
+            await _abort(context, error)
+        finally:
+            reader.cancel()
+            self._channels.pop(job.id, None)
+            if not finished or job.cancel.is_set():  # the caller went away, or sent a bad frame
+                self._abandon(job, session)
+
+    def _abandon(self, job: Job, session: VideoSession) -> None:
+        """Stop the worker within one frame (or take the job out of the queue if it has not started)."""
+        job.cancel.set()
+        session.inbox.put(EOF)  # wakes a worker waiting for the next frame
+        if self.queue.withdraw(job):
+            self.metrics.jobs.labels(code="CANCELLED").inc()
+        _LOGGER.info("video job %s ended early", job.id, extra={"job_id": job.id})
+
+    async def _admit_video(self, requests: AsyncIterator[pb.StylizeVideoRequest],
+                           context: grpc.aio.ServicerContext) -> tuple[Job, VideoSession]:
+        """Read and validate the config, then enqueue (or abort the call)."""
+        received = time.monotonic()
+        try:
+            self._check_serving()
+            self.queue.check_capacity()
+            first = await anext(aiter(requests), None)
+            if first is None or not first.HasField("config"):
+                raise ServiceError.invalid("config", "the first StylizeVideo message must be a VideoConfig")
+            video = await asyncio.to_thread(validate_video, first.config, self.limits, self.modes,
+                                            self.models.cyclegan_names)
+            channel = EventChannel(asyncio.get_running_loop())
+            session = VideoSession(video, self.limits.max_frame_bytes, self.limits.max_pixels)
+            job = Job(session, channel.emit, decode_seconds=time.monotonic() - received, received=received)
+            position = self.queue.submit(job)
+        except ServiceError as error:
+            self.metrics.jobs.labels(code=error.code.name).inc()
+            await _abort(context, error)
+            raise
+        self._channels[job.id] = channel
+        channel.emit(pb.StylizeVideoResponse(job_id=job.id, accepted=pb.VideoAccepted(
+            job_id=job.id, queue_position=position, buffer_frames=self.limits.video_buffer_frames)))
+        _LOGGER.info("video job %s accepted at position %d", job.id, position, extra={"job_id": job.id})
+        return job, session
+
+    async def _read_frames(self, requests: AsyncIterator[pb.StylizeVideoRequest], job: Job,
+                           session: VideoSession, slots: asyncio.Semaphore, channel: EventChannel) -> None:
+        """Take a slot, then read one frame: with no slot free the server stops reading (back-pressure)."""
+        index = 0
+        try:
+            while True:
+                await slots.acquire()
+                message = await anext(aiter(requests), None)
+                if message is None:
+                    break
+                session.inbox.put(self._frame_bytes(message, index))
+                session.buffered += 1
+                session.max_buffered = max(session.max_buffered, session.buffered)
+                index += 1
+        except ServiceError as error:
+            job.cancel.set()
+            channel.close(error)
+        finally:
+            session.inbox.put(EOF)
+
+    def _frame_bytes(self, message: pb.StylizeVideoRequest, index: int) -> bytes:
+        if not message.HasField("frame"):
+            raise ServiceError.invalid(f"frames[{index}]", "after the config, every message must be a frame")
+        frame = message.frame
+        if frame.index != index:
+            raise ServiceError.invalid(f"frames[{index}].index", f"is {frame.index}; frames must come in order")
+        if not frame.image or len(frame.image) > self.limits.max_frame_bytes:
+            raise ServiceError.invalid(f"frames[{index}].image", f"must be 1 to {self.limits.max_frame_bytes} "
+                                       f"bytes, got {len(frame.image)}")
+        return frame.image
+
+    def _job_done(self, job: Job, error: BaseException | None) -> None:
+        """Loop thread: end the job's stream (the RPC may already be gone)."""
+        failure = None if error is None else from_engine_error(error, job.id)
+        if failure is not None:
+            self.metrics.jobs.labels(code=failure.code.name).inc()
+        channel = self._channels.get(job.id)
+        if channel is not None:
+            channel.close(failure)
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
+    """Abort with the code, the plain metadata hints and the same as google.rpc rich details."""
+    metadata = [*error.details.items(), ("grpc-status-details-bin", _rich_status(error).SerializeToString())]
+    await context.abort(error.code, error.message, trailing_metadata=tuple(metadata))
+
+
+def _rich_status(error: ServiceError) -> status_pb2.Status:
+    status = status_pb2.Status(code=error.code.value[0], message=error.message)
+    detail = any_pb2.Any()
+    if error.field:
+        detail.Pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.message)]))
+        status.details.append(detail)
+    elif error.retry_after is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromTimedelta(datetime.timedelta(seconds=error.retry_after))
+        detail.Pack(retry)
+        status.details.append(detail)
+    return status
