@@ -75,7 +75,8 @@ class ServerConfig:
     auth_tokens: str = dataclasses.field(default="", repr=False)
     """Comma-separated bearer tokens; prefer STYLETX_AUTH_TOKENS from a secret (flags show in ps)."""
     max_concurrent_streams: int = 16
-    """Calls one client connection may have open at once (HTTP/2); more wait for a free stream."""
+    """Stylize/StylizeVideo calls one client connection may run at once; more wait (no queue slot meanwhile).
+    GetServerInfo and health calls are not counted."""
     log_level: str = "INFO"
     """Logging level."""
     log_format: str = "json"
@@ -84,7 +85,7 @@ class ServerConfig:
     @property
     def limits(self) -> Limits:
         return Limits(max_pixels=self.max_pixels, max_size=self.max_size, max_styles=self.max_styles,
-                      queue_capacity=self.queue_size,
+                      queue_capacity=self.queue_size, calls_per_connection=self.max_concurrent_streams,
                       max_receive_message_bytes=self.max_receive_mb * 1024 * 1024)
 
     def replace(self, **changes: Any) -> ServerConfig:

@@ -24,5 +24,7 @@ class Limits:
     max_chunk_bytes: int = 1024 * 1024
     max_frame_bytes: int = 4 * 1024 * 1024 - 64 * 1024
     """Largest encoded video frame, both ways: a frame message must stay under gRPC's default 4 MiB."""
+    calls_per_connection: int = 16
+    """Stylize/StylizeVideo calls one client connection may run at once; more wait (:mod:`.peers`)."""
     video_buffer_frames: int = 4
     """Frames one StylizeVideo stream may have on the server (received, not yet sent back)."""

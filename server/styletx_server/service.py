@@ -32,6 +32,7 @@ from .modes import ModeModels, ModeSettings
 from .modes.models import describe
 from .modes.runners import MODE_RUNNERS
 from .modes.video import EOF, VideoSession, validate_video
+from .peers import PeerGate
 from .queue import JobQueue
 from .validation import validate_request
 from .worker import Engine, Worker
@@ -99,6 +100,7 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
                               capacity=limits.queue_capacity)
         self.metrics.queue_depth.set_function(lambda: self.queue.depth)
         self.metrics.jobs_running.set_function(lambda: self.queue.running)
+        self.peers = PeerGate(limits.calls_per_connection)
 
     def start(self) -> None:
         """Start the workers; without :meth:`prepare` the service gates itself in the background."""
@@ -136,6 +138,12 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
     async def Stylize(  # noqa: N802 - gRPC method name
         self, request: pb.StylizeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StylizeEvent]:
+        async with self.peers.slot(context.peer()):  # a connection's extra job calls wait here
+            async for event in self._stylize(request, context):
+                yield event
+
+    async def _stylize(self, request: pb.StylizeRequest,
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StylizeEvent]:
         job = await self._admit(request, context)
         finished = False
         try:
@@ -197,6 +205,12 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
     async def StylizeVideo(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[pb.StylizeVideoRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StylizeVideoResponse]:
+        async with self.peers.slot(context.peer()):
+            async for response in self._stylize_video(request_iterator, context):
+                yield response
+
+    async def _stylize_video(self, request_iterator: AsyncIterator[pb.StylizeVideoRequest],
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StylizeVideoResponse]:
         job, session = await self._admit_video(request_iterator, context)
         channel = self._channels[job.id]
         slots = asyncio.Semaphore(self.limits.video_buffer_frames)
@@ -239,7 +253,8 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
             video = await asyncio.to_thread(validate_video, first.config, self.limits, self.modes,
                                             self.models.cyclegan_names)
             channel = EventChannel(asyncio.get_running_loop())
-            session = VideoSession(video, self.limits.max_frame_bytes, self.limits.max_pixels)
+            session = VideoSession(video, self.limits.max_frame_bytes, self.limits.max_pixels,
+                                   self.limits.max_size)
             job = Job(session, channel.emit, decode_seconds=time.monotonic() - received, received=received)
             position = self.queue.submit(job)
         except ServiceError as error:

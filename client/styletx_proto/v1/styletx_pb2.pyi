@@ -1537,7 +1537,10 @@ class VideoFrame(_message.Message):
     index: _builtins.int
     """0-based position in the clip; frames are sent, and returned, in order."""
     image: _builtins.bytes
-    """Encoded image (PNG, JPEG, ...): at most Limits.max_frame_bytes."""
+    """Encoded image (PNG, JPEG, ...): at most Limits.max_frame_bytes and Limits.max_pixels (else
+    INVALID_ARGUMENT naming the frame); a frame whose long side exceeds Limits.max_size is reduced to it,
+    aspect kept, like an image (the stylised frame's width and height say so).
+    """
     format: Global___OutputFormat.ValueType
     """Encoding of image (set by the server on stylised frames)."""
     width: _builtins.int

@@ -24,7 +24,7 @@ from PIL import Image
 from styletx_proto.v1 import styletx_pb2 as pb
 
 from styletx_core.errors import Cancelled
-from styletx_core.imageio import encode_image, load_image
+from styletx_core.imageio import encode_image, load_image, resize_long_side
 from styletx_core.options import StylizeOptions
 
 from ..errors import ServiceError
@@ -110,6 +110,8 @@ class VideoSession:
     config: ValidatedVideo
     max_frame_bytes: int
     max_pixels: int
+    max_size: int
+    """Long side a frame is reduced to when larger (the server's ``--max-size``, as for images)."""
     inbox: queue.Queue[object] = field(default_factory=queue.Queue)
     frames: int = 0
     """Frames stylised (worker thread)."""
@@ -165,6 +167,8 @@ def _frame_stylizer(worker: Worker, video: ValidatedVideo) -> Any:
 def _stylize_frame(stream: Any, session: VideoSession, data: bytes) -> pb.VideoFrame:
     index = session.frames
     image = load_image(data, max_pixels=session.max_pixels, field=f"frames[{index}].image")
+    if max(image.size) > session.max_size:  # frames obey --max-size like images: reduced, never refused
+        image = resize_long_side(image, session.max_size)
     output = stream.process(np.asarray(image, dtype=np.uint8))
     fmt = session.config.output_format
     encoded = encode_image(Image.fromarray(output), fmt)
