@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 from support.fake import FakeEngine, ServerThread
-from support.requests import request
+from support.proxy import TcpProxy
+from support.requests import png, request, wait_for
+
+from styletx_core.fast import ensure_models
 
 _STYLIZE = "/styletx.v1.StyleTransfer/Stylize"
 
@@ -24,6 +28,20 @@ def server() -> Iterator[ServerThread]:
     thread = ServerThread(lambda d: FakeEngine(step_seconds=0.01), workers=1, queue_size=4, parity_gate="off")
     yield thread
     thread.stop()
+
+
+@pytest.fixture()
+def server_factory() -> Iterator[Any]:
+    """Servers with settings of their own, stopped at the end of the test."""
+    made: list[ServerThread] = []
+
+    def make(**config: Any) -> ServerThread:
+        made.append(ServerThread(lambda d: FakeEngine(step_seconds=0.01), workers=1, parity_gate="off", **config))
+        return made[-1]
+
+    yield make
+    for thread in made:
+        thread.stop()
 
 
 # ------------------------------------------------------------------------------------ 4. invalid UTF-8
@@ -120,3 +138,100 @@ def test_thirty_cheap_callers_on_three_connections_never_fail_while_a_job_runs(s
         for channel in channels:
             channel.close()
     assert failures == []
+
+
+# ---------------------------------------------------------------------------------- 1. video fairness
+
+
+def _video_config(mode: int = pb.MODE_FAST) -> pb.StylizeVideoRequest:
+    return pb.StylizeVideoRequest(config=pb.VideoConfig(styles=[pb.Style(image=png((32, 32), (10, 60, 220)))],
+                                                        mode=mode, consistency=False))
+
+
+def _video_frames(count: int, hold: threading.Event | None = None) -> Iterator[pb.StylizeVideoRequest]:
+    yield _video_config()
+    for index in range(count):
+        yield pb.StylizeVideoRequest(frame=pb.VideoFrame(index=index, image=png((64, 48))))
+    if hold is not None:
+        hold.wait(60)  # the stream stays open, sending nothing
+
+
+def _seconds_to_start(stub: pb_grpc.StyleTransferStub) -> float:
+    """How long an image job takes from its call to its Started event (then it is cancelled)."""
+    begun = time.monotonic()
+    call = stub.Stylize(request(iterations=2), timeout=30)
+    for event in call:
+        if event.WhichOneof("event") == "started":
+            call.cancel()
+            return time.monotonic() - begun
+    raise AssertionError("the job never started")
+
+
+def test_idle_and_unread_video_streams_do_not_hold_the_worker(server: ServerThread) -> None:
+    """One stream sends its config and nothing else; another sends frames but never reads a reply. An image
+    job behind them starts within a few seconds (it waited until its deadline before)."""
+    ensure_models()
+    hold = threading.Event()
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.StyleTransferStub(channel)
+        idle = stub.StylizeVideo(_video_frames(0, hold), timeout=60)
+        assert [next(idle).WhichOneof("event") for _ in range(2)] == ["accepted", "started"]
+        unread = stub.StylizeVideo(_video_frames(40, hold), timeout=60)  # never iterated: nothing is read
+        time.sleep(1.0)  # the unread stream has filled its buffer by now
+        try:
+            assert _seconds_to_start(stub) < 3.0
+            assert _seconds_to_start(stub) < 3.0
+        finally:
+            hold.set()
+            idle.cancel()
+            unread.cancel()
+
+
+def test_a_busy_video_stream_shares_the_worker_by_time_slices(server: ServerThread) -> None:
+    """A stream that keeps sending (and reading) frames gives the worker to a waiting image job after its slice
+    (2 s by default), then carries on from where it was."""
+    ensure_models()
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.StyleTransferStub(channel)
+        busy = stub.StylizeVideo(_video_frames(100_000), timeout=60)
+        indices: list[int] = []
+        reader = threading.Thread(target=lambda: indices.extend(
+            r.frame.index for r in _until_cancelled(busy) if r.WhichOneof("event") == "frame"), daemon=True)
+        reader.start()
+        assert wait_for(lambda: len(indices) > 5, 20)
+        try:
+            assert _seconds_to_start(stub) < 2.0 + 3.0
+            count = len(indices)
+            assert wait_for(lambda: len(indices) > count + 5, 20)  # the stream resumed
+        finally:
+            busy.cancel()
+            reader.join(10)
+    assert indices == list(range(len(indices)))
+
+
+def _until_cancelled(call: Any) -> Iterator[Any]:
+    try:
+        yield from call
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.CANCELLED, error
+
+
+def test_server_keepalive_drops_a_vanished_peer(server_factory: Any) -> None:
+    """A peer that stops answering (the proxy swallows everything) is dropped by the server's keepalive pings
+    within time + timeout, and its stream is ended (it would be held for hours without)."""
+    ensure_models()
+    thread = server_factory(keepalive_seconds=0.5, keepalive_timeout_seconds=0.5)
+    proxy = TcpProxy(thread.target)
+    hold = threading.Event()
+    try:
+        with grpc.insecure_channel(proxy.target, [("grpc.keepalive_time_ms", 3_600_000)]) as channel:
+            call = pb_grpc.StyleTransferStub(channel).StylizeVideo(_video_frames(0, hold), timeout=60)
+            assert next(call).WhichOneof("event") == "accepted"
+            in_flight = thread.server.in_flight
+            assert in_flight.count == 1
+            proxy.freeze()
+            assert wait_for(lambda: in_flight.count == 0, 6.0), "the server still holds the vanished peer's call"
+            hold.set()
+            call.cancel()
+    finally:
+        proxy.close()

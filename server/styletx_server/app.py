@@ -90,6 +90,14 @@ class StyletxServer:
             # Accept the SDK's keepalive pings (every 30 s, also between calls) instead of answering GOAWAY.
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            # Ping clients too, and keep pinging while no data flows (an idle video stream, a queued job): a
+            # peer that vanished without closing its connection is dropped within time + timeout, and its
+            # calls are cancelled, instead of holding their place for hours.
+            ("grpc.keepalive_time_ms", round(self.config.keepalive_seconds * 1000)),
+            ("grpc.keepalive_timeout_ms", round(self.config.keepalive_timeout_seconds * 1000)),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.min_time_between_pings_ms", round(self.config.keepalive_seconds * 1000)),
+            ("grpc.http2.ping_timeout_ms", round(self.config.keepalive_timeout_seconds * 1000)),
             # Two servers on one port would split the traffic silently; fail the second one instead.
             ("grpc.so_reuseport", 0),
         ])

@@ -77,6 +77,12 @@ class ServerConfig:
     max_concurrent_streams: int = 16
     """Stylize/StylizeVideo calls one client connection may run at once; more wait (no queue slot meanwhile).
     GetServerInfo and health calls are not counted."""
+    video_slice: float = _LIMIT_DEFAULTS.video_slice
+    """Seconds of frames after which a video stream gives its worker to waiting work (then queues again)."""
+    keepalive_seconds: float = 30.0
+    """Seconds between the server's HTTP/2 pings on a connection; a peer that does not answer is dropped."""
+    keepalive_timeout_seconds: float = 10.0
+    """Seconds a ping may wait for its answer before the connection (and its calls) is closed."""
     log_level: str = "INFO"
     """Logging level."""
     log_format: str = "json"
@@ -86,6 +92,7 @@ class ServerConfig:
     def limits(self) -> Limits:
         return Limits(max_pixels=self.max_pixels, max_size=self.max_size, max_styles=self.max_styles,
                       queue_capacity=self.queue_size, calls_per_connection=self.max_concurrent_streams,
+                      video_slice=self.video_slice,
                       max_receive_message_bytes=self.max_receive_mb * 1024 * 1024)
 
     def replace(self, **changes: Any) -> ServerConfig:

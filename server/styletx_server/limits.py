@@ -26,5 +26,9 @@ class Limits:
     """Largest encoded video frame, both ways: a frame message must stay under gRPC's default 4 MiB."""
     calls_per_connection: int = 16
     """Stylize/StylizeVideo calls one client connection may run at once; more wait (:mod:`.peers`)."""
+    video_linger: float = 0.25
+    """Seconds a video session with no frame keeps its worker (when no other work waits) before parking."""
+    video_slice: float = 2.0
+    """Seconds of frames after which a video session gives its worker to waiting work (docs: fairness)."""
     video_buffer_frames: int = 4
     """Frames one StylizeVideo stream may have on the server (received, not yet sent back)."""

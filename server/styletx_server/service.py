@@ -33,7 +33,7 @@ from .modes.models import describe
 from .modes.runners import MODE_RUNNERS
 from .modes.video import EOF, VideoSession, validate_video
 from .peers import PeerGate
-from .queue import JobQueue
+from .queue import YIELDED, JobQueue
 from .validation import validate_request
 from .worker import Engine, Worker
 
@@ -97,7 +97,7 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
         self._channels: dict[str, EventChannel] = {}
         self.modes = frozenset(MODE_RUNNERS)
         self.queue = JobQueue(self._run, self._job_done, workers=len(self._engines),
-                              capacity=limits.queue_capacity)
+                              capacity=limits.queue_capacity, on_yield=self._job_yielded)
         self.metrics.queue_depth.set_function(lambda: self.queue.depth)
         self.metrics.jobs_running.set_function(lambda: self.queue.running)
         self.peers = PeerGate(limits.calls_per_connection)
@@ -192,13 +192,26 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
         _LOGGER.info("job %s accepted at position %d", job.id, position, extra={"job_id": job.id})
         return job
 
-    def _run(self, job: Job, worker: int) -> None:
-        """Worker thread: one job (an image or a video stream) on this worker's engine."""
+    def _run(self, job: Job, worker: int) -> object:
+        """Worker thread: one job (an image, or a video stream's frames) on this worker's engine."""
         try:
             stats = job.work.run(job, self.workers[worker])
         finally:
             self.metrics.observe_cache(worker, self._engines[worker])
+        if stats is None:  # a video session gave its worker up; it comes back with its next frame
+            return YIELDED
         self.metrics.job_finished("OK", stats.iterations, stats.run_seconds, stats.total_seconds)
+        return None
+
+    def _job_yielded(self, job: Job) -> None:
+        """Loop thread: a session whose time slice ended with frames left goes to the end of the queue."""
+        if isinstance(job.work, VideoSession) and job.work.take_requeue():
+            self.queue.resubmit(job)
+
+    def _push(self, job: Job, session: VideoSession, item: object) -> None:
+        """Loop thread: hand a frame (or EOF) to the session, queueing it again if it had parked."""
+        if session.push(item):
+            self.queue.resubmit(job)
 
     # ------------------------------------------------------------------------------------------------ video
 
@@ -235,7 +248,7 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
     def _abandon(self, job: Job, session: VideoSession) -> None:
         """Stop the worker within one frame (or take the job out of the queue if it has not started)."""
         job.cancel.set()
-        session.inbox.put(EOF)  # wakes a worker waiting for the next frame
+        self._push(job, session, EOF)  # wakes a worker waiting for the next frame, or queues a parked session
         if self.queue.withdraw(job):
             self.metrics.jobs.labels(code="CANCELLED").inc()
         _LOGGER.info("video job %s ended early", job.id, extra={"job_id": job.id})
@@ -254,7 +267,8 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
                                             self.models.cyclegan_names)
             channel = EventChannel(asyncio.get_running_loop())
             session = VideoSession(video, self.limits.max_frame_bytes, self.limits.max_pixels,
-                                   self.limits.max_size)
+                                   self.limits.max_size, self.limits.video_linger, self.limits.video_slice,
+                                   others_waiting=lambda: self.queue.depth > 0)
             job = Job(session, channel.emit, decode_seconds=time.monotonic() - received, received=received)
             position = self.queue.submit(job)
         except ServiceError as error:
@@ -277,7 +291,7 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
                 message = await anext(aiter(requests), None)
                 if message is None:
                     break
-                session.inbox.put(self._frame_bytes(message, index))
+                self._push(job, session, self._frame_bytes(message, index))
                 session.buffered += 1
                 session.max_buffered = max(session.max_buffered, session.buffered)
                 index += 1
@@ -285,7 +299,7 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
             job.cancel.set()
             channel.close(error)
         finally:
-            session.inbox.put(EOF)
+            self._push(job, session, EOF)
 
     def _frame_bytes(self, message: pb.StylizeVideoRequest, index: int) -> bytes:
         if not message.HasField("frame"):
