@@ -25,7 +25,7 @@ ENV LANG=C.UTF-8 \
 SHELL ["/bin/sh", "-eu", "-c"]
 
 # ---------------------------------------------------------------------------------------------------- builders
-# requirements: the third-party requirements of .[server], extracted from pyproject.toml.
+# requirements: the third-party requirements of both distributions, from pyproject.toml and client/pyproject.toml.
 # deps: those packages in /opt/venv; rebuilt only when the requirements change (not on source edits).
 # app: the styletx package in /opt/styletx/app (on PYTHONPATH) plus the weights, so that a source edit rebuilds
 # and copies megabytes, not the multi-GB venv.

@@ -45,7 +45,7 @@ def _cyclegan(cache: Path) -> None:
 
 
 def _onnx_scorer(cache: Path) -> None:
-    """The export server/modes/models.py gates and scores with: VGG19, DEFAULT_LAYERS, max pooling."""
+    """The export server/styletx_server/modes/models.py gates and scores with: VGG19, DEFAULT_LAYERS, max pooling."""
     from styletx_core.onnx_export import DEFAULT_LAYERS, ensure_export
     from styletx_core.vgg import VGGFeatures
     from styletx_core.weights import load_vgg_weights

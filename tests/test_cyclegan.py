@@ -325,6 +325,7 @@ def test_training_learns_the_colour_of_domain_b(tmp_path: Path) -> None:
     assert load_generator(result.generator_b2a).config == GeneratorConfig(n_blocks=1, ngf=8)
 
 
+@pytest.mark.slow
 def test_training_resumes_from_its_checkpoint_and_checks_inputs(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     dir_a, dir_b = write_images(crops(3, rng, False), tmp_path / "a"), write_images(crops(3, rng, True), tmp_path / "b")

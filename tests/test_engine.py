@@ -141,6 +141,7 @@ def test_cancel_stops_between_iterations(engine, content_image, style_image) -> 
     assert seen == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_variations_differ_and_are_reproducible(engine, content_image, style_image) -> None:
     opts = StylizeOptions(**{**SMALL, "iterations": 3, "coarse_iterations": 0})
     first = engine.variations(content_image, [style_image], 2, opts)
@@ -150,6 +151,7 @@ def test_variations_differ_and_are_reproducible(engine, content_image, style_ima
     assert not np.array_equal(np.asarray(first[0].image), np.asarray(first[1].image))
 
 
+@pytest.mark.slow
 def test_target_cache_hits_on_repeat(engine, content_image, style_image) -> None:
     before = engine.target_cache_info()["hits"]
     _run(engine, content_image, [style_image], iterations=1, coarse_iterations=1)
@@ -176,6 +178,7 @@ def test_injected_faults_surface(engine, content_image, style_image, fault: str,
                        extra_losses={"fault": FaultLoss(fault, at=2)})
 
 
+@pytest.mark.slow
 def test_stylize_leaves_the_global_rng_alone(engine, content_image, style_image) -> None:
     """Seeding is per job (a torch.Generator): workers side by side must not reseed each other's RNG."""
     state = torch.get_rng_state()
@@ -233,6 +236,7 @@ def test_style_energy_weighting_favours_vivid_styles(engine, content_image, styl
     assert all(v > m for v, m in zip(vivid_weights, muted_weights, strict=True)), (vivid_weights, muted_weights)
 
 
+@pytest.mark.slow
 def test_style_energy_weighting_moves_the_balance(engine, content_image, style_image) -> None:
     # A low-contrast style has less texture energy than the content: weighing by energy pulls less, so the result
     # keeps more content and matches the style less than with every style weighed alike — and the reverse for a
@@ -255,6 +259,7 @@ def test_style_energy_weighting_moves_the_balance(engine, content_image, style_i
         assert (style_energy > style_flat) == less_style, (style_flat, style_energy)
 
 
+@pytest.mark.slow
 def test_any_known_layer_can_be_used(engine, content_image, style_image) -> None:
     # Layers outside the default set (and deeper than relu5_1) get a network that returns them.
     result, seen = _run(engine, content_image, [style_image], style_layers=("relu2_2", "relu3_2", "relu5_4"),
@@ -264,6 +269,7 @@ def test_any_known_layer_can_be_used(engine, content_image, style_image) -> None
     assert "relu5_4" in net.layers and "relu5_4" in net(pil_to_tensor(content_image))
 
 
+@pytest.mark.slow
 def test_networks_for_other_layer_sets_are_bounded(engine) -> None:
     for layer in ("relu1_2", "relu2_2", "relu3_2", "relu3_3", "relu3_4", "relu4_3", "relu4_4", "relu5_2"):
         engine.network("vgg19", "max", (layer,))
@@ -271,6 +277,7 @@ def test_networks_for_other_layer_sets_are_bounded(engine) -> None:
     assert engine.network("vgg19", "max") is engine.network("vgg19", "max", ("relu4_2",))  # the default set
 
 
+@pytest.mark.slow
 def test_each_job_has_its_own_checkpoint_switch(engine, content_image, style_image, monkeypatch) -> None:
     # A job whose plan checkpoints must not switch checkpointing on for the shared network other jobs use.
     plan = engine.memory_plan

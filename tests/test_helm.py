@@ -3,7 +3,7 @@
 Nothing here needs a cluster: helm-python-sdk (Helm's Go SDK) lints and renders, kubernetes-validate checks
 every rendered object against the OpenAPI schemas of Kubernetes 1.29 and the newest release it knows (strict:
 unknown fields fail), checkov checks policy, and the dashboard / alert expressions are checked against the
-metrics that server/metrics.py really registers.
+metrics that server/styletx_server/metrics.py really registers.
 """
 
 from __future__ import annotations
@@ -222,8 +222,8 @@ def test_services_regular_and_headless(rendered: dict[str, list[dict[str, Any]]]
 
 
 def test_configmap_sets_only_settings_the_server_reads(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    """Every STYLETX_* key is a styletx-server flag's variable (server/config.py) or the weights cache."""
-    config = pytest.importorskip("styletx_server.config", reason="server/config.py not importable")
+    """Every STYLETX_* key is a styletx-server flag's variable (server/styletx_server/config.py) or the weights cache."""
+    config = pytest.importorskip("styletx_server.config", reason="server/styletx_server/config.py not importable")
     import dataclasses
 
     known = {f"STYLETX_{field.name.upper()}" for field in dataclasses.fields(config.ServerConfig)}
@@ -378,8 +378,8 @@ _METRIC = re.compile(r"\b(styletx_[a-z0-9_]+)\b")
 
 
 def exported_metric_names() -> set[str]:
-    """Sample names server/metrics.py exposes: counters as *_total, histograms as *_bucket/_sum/_count."""
-    metrics_module = pytest.importorskip("styletx_server.metrics", reason="server/metrics.py not importable")
+    """Sample names server/styletx_server/metrics.py exposes: counters as *_total, histograms as *_bucket/_sum/_count."""
+    metrics_module = pytest.importorskip("styletx_server.metrics", reason="server/styletx_server/metrics.py not importable")
     registry = metrics_module.Metrics().registry
     names: set[str] = set()
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"],
@@ -419,7 +419,7 @@ def test_dashboard_loads_and_shows_the_required_panels() -> None:
 
 
 def test_monitoring_uses_only_exported_metrics(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    """Dashboard, alerts and HPA reference only metric names the server registers (server/metrics.py)."""
+    """Dashboard, alerts and HPA reference only metric names the server registers (server/styletx_server/metrics.py)."""
     docs = rendered["gpu-values"]
     used = set(_METRIC.findall(" ".join(_exprs(dashboard()))))
     rule = one(docs, "PrometheusRule")
@@ -428,7 +428,7 @@ def test_monitoring_uses_only_exported_metrics(rendered: dict[str, list[dict[str
              if m["type"] == "Pods"}
     assert used, "no styletx metrics referenced"
     missing = sorted(used - exported_metric_names())
-    assert not missing, f"referenced but not exported by server/metrics.py: {missing}"
+    assert not missing, f"referenced but not exported by server/styletx_server/metrics.py: {missing}"
 
 
 def test_monitoring_objects(rendered: dict[str, list[dict[str, Any]]]) -> None:

@@ -77,6 +77,7 @@ def test_in_place_relu_is_off_when_a_convolution_is_tapped() -> None:
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.slow
 def test_gram_backward_matches_autograd(layout: torch.memory_format) -> None:
     features = torch.randn(2, 5, 6, 7, dtype=torch.float64).contiguous(memory_format=layout)
     features.requires_grad_(True)
@@ -104,6 +105,7 @@ def test_engine_refuses_up_front_when_no_plan_fits(engine: StyleTransfer, conten
     assert calls == []
 
 
+@pytest.mark.slow
 def test_engine_checkpoints_when_the_budget_asks_for_it(engine: StyleTransfer, content_image: Image.Image,
                                                         style_image: Image.Image) -> None:
     # A budget that fits only the checkpointed plan with the shortest history.
@@ -133,6 +135,7 @@ def test_auto_precision_is_bf16_only_where_it_is_native(engine: StyleTransfer) -
 
 
 @pytest.mark.parametrize("style_loss", ["gram", "w2"])
+@pytest.mark.slow
 def test_bf16_runs_every_style_loss_with_fp32_statistics(engine: StyleTransfer, content_image: Image.Image,
                                                           style_image: Image.Image, style_loss: str) -> None:
     # bf16 is the default only on some CPUs: exercised explicitly so that every machine runs this path.
@@ -179,6 +182,7 @@ def _allocator_probe(mode: str) -> tuple[bool, int, int]:
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc tuning applies to glibc only")
+@pytest.mark.slow
 def test_a_scale_with_room_reuses_freed_blocks_instead_of_page_faulting_them_back() -> None:
     applied, faults, released = _allocator_probe("reuse")
     assert applied, "glibc did not take M_ARENA_MAX"

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from styletx_client import Client, RetryPolicy
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
@@ -35,6 +36,7 @@ def _watch(channel: grpc.Channel, statuses: list[int]) -> None:
         return
 
 
+@pytest.mark.slow
 def test_sigterm_drains_and_the_sdk_retries_land_on_the_other_replica() -> None:
     with ThreadPoolExecutor(2) as pool:
         (a, port_a, log_a), (b, port_b, log_b) = pool.map(

@@ -57,6 +57,7 @@ def server() -> Iterator[ServerThread]:
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about the corrupt EXIF it is fed
+@pytest.mark.slow
 def test_fuzz_corpus_is_refused_by_name_and_the_server_keeps_working(server: ServerThread, results_dir: Path) -> None:
     cases = corpus()
     assert len(cases) >= 1000

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from support.process import start_server
 from traffic import drive, load_request, rss_bytes
 
@@ -21,6 +22,7 @@ CALLS_PER_CLIENT = 4
 QUEUE = 4
 
 
+@pytest.mark.slow
 def test_overload_completes_or_refuses_every_call_and_memory_returns(results_dir: Path) -> None:
     process, port, _ = start_server("--workers", "1", "--queue-size", str(QUEUE),
                                     env={"STYLETX_FAKE_STEP": "0.005"})

@@ -352,6 +352,7 @@ def test_per_request_limits_on_pixels_styles_size_and_message(limited: ServerThr
 # ------------------------------------------------------------------------------- streams per connection
 
 
+@pytest.mark.slow
 def test_concurrent_streams_per_connection_are_capped(engine: FakeEngine) -> None:
     """With max_concurrent_streams=2, further calls on the same connection wait for a free stream (they are
     not refused and take no queue slot meanwhile); another connection is not held up; all calls complete."""

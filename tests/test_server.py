@@ -105,8 +105,10 @@ def test_deadline_exceeded_stops_the_job(stub: pb_grpc.StyleTransferStub, engine
 def test_full_queue_is_resource_exhausted_with_retry_hint(stub: pb_grpc.StyleTransferStub) -> None:
     running = stub.Stylize(request(iterations=500), timeout=60)
     assert [kind(next(running)), kind(next(running))] == ["accepted", "started"]
-    waiting = [stub.Stylize(request(iterations=1), timeout=60) for _ in range(2)]  # queue_size=2
-    accepted = [next(call).accepted for call in waiting]
+    waiting, accepted = [], []
+    for _ in range(2):  # queue_size=2; one after the other: two calls in flight may be admitted in either order
+        waiting.append(stub.Stylize(request(iterations=1), timeout=60))
+        accepted.append(next(waiting[-1]).accepted)
     assert [a.queue_position for a in accepted] == [0, 1]
     with pytest.raises(grpc.RpcError) as caught:
         list(stub.Stylize(request(iterations=1), timeout=10))

@@ -70,6 +70,7 @@ def test_parity_gate_passes_and_is_reported(server: ServerThread) -> None:
     assert parity.provider == "CPUExecutionProvider" and Path(parity.onnx_path).is_file()
 
 
+@pytest.mark.slow
 def test_completed_carries_quality_scores_that_the_sdk_types(
     server: ServerThread, images: tuple[Image.Image, Image.Image]
 ) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 from support.process import start_server
@@ -18,6 +19,7 @@ from support.requests import kind, request
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_sigterm_drains_running_jobs_and_refuses_the_rest() -> None:
     process, port, log = start_server("--workers", "1", "--grace", "20")
     try:

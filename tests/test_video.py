@@ -209,6 +209,7 @@ class CountingStylizer:
         return Image.fromarray(255 - np.asarray(frame))
 
 
+@pytest.mark.slow
 def test_resume_continues_after_the_last_finished_frame(tmp_path: Path, clip: SyntheticClip) -> None:
     source = _write(tmp_path / "v.mp4", clip.frames, fps=10)
 

@@ -107,6 +107,7 @@ def test_offline_vgg16_has_the_published_vgg16_values(offline_cache: Path) -> No
         assert sd[f"{name}.bias"][0].item() == pytest.approx(first_bias, abs=1e-8), name
 
 
+@pytest.mark.slow
 def test_offline_vgg19_is_quantised_to_256_values_per_layer(offline_cache: Path) -> None:
     loaded = load_vgg_weights("vgg19", "offline", cache_dir=offline_cache)
     assert loaded.preprocessing == CAFFE_PREPROCESSING and len(loaded.state_dict) == 32

@@ -1,6 +1,6 @@
 """styletx client SDK: stylise images on a styletx server (or in-process), without torch.
 
->>> from client import Client
+>>> from styletx_client import Client
 >>> with Client("localhost:50051") as c:                                    # doctest: +SKIP
 ...     out = c.stylize("photo.jpg", ["starry.jpg", ("wave.jpg", 0.5)], size=512, seed=1)
 ...     out.save("out.png")

@@ -132,7 +132,7 @@ class Client(_Stylizer):
 
 
 class LocalClient(_Stylizer):
-    """Runs jobs in this process through the ``styletx.backends`` entry point ``local`` (``server.local``).
+    """Runs jobs in this process through the ``styletx.backends`` entry point ``local`` (``styletx_server.local``).
 
     The SDK never imports the engine itself; without the server extra installed this raises a clear error.
     """
