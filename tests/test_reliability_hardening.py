@@ -12,11 +12,14 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
 from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 from support.fake import FakeEngine, ServerThread
+from support.process import start_server
 from support.proxy import TcpProxy
-from support.requests import png, request, wait_for
+from support.requests import encode, png, request, wait_for
+from traffic import rss_bytes
 
 from styletx_core.fast import ensure_models
 
@@ -235,3 +238,85 @@ def test_server_keepalive_drops_a_vanished_peer(server_factory: Any) -> None:
             call.cancel()
     finally:
         proxy.close()
+
+
+# ------------------------------------------------------------------------------- 2. admission budgets
+
+
+def _flat_png(side: int) -> bytes:
+    return encode(Image.new("RGB", (side, side), (90, 90, 90)), "PNG")
+
+
+def test_a_request_over_the_pixel_budget_is_refused_before_decoding(server_factory: Any) -> None:
+    """Content + styles whose headers add up past max_request_pixels are refused in milliseconds, naming the
+    style that crosses it (the red team's request decoded for 14 s before it was accepted)."""
+    thread = server_factory(max_request_pixels=10_000_000)
+    style = _flat_png(2500)  # 6.25 M pixels each, a few KiB on the wire
+    big = pb.StylizeRequest(content=png(), styles=[pb.Style(image=style)] * 3,
+                            params=pb.StylizeParams(size=64, iterations=2))
+    with grpc.insecure_channel(thread.target) as channel:
+        stub = pb_grpc.StyleTransferStub(channel)
+        limits = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10).limits
+        assert limits.max_request_pixels == 10_000_000 and limits.admission_memory_bytes > 0
+        began = time.monotonic()
+        with pytest.raises(grpc.RpcError) as raised:
+            list(stub.Stylize(big, timeout=30))
+        assert time.monotonic() - began < 0.5
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (raised.value.details() or "").startswith("styles[1].image:")
+
+
+def _outcome(target: str, request: pb.StylizeRequest, outcomes: list[tuple[str, str]]) -> None:
+    with grpc.insecure_channel(target) as channel:
+        try:
+            for event in pb_grpc.StyleTransferStub(channel).Stylize(request, timeout=120):
+                if event.WhichOneof("event") == "accepted":
+                    outcomes.append(("ACCEPTED", ""))
+        except grpc.RpcError as error:
+            hint = dict(error.trailing_metadata() or ()).get("retry-after-ms", "")
+            outcomes.append((error.code().name, str(hint)))
+
+
+@pytest.mark.slow
+def test_a_full_memory_budget_refuses_and_rss_stays_within_it() -> None:
+    """Eight requests of 16 M decoded pixels each (≈ 240 MiB admitted apiece by the estimate) against a
+    500 MiB budget: two are admitted, the others get RESOURCE_EXHAUSTED with a retry hint, and the server's
+    resident memory rises by less than the budget (a queue of such jobs took a server from 1.2 to 5.2 GB)."""
+    budget_mib = 500
+    process, port, _ = start_server("--workers", "1", "--queue-size", "16", "--admission-memory-mb",
+                                    str(budget_mib), env={"STYLETX_FAKE_STEP": "0.05"})
+    target = f"127.0.0.1:{port}"
+    content = _flat_png(4000)
+    try:
+        baseline = rss_bytes(process.pid)
+        peak, done = baseline, threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.wait(0.02):
+                peak = max(peak, rss_bytes(process.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        outcomes: list[tuple[str, str]] = []
+        request = pb.StylizeRequest(content=content, styles=[pb.Style(image=png((32, 32)))],
+                                    params=pb.StylizeParams(size=64, min_size=32, iterations=20,
+                                                            coarse_iterations=2))
+        callers = [threading.Thread(target=_outcome, args=(target, request, outcomes)) for _ in range(8)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(120)
+        done.set()
+        sampler.join()
+        with grpc.insecure_channel(target) as channel:
+            used = pb_grpc.StyleTransferStub(channel).GetServerInfo(pb.GetServerInfoRequest(), timeout=10)
+    finally:
+        process.terminate()
+        process.wait(30)
+    refused = [hint for code, hint in outcomes if code == "RESOURCE_EXHAUSTED"]
+    assert sum(code == "ACCEPTED" for code, _ in outcomes) >= 2 and len(refused) >= 4, outcomes
+    assert all(int(hint) > 0 for hint in refused)
+    assert used.admission_memory_used_bytes == 0  # every reservation was given back
+    print(f"rss MiB: baseline {baseline / 2**20:.0f}, peak {peak / 2**20:.0f}; outcomes {sorted(outcomes)}")
+    assert peak - baseline < budget_mib * 2**20, (baseline / 2**20, peak / 2**20)

@@ -15,6 +15,14 @@ class Limits:
     """What one server accepts; published in ``GetServerInfoResponse.limits``."""
 
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_request_pixels: int = 64_000_000
+    """Decoded pixels of one request's images together (:mod:`.admission`)."""
+    admission_memory_bytes: int = 4 * 1024**3
+    """Memory admitted work (queued, running, kept for retries) may hold (:mod:`.admission`)."""
+    decode_timeout: float = 10.0
+    """Seconds a request's images may take to decode."""
+    result_ttl: float = 300.0
+    """Seconds a finished job's outcome is kept for a retry with its request_id (:mod:`.idempotency`)."""
     max_size: int = 2048
     max_styles: int = 8
     queue_capacity: int = 16

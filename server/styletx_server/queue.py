@@ -89,10 +89,14 @@ class JobQueue:
             raise ServiceError(grpc.StatusCode.UNAVAILABLE,
                                "server is shutting down; retry on another replica")
         if len(self._waiting) >= self.capacity:
-            retry = self._mean_seconds * (len(self._waiting) + 1) / self.workers
+            retry = self.retry_hint()
             raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"queue is full ({self.capacity} jobs waiting); retry in about {retry:.0f}s",
                                retry_after=retry)
+
+    def retry_hint(self) -> float:
+        """Seconds until a worker is likely free for one more job: the jobs ahead × the mean job time."""
+        return self._mean_seconds * (len(self._waiting) + 1) / self.workers
 
     def withdraw(self, job: Job) -> bool:
         """Take a job that has not started out of the queue (its client went away)."""

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -23,6 +24,7 @@ from google.rpc import error_details_pb2, status_pb2
 from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 
+from .admission import MemoryBudget, Reservation, footprint, header_pixels
 from .errors import ServiceError, from_engine_error
 from .image_job import ImageJob
 from .job import Job
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["EventChannel", "StyleTransferService"]
 
 _LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class EventChannel:
@@ -101,6 +104,9 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
         self.metrics.queue_depth.set_function(lambda: self.queue.depth)
         self.metrics.jobs_running.set_function(lambda: self.queue.running)
         self.peers = PeerGate(limits.calls_per_connection)
+        self.budget = MemoryBudget(limits.admission_memory_bytes)
+        self._reservations: dict[str, Reservation] = {}
+        self.metrics.admitted_memory.set_function(lambda: self.budget.used)
 
     def start(self) -> None:
         """Start the workers; without :meth:`prepare` the service gates itself in the background."""
@@ -158,6 +164,7 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
             if not finished:  # the client cancelled, the deadline passed, or the server is stopping
                 job.cancel.set()
                 if self.queue.withdraw(job):
+                    self._release(job)
                     self.metrics.jobs.labels(code="CANCELLED").inc()
                 _LOGGER.info("job %s abandoned by its caller", job.id, extra={"job_id": job.id})
 
@@ -167,30 +174,61 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
         info = pb.GetServerInfoResponse()
         info.CopyFrom(self._info)
         info.queue_depth = self.queue.depth
+        info.admission_memory_used_bytes = self.budget.used
         await asyncio.to_thread(describe, info, self.models, self.limits, self.parity)
         return info
 
     async def _admit(self, request: pb.StylizeRequest, context: grpc.aio.ServicerContext) -> Job:
-        """Validate and enqueue, or abort the call. A full queue refuses before paying for decoding."""
+        """Validate and enqueue, or abort the call. A full queue, a request over the pixel budget and one that
+        does not fit the memory budget are refused before paying for decoding (:mod:`.admission`)."""
         received = time.monotonic()
+        reservation: Reservation | None = None
         try:
             self._check_serving()
             self.queue.check_capacity()
-            validated = await asyncio.to_thread(validate_request, request, self.limits, self.modes,
-                                                self.models.cyclegan_names)
+            images = [("content", request.content), *((f"styles[{i}].image", s.image)
+                                                      for i, s in enumerate(request.styles))]
+            pixels = header_pixels(images, self.limits.max_request_pixels)
+            reservation = self.budget.reserve(footprint(pixels, request.ByteSize()), self.queue.retry_hint())
+            await self._decode(reservation, validate_request, request, self.limits, self.modes,
+                               self.models.cyclegan_names)
             channel = EventChannel(asyncio.get_running_loop())
-            job = Job(ImageJob(validated, self.limits.max_chunk_bytes), channel.emit,
-                      decode_seconds=time.monotonic() - received, received=received)
+            job = Job(ImageJob(functools.partial(validate_request, request, self.limits, self.modes,
+                                                 self.models.cyclegan_names), self.limits.max_chunk_bytes),
+                      channel.emit, decode_seconds=time.monotonic() - received, received=received)
             position = self.queue.submit(job)
         except ServiceError as error:
+            if reservation is not None and not reservation.deferred:
+                reservation.release()
             self.metrics.jobs.labels(code=error.code.name).inc()
             await _abort(context, error)
             raise  # unreachable: abort raises
+        self._reservations[job.id] = reservation
         self._channels[job.id] = channel
         channel.emit(pb.StylizeEvent(job_id=job.id, accepted=pb.Accepted(
             job_id=job.id, queue_position=position, queue_capacity=self.queue.capacity)))
         _LOGGER.info("job %s accepted at position %d", job.id, position, extra={"job_id": job.id})
         return job
+
+    async def _decode(self, reservation: Reservation, decode: Callable[..., T], *args: Any) -> T:
+        """Run ``decode`` in a thread for at most ``Limits.decode_timeout`` seconds. A thread cannot be
+        stopped: past the limit the request is refused at once and its reservation is held until the thread
+        ends, so the budget still counts what the decode holds."""
+        future = asyncio.get_running_loop().run_in_executor(None, decode, *args)
+        done, _ = await asyncio.wait({future}, timeout=self.limits.decode_timeout)
+        if not done:
+            reservation.release_when_done(future)
+            raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"the request's images took longer than {self.limits.decode_timeout:g}s to decode "
+                               "(Limits.decode_timeout_seconds); send smaller or simpler images",
+                               retry_after=self.limits.decode_timeout)
+        return future.result()
+
+    def _release(self, job: Job) -> None:
+        """The job ended or left the queue: its admitted memory is free again."""
+        reservation = self._reservations.pop(job.id, None)
+        if reservation is not None:
+            reservation.release()
 
     def _run(self, job: Job, worker: int) -> object:
         """Worker thread: one job (an image, or a video stream's frames) on this worker's engine."""
@@ -250,6 +288,7 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
         job.cancel.set()
         self._push(job, session, EOF)  # wakes a worker waiting for the next frame, or queues a parked session
         if self.queue.withdraw(job):
+            self._release(job)
             self.metrics.jobs.labels(code="CANCELLED").inc()
         _LOGGER.info("video job %s ended early", job.id, extra={"job_id": job.id})
 
@@ -257,14 +296,19 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
                            context: grpc.aio.ServicerContext) -> tuple[Job, VideoSession]:
         """Read and validate the config, then enqueue (or abort the call)."""
         received = time.monotonic()
+        reservation: Reservation | None = None
         try:
             self._check_serving()
             self.queue.check_capacity()
             first = await anext(aiter(requests), None)
             if first is None or not first.HasField("config"):
                 raise ServiceError.invalid("config", "the first StylizeVideo message must be a VideoConfig")
-            video = await asyncio.to_thread(validate_video, first.config, self.limits, self.modes,
-                                            self.models.cyclegan_names)
+            pixels = header_pixels(((f"styles[{i}].image", s.image) for i, s in enumerate(first.config.styles)),
+                                   self.limits.max_request_pixels, "config.")
+            frames = self.limits.video_buffer_frames * self.limits.max_frame_bytes
+            reservation = self.budget.reserve(footprint(pixels, first.ByteSize() + frames), self.queue.retry_hint())
+            video = await self._decode(reservation, validate_video, first.config, self.limits, self.modes,
+                                       self.models.cyclegan_names)
             channel = EventChannel(asyncio.get_running_loop())
             session = VideoSession(video, self.limits.max_frame_bytes, self.limits.max_pixels,
                                    self.limits.max_size, self.limits.video_linger, self.limits.video_slice,
@@ -272,9 +316,12 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
             job = Job(session, channel.emit, decode_seconds=time.monotonic() - received, received=received)
             position = self.queue.submit(job)
         except ServiceError as error:
+            if reservation is not None and not reservation.deferred:
+                reservation.release()
             self.metrics.jobs.labels(code=error.code.name).inc()
             await _abort(context, error)
             raise
+        self._reservations[job.id] = reservation
         self._channels[job.id] = channel
         channel.emit(pb.StylizeVideoResponse(job_id=job.id, accepted=pb.VideoAccepted(
             job_id=job.id, queue_position=position, buffer_frames=self.limits.video_buffer_frames)))
@@ -314,6 +361,7 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
 
     def _job_done(self, job: Job, error: BaseException | None) -> None:
         """Loop thread: end the job's stream (the RPC may already be gone)."""
+        self._release(job)
         failure = None if error is None else from_engine_error(error, job.id)
         if failure is not None:
             self.metrics.jobs.labels(code=failure.code.name).inc()
