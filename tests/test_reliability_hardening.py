@@ -13,6 +13,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
+from styletx_client import Client, StyletxError
+from styletx_client._events import collect
 from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 from support.fake import FakeEngine, ServerThread
@@ -320,3 +322,65 @@ def test_a_full_memory_budget_refuses_and_rss_stays_within_it() -> None:
     assert used.admission_memory_used_bytes == 0  # every reservation was given back
     print(f"rss MiB: baseline {baseline / 2**20:.0f}, peak {peak / 2**20:.0f}; outcomes {sorted(outcomes)}")
     assert peak - baseline < budget_mib * 2**20, (baseline / 2**20, peak / 2**20)
+
+
+# ------------------------------------------------------------------- 6. idempotent retries (request_id)
+
+
+@pytest.fixture()
+def counted() -> Iterator[tuple[ServerThread, FakeEngine]]:
+    engine = FakeEngine(step_seconds=0.02)
+    thread = ServerThread(lambda d: engine, workers=1, queue_size=4, parity_gate="off")
+    yield thread, engine
+    thread.stop()
+
+
+def _runs(thread: ServerThread) -> float:
+    return thread.server.service.metrics.runs._value.get()  # type: ignore[union-attr]
+
+
+def test_a_cut_connection_is_resumed_and_the_job_runs_once(counted: tuple[ServerThread, FakeEngine]) -> None:
+    """A TCP proxy cuts the stream after 3 KB (mid-progress); the SDK re-sends with the same request_id,
+    attaches to the running job and gets the result once — the server ran the job once, and the image equals
+    an uninterrupted run's with the same seed."""
+    thread, engine = counted
+    content, style = png((64, 48), (200, 120, 40)), png((32, 32), (10, 60, 220))
+    params = {"size": 64, "min_size": 32, "iterations": 60, "coarse_iterations": 2, "seed": 7}
+    proxy = TcpProxy(thread.target, cut_after=3000)
+    kinds: list[str] = []
+    try:
+        with Client(proxy.target, retry=None) as client:
+            stream = client.stylize_stream(content, [style], **params)
+            resumed = collect(stream, lambda event: kinds.append(type(event).__name__))
+    finally:
+        proxy.close()
+    assert proxy.cuts == 1 and stream._resume is not None and stream._resume.resumed >= 1
+    assert kinds.count("Accepted") == kinds.count("Started") == kinds.count("Completed") == 1
+    assert kinds.count("ResultChunk") == 1  # a 64 px PNG is one chunk: delivered once
+    assert engine.runs == 1 and _runs(thread) == 1  # the server ran the job once
+    with Client(thread.target) as direct:
+        reference = direct.stylize(content, [style], **params)
+    assert engine.runs == 2 and resumed.image == reference.image and resumed.seed == reference.seed == 7
+
+
+def _collect(target: str, content: bytes, style: bytes, params: dict[str, Any], stream_id: str | None) -> bytes:
+    with Client(target) as client:
+        return client.stylize(content, [style], request_id=stream_id or "", **params).image
+
+
+def test_a_retry_after_the_end_gets_the_kept_result_and_a_reused_key_is_refused(
+    counted: tuple[ServerThread, FakeEngine]
+) -> None:
+    thread, engine = counted
+    content, style = png(), png((32, 32), (10, 60, 220))
+    params = {"size": 64, "min_size": 32, "iterations": 3, "coarse_iterations": 2, "seed": 1}
+    first = _collect(thread.target, content, style, params, "key-1")
+    second = _collect(thread.target, content, style, params, "key-1")
+    assert first == second and engine.runs == 1
+    assert thread.server.service.metrics.attached.labels(state="finished")._value.get() == 1  # type: ignore[union-attr]
+    with pytest.raises(StyletxError) as raised:
+        _collect(thread.target, content, style, {**params, "seed": 2}, "key-1")
+    assert raised.value.code == grpc.StatusCode.FAILED_PRECONDITION and "'key-1'" in raised.value.message
+    with pytest.raises(StyletxError) as raised:
+        _collect(thread.target, content, style, params, "no spaces allowed")
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT and raised.value.message.startswith("request_id:")

@@ -23,6 +23,8 @@ class Limits:
     """Seconds a request's images may take to decode."""
     result_ttl: float = 300.0
     """Seconds a finished job's outcome is kept for a retry with its request_id (:mod:`.idempotency`)."""
+    detach_grace: float = 30.0
+    """Seconds a job with a request_id keeps running after its callers are gone, waiting for a retry."""
     max_size: int = 2048
     max_styles: int = 8
     queue_capacity: int = 16

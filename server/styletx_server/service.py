@@ -26,6 +26,7 @@ from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 
 from .admission import MemoryBudget, Reservation, footprint, header_pixels
 from .errors import ServiceError, from_engine_error
+from .idempotency import CANCEL_METADATA, JobLog, Record, Records, caller_of, check_key, fingerprint
 from .image_job import ImageJob
 from .job import Job
 from .limits import Limits
@@ -46,6 +47,10 @@ __all__ = ["EventChannel", "StyleTransferService"]
 
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
+#: Failures a retry with the same request_id is answered with again (they would recur); other outcomes
+#: (cancelled, shutting down, out of memory) let the retry run the job anew.
+_KEPT_FAILURES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+                            grpc.StatusCode.INTERNAL})
 
 
 class EventChannel:
@@ -97,7 +102,7 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
         self.limits = limits
         self.metrics = metrics or Metrics()
         self._info = info
-        self._channels: dict[str, EventChannel] = {}
+        self._channels: dict[str, EventChannel | JobLog] = {}
         self.modes = frozenset(MODE_RUNNERS)
         self.queue = JobQueue(self._run, self._job_done, workers=len(self._engines),
                               capacity=limits.queue_capacity, on_yield=self._job_yielded)
@@ -106,6 +111,7 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
         self.peers = PeerGate(limits.calls_per_connection)
         self.budget = MemoryBudget(limits.admission_memory_bytes)
         self._reservations: dict[str, Reservation] = {}
+        self.records = Records(limits.result_ttl)
         self.metrics.admitted_memory.set_function(lambda: self.budget.used)
 
     def start(self) -> None:
@@ -150,23 +156,75 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
 
     async def _stylize(self, request: pb.StylizeRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StylizeEvent]:
-        job = await self._admit(request, context)
+        if request.request_id and CANCEL_METADATA in dict(context.invocation_metadata() or ()):
+            await self._cancel_by_key(request, context)
+            return
+        record = await self._find_record(request, context)
+        job = record.job if record is not None else await self._admit(request, context)
+        record = record or self.records.of_job(job.id)
+        if record is not None:
+            record.followers += 1
         finished = False
         try:
-            async for event in self._channels[job.id]:
+            async for event in (record.log if record is not None else self._channels[job.id]):
                 yield event
             finished = True
         except ServiceError as error:
             finished = True
             await _abort(context, error)
         finally:
-            self._channels.pop(job.id, None)
-            if not finished:  # the client cancelled, the deadline passed, or the server is stopping
-                job.cancel.set()
-                if self.queue.withdraw(job):
-                    self._release(job)
-                    self.metrics.jobs.labels(code="CANCELLED").inc()
-                _LOGGER.info("job %s abandoned by its caller", job.id, extra={"job_id": job.id})
+            if record is not None:
+                record.followers -= 1
+                if not finished and record.followers == 0 and not record.log.closed:
+                    record.detached = time.monotonic()  # wait a while for a retry to attach
+                    asyncio.get_running_loop().call_later(self.limits.detach_grace, self._detach_expired, record)
+            else:
+                self._channels.pop(job.id, None)
+                if not finished:  # the client cancelled, the deadline passed, or the server is stopping
+                    self._abandon_image(job)
+
+    def _abandon_image(self, job: Job) -> None:
+        job.cancel.set()
+        if self.queue.withdraw(job):
+            self._release(job)
+            self.records.forget(job.id)
+            self.metrics.jobs.labels(code="CANCELLED").inc()
+        _LOGGER.info("job %s abandoned by its caller", job.id, extra={"job_id": job.id})
+
+    def _detach_expired(self, record: Record) -> None:
+        """No retry attached within ``Limits.detach_grace``: the keyed job is abandoned like any other."""
+        grace = self.limits.detach_grace
+        if record.followers == 0 and not record.log.closed and time.monotonic() - record.detached >= grace * 0.99:
+            self._abandon_image(record.job)
+
+    async def _cancel_by_key(self, request: pb.StylizeRequest, context: grpc.aio.ServicerContext) -> None:
+        """A caller's explicit cancel of its keyed job (the SDK's ``cancel()``): a broken connection and a
+        cancelled call look alike to the server, which keeps a keyed job running for a retry after either."""
+        key = (caller_of(context.invocation_metadata()), request.request_id)
+        record = self.records.get(key)
+        if record is not None and not record.log.closed:
+            _LOGGER.info("request_id %s: job %s cancelled by its caller", request.request_id, record.job.id,
+                         extra={"job_id": record.job.id})
+            self._abandon_image(record.job)
+
+    async def _find_record(self, request: pb.StylizeRequest, context: grpc.aio.ServicerContext) -> Record | None:
+        """The job this request's ``request_id`` names, when a call with it was admitted before (or None)."""
+        if not request.request_id:
+            return None
+        try:
+            check_key(request.request_id)
+            key = (caller_of(context.invocation_metadata()), request.request_id)
+            record = self.records.find(key, fingerprint(request))
+        except ServiceError as error:
+            self.metrics.jobs.labels(code=error.code.name).inc()
+            await _abort(context, error)
+            raise
+        if record is not None:
+            state = "finished" if record.log.closed else "running"
+            self.metrics.attached.labels(state=state).inc()
+            _LOGGER.info("request_id %s: attached to %s job %s", request.request_id, state, record.job.id,
+                         extra={"job_id": record.job.id})
+        return record
 
     async def GetServerInfo(  # noqa: N802 - gRPC method name
         self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext
@@ -189,10 +247,11 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
             images = [("content", request.content), *((f"styles[{i}].image", s.image)
                                                       for i, s in enumerate(request.styles))]
             pixels = header_pixels(images, self.limits.max_request_pixels)
-            reservation = self.budget.reserve(footprint(pixels, request.ByteSize()), self.queue.retry_hint())
+            reservation = self._reserve(footprint(pixels, request.ByteSize()))
             await self._decode(reservation, validate_request, request, self.limits, self.modes,
                                self.models.cyclegan_names)
-            channel = EventChannel(asyncio.get_running_loop())
+            channel: EventChannel | JobLog = JobLog(asyncio.get_running_loop()) if request.request_id \
+                else EventChannel(asyncio.get_running_loop())
             job = Job(ImageJob(functools.partial(validate_request, request, self.limits, self.modes,
                                                  self.models.cyclegan_names), self.limits.max_chunk_bytes),
                       channel.emit, decode_seconds=time.monotonic() - received, received=received)
@@ -205,6 +264,9 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
             raise  # unreachable: abort raises
         self._reservations[job.id] = reservation
         self._channels[job.id] = channel
+        if isinstance(channel, JobLog):
+            key = (caller_of(context.invocation_metadata()), request.request_id)
+            self.records.add(key, Record(fingerprint(request), job, channel, reservation))
         channel.emit(pb.StylizeEvent(job_id=job.id, accepted=pb.Accepted(
             job_id=job.id, queue_position=position, queue_capacity=self.queue.capacity)))
         _LOGGER.info("job %s accepted at position %d", job.id, position, extra={"job_id": job.id})
@@ -224,6 +286,15 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
                                retry_after=self.limits.decode_timeout)
         return future.result()
 
+    def _reserve(self, size: int) -> Reservation:
+        """Reserve admitted memory, forgetting kept results (oldest first) when that makes room."""
+        while True:
+            try:
+                return self.budget.reserve(size, self.queue.retry_hint())
+            except ServiceError:
+                if not self.records.evict_oldest():
+                    raise
+
     def _release(self, job: Job) -> None:
         """The job ended or left the queue: its admitted memory is free again."""
         reservation = self._reservations.pop(job.id, None)
@@ -236,6 +307,8 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
             stats = job.work.run(job, self.workers[worker])
         finally:
             self.metrics.observe_cache(worker, self._engines[worker])
+        if isinstance(job.work, ImageJob):
+            self.metrics.runs.inc()
         if stats is None:  # a video session gave its worker up; it comes back with its next frame
             return YIELDED
         self.metrics.job_finished("OK", stats.iterations, stats.run_seconds, stats.total_seconds)
@@ -264,6 +337,7 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StylizeVideoResponse]:
         job, session = await self._admit_video(request_iterator, context)
         channel = self._channels[job.id]
+        assert isinstance(channel, EventChannel)  # video streams have one follower, no request_id
         slots = asyncio.Semaphore(self.limits.video_buffer_frames)
         reader = asyncio.create_task(self._read_frames(request_iterator, job, session, slots, channel))
         finished = False
@@ -306,7 +380,7 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
             pixels = header_pixels(((f"styles[{i}].image", s.image) for i, s in enumerate(first.config.styles)),
                                    self.limits.max_request_pixels, "config.")
             frames = self.limits.video_buffer_frames * self.limits.max_frame_bytes
-            reservation = self.budget.reserve(footprint(pixels, first.ByteSize() + frames), self.queue.retry_hint())
+            reservation = self._reserve(footprint(pixels, first.ByteSize() + frames))
             video = await self._decode(reservation, validate_video, first.config, self.limits, self.modes,
                                        self.models.cyclegan_names)
             channel = EventChannel(asyncio.get_running_loop())
@@ -361,13 +435,17 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
 
     def _job_done(self, job: Job, error: BaseException | None) -> None:
         """Loop thread: end the job's stream (the RPC may already be gone)."""
-        self._release(job)
         failure = None if error is None else from_engine_error(error, job.id)
         if failure is not None:
             self.metrics.jobs.labels(code=failure.code.name).inc()
-        channel = self._channels.get(job.id)
+        channel = self._channels.pop(job.id, None)
         if channel is not None:
             channel.close(failure)
+        if (failure is None or failure.code in _KEPT_FAILURES) and self.records.finish(job.id):
+            self._reservations.pop(job.id, None)  # now held by the record, for Limits.result_ttl
+        else:
+            self.records.forget(job.id)
+            self._release(job)
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
