@@ -109,13 +109,19 @@ class Record:
     """One key's job."""
 
     fingerprint: bytes
-    job: Job
+    job: Job | None
+    """None once the job ended: the record keeps its events, not its request."""
     log: JobLog
     reservation: Reservation | None
+    job_id: str = ""
     followers: int = 0
     detached: float = 0.0
     expires: float | None = None
     """Set when the job ends: when its outcome is forgotten."""
+
+    def __post_init__(self) -> None:
+        if self.job is not None:
+            self.job_id = self.job.id
 
 
 @dataclass
@@ -132,7 +138,7 @@ class Records:
         record = self._records.get(key)
         if record is not None and record.fingerprint != request_fingerprint:
             raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"request_id {key[1]!r} was used for a different request (job {record.job.id}); "
+                               f"request_id {key[1]!r} was used for a different request (job {record.job_id}); "
                                "use a new request_id for a new request", field="request_id")
         return record
 
@@ -141,7 +147,7 @@ class Records:
 
     def add(self, key: tuple[str, str], record: Record) -> None:
         self._records[key] = record
-        self._by_job[record.job.id] = key
+        self._by_job[record.job_id] = key
 
     def of_job(self, job_id: str) -> Record | None:
         key = self._by_job.get(job_id)
@@ -153,6 +159,7 @@ class Records:
         if record is None:
             return False
         record.expires = time.monotonic() + self.ttl
+        record.job = None  # its encoded request goes; the events stay
         if record.reservation is not None:
             record.reservation.resize(record.log.bytes)
         if self.ttl <= 0:
@@ -181,7 +188,7 @@ class Records:
     def _drop(self, key: tuple[str, str]) -> None:
         record = self._records.pop(key, None)
         if record is not None:
-            self._by_job.pop(record.job.id, None)
+            self._by_job.pop(record.job_id, None)
             if record.reservation is not None:
                 record.reservation.release()
 

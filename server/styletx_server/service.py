@@ -160,13 +160,15 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
             await self._cancel_by_key(request, context)
             return
         record = await self._find_record(request, context)
-        job = record.job if record is not None else await self._admit(request, context)
-        record = record or self.records.of_job(job.id)
+        job: Job | None = None
+        if record is None:
+            job = await self._admit(request, context)
+            record = self.records.of_job(job.id)
         if record is not None:
             record.followers += 1
         finished = False
         try:
-            async for event in (record.log if record is not None else self._channels[job.id]):
+            async for event in (record.log if record is not None else self._channels[job.id]):  # type: ignore[union-attr]
                 yield event
             finished = True
         except ServiceError as error:
@@ -178,7 +180,7 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
                 if not finished and record.followers == 0 and not record.log.closed:
                     record.detached = time.monotonic()  # wait a while for a retry to attach
                     asyncio.get_running_loop().call_later(self.limits.detach_grace, self._detach_expired, record)
-            else:
+            elif job is not None:
                 self._channels.pop(job.id, None)
                 if not finished:  # the client cancelled, the deadline passed, or the server is stopping
                     self._abandon_image(job)
@@ -194,7 +196,8 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
     def _detach_expired(self, record: Record) -> None:
         """No retry attached within ``Limits.detach_grace``: the keyed job is abandoned like any other."""
         grace = self.limits.detach_grace
-        if record.followers == 0 and not record.log.closed and time.monotonic() - record.detached >= grace * 0.99:
+        if record.followers == 0 and record.job is not None and not record.log.closed and \
+                time.monotonic() - record.detached >= grace * 0.99:
             self._abandon_image(record.job)
 
     async def _cancel_by_key(self, request: pb.StylizeRequest, context: grpc.aio.ServicerContext) -> None:
@@ -202,9 +205,9 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
         cancelled call look alike to the server, which keeps a keyed job running for a retry after either."""
         key = (caller_of(context.invocation_metadata()), request.request_id)
         record = self.records.get(key)
-        if record is not None and not record.log.closed:
-            _LOGGER.info("request_id %s: job %s cancelled by its caller", request.request_id, record.job.id,
-                         extra={"job_id": record.job.id})
+        if record is not None and record.job is not None and not record.log.closed:
+            _LOGGER.info("request_id %s: job %s cancelled by its caller", request.request_id, record.job_id,
+                         extra={"job_id": record.job_id})
             self._abandon_image(record.job)
 
     async def _find_record(self, request: pb.StylizeRequest, context: grpc.aio.ServicerContext) -> Record | None:
@@ -222,8 +225,8 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
         if record is not None:
             state = "finished" if record.log.closed else "running"
             self.metrics.attached.labels(state=state).inc()
-            _LOGGER.info("request_id %s: attached to %s job %s", request.request_id, state, record.job.id,
-                         extra={"job_id": record.job.id})
+            _LOGGER.info("request_id %s: attached to %s job %s", request.request_id, state, record.job_id,
+                         extra={"job_id": record.job_id})
         return record
 
     async def GetServerInfo(  # noqa: N802 - gRPC method name
