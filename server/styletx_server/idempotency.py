@@ -150,8 +150,10 @@ class Records:
         self._by_job[record.job_id] = key
 
     def of_job(self, job_id: str) -> Record | None:
+        """The record of this job (not another job's that took the key over: two first calls racing)."""
         key = self._by_job.get(job_id)
-        return None if key is None else self._records.get(key)
+        record = None if key is None else self._records.get(key)
+        return record if record is not None and record.job_id == job_id else None
 
     def finish(self, job_id: str) -> bool:
         """The job ended: keep its events for ``ttl`` seconds, holding their size in the budget."""
@@ -180,10 +182,10 @@ class Records:
         return True
 
     def forget(self, job_id: str) -> None:
-        """A job that never ran (withdrawn, refused): nothing to keep."""
-        key = self._by_job.get(job_id)
-        if key is not None:
-            self._drop(key)
+        """A job whose outcome is not worth keeping (withdrawn, cancelled): a retry runs it anew."""
+        if self.of_job(job_id) is not None:
+            self._drop(self._by_job[job_id])
+        self._by_job.pop(job_id, None)
 
     def _drop(self, key: tuple[str, str]) -> None:
         record = self._records.pop(key, None)
