@@ -395,7 +395,7 @@ def test_a_retry_after_the_end_gets_the_kept_result_and_a_reused_key_is_refused(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("attempt", range(3))
+@pytest.mark.parametrize("attempt", range(2))
 def test_ctrl_c_during_a_local_job_never_aborts_the_process(tmp_path: Path, attempt: int) -> None:
     """SIGINT while the engine runs in its thread: the CLI exits 130 within seconds (its job thread cancelled
     and joined first), never rc 134 ("terminate called without an active exception": torch torn down under
