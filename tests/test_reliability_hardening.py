@@ -3,6 +3,7 @@ cheap calls under concurrency, video frame limits, video fairness, admission bud
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -18,8 +19,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
-from styletx_client import Client, StyletxError
-from styletx_client._events import collect
+from styletx_client import AsyncClient, Client, StyletxError
+from styletx_client._events import ResultAssembler, collect
 from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 from support.fake import FakeEngine, ServerThread
@@ -366,6 +367,31 @@ def test_a_cut_connection_is_resumed_and_the_job_runs_once(counted: tuple[Server
     with Client(thread.target) as direct:
         reference = direct.stylize(content, [style], **params)
     assert engine.runs == 2 and resumed.image == reference.image and resumed.seed == reference.seed == 7
+
+
+def test_the_async_client_resumes_a_cut_stream_too(counted: tuple[ServerThread, FakeEngine]) -> None:
+    thread, engine = counted
+    content, style = png((64, 48), (200, 120, 40)), png((32, 32), (10, 60, 220))
+    params = {"size": 64, "min_size": 32, "iterations": 60, "coarse_iterations": 2, "seed": 7}
+    proxy = TcpProxy(thread.target, cut_after=3000)
+
+    async def run() -> tuple[bytes, int]:
+        async with AsyncClient(proxy.target, retry=None) as client:
+            stream = client.stylize_stream(content, [style], **params)
+            assembler = ResultAssembler()
+            async for event in stream:
+                if (output := assembler.add(event)) is not None:
+                    assert stream._resume is not None
+                    return output.image, stream._resume.resumed
+        raise AssertionError("no result")
+
+    try:
+        image, resumed = asyncio.run(run())
+    finally:
+        proxy.close()
+    assert proxy.cuts == 1 and resumed >= 1 and engine.runs == 1
+    with Client(thread.target) as direct:
+        assert direct.stylize(content, [style], **params).image == image
 
 
 def _collect(target: str, content: bytes, style: bytes, params: dict[str, Any], stream_id: str | None) -> bytes:

@@ -112,11 +112,7 @@ class Client(_Stylizer):
         mid-stream is re-opened with the same key, the server attaches it to the same job, and the stream
         goes on — the job runs once, its result arrives once.
         """
-        if not request.request_id:
-            keyed = pb.StylizeRequest()
-            keyed.CopyFrom(request)
-            keyed.request_id = uuid.uuid4().hex
-            request = keyed
+        request = keyed(request)
         deadline = time.monotonic() + (timeout or self.timeout)
 
         def call() -> Any:
@@ -188,6 +184,16 @@ class LocalClient(_Stylizer):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def keyed(request: pb.StylizeRequest) -> pb.StylizeRequest:
+    """``request`` with a ``request_id`` (a random UUID unless it has one; the caller's copy is not changed)."""
+    if request.request_id:
+        return request
+    copy = pb.StylizeRequest()
+    copy.CopyFrom(request)
+    copy.request_id = uuid.uuid4().hex
+    return copy
 
 
 def load_backend(name: str) -> Any:

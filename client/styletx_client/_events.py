@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import time
@@ -274,16 +275,32 @@ class Resumption:
         self._seen: set[str] = set()
         self._result_bytes = 0
 
-    def reopen(self, error: BaseException) -> Any | None:
-        """A new call after ``error``, or None when it is not worth retrying (then the caller raises)."""
+    def backoff(self, error: BaseException) -> float | None:
+        """Seconds to wait before re-opening after ``error``; None when it is not worth retrying (then the
+        caller raises): not UNAVAILABLE, out of attempts, or past the deadline."""
         code = error.code() if isinstance(error, grpc.RpcError) else None
         if code != grpc.StatusCode.UNAVAILABLE or self.resumed >= self._attempts:
             return None
         wait = min(4.0, 0.25 * 2 ** self.resumed)
         if time.monotonic() + wait >= self._deadline:
             return None
-        time.sleep(wait)  # sync streams only; AsyncEventStream awaits :meth:`backoff` instead
         self.resumed += 1
+        return wait
+
+    def reopen(self, error: BaseException) -> Any | None:
+        """A new call after ``error`` (sync streams: sleeps the backoff), or None."""
+        wait = self.backoff(error)
+        if wait is None:
+            return None
+        time.sleep(wait)
+        return self._reopen()
+
+    async def areopen(self, error: BaseException) -> Any | None:
+        """:meth:`reopen` for asyncio streams."""
+        wait = self.backoff(error)
+        if wait is None:
+            return None
+        await asyncio.sleep(wait)
         return self._reopen()
 
     def fresh(self, proto: pb.StylizeEvent) -> bool:
@@ -345,20 +362,32 @@ class EventStream:
 
 
 class AsyncEventStream:
-    """The asyncio twin of :class:`EventStream` (``async for``)."""
+    """The asyncio twin of :class:`EventStream` (``async for``), resumed the same way."""
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, resume: Resumption | None = None) -> None:
         self._call = call
+        self._resume = resume
+        self._cancelled = False
         self.job_id: str | None = None
 
     def cancel(self) -> None:
+        self._cancelled = True
         self._call.cancel()
+        if self._resume is not None and self._resume.cancel_job is not None:
+            self._resume.cancel_job()
 
     async def __aiter__(self) -> AsyncIterator[Event]:
-        try:
-            async for proto in self._call:
-                event = from_proto(proto)
-                self.job_id = event.job_id
-                yield event
-        except Exception as error:
-            raise from_rpc_error(error) from None
+        while True:
+            try:
+                async for proto in self._call:
+                    if self._resume is not None and not self._resume.fresh(proto):
+                        continue
+                    event = from_proto(proto)
+                    self.job_id = event.job_id
+                    yield event
+                return
+            except Exception as error:
+                call = None if self._cancelled or self._resume is None else await self._resume.areopen(error)
+                if call is None:
+                    raise from_rpc_error(error) from None
+                self._call = call
