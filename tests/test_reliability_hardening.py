@@ -220,6 +220,28 @@ def test_a_busy_video_stream_shares_the_worker_by_time_slices(server: ServerThre
     assert indices == list(range(len(indices)))
 
 
+def test_a_video_stream_idle_past_its_limit_is_closed(server_factory: Any) -> None:
+    """A stream that sends nothing after its config, or reads none of its replies, for --video-idle seconds
+    is ended (it holds no worker meanwhile, but it holds its admitted memory)."""
+    ensure_models()
+    thread = server_factory(video_idle=1.0)
+    hold = threading.Event()
+    try:
+        with grpc.insecure_channel(thread.target) as channel:
+            stub = pb_grpc.StyleTransferStub(channel)
+            began = time.monotonic()
+            with pytest.raises(grpc.RpcError) as raised:
+                list(stub.StylizeVideo(_video_frames(0, hold), timeout=30))
+            assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "no frame for 1s" in (raised.value.details() or "") and time.monotonic() - began < 5
+            unread = stub.StylizeVideo(_video_frames(200, hold), timeout=30)  # never iterated
+            assert wait_for(lambda: thread.server.in_flight.count == 1, 5)
+            assert wait_for(lambda: thread.server.in_flight.count == 0, 10), "the unread stream is still open"
+            unread.cancel()
+    finally:
+        hold.set()
+
+
 def _until_cancelled(call: Any) -> Iterator[Any]:
     try:
         yield from call

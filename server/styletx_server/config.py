@@ -88,6 +88,8 @@ class ServerConfig:
     GetServerInfo and health calls are not counted."""
     video_slice: float = _LIMIT_DEFAULTS.video_slice
     """Seconds of frames after which a video stream gives its worker to waiting work (then queues again)."""
+    video_idle: float = _LIMIT_DEFAULTS.video_idle
+    """Seconds a video stream may send no frame, or read no reply, before it is closed (DEADLINE_EXCEEDED)."""
     keepalive_seconds: float = 30.0
     """Seconds between the server's HTTP/2 pings on a connection; a peer that does not answer is dropped."""
     keepalive_timeout_seconds: float = 10.0
@@ -104,7 +106,7 @@ class ServerConfig:
                       admission_memory_bytes=self.admission_memory_mb * 1024 * 1024,
                       decode_timeout=self.decode_timeout, result_ttl=self.result_ttl,
                       queue_capacity=self.queue_size, calls_per_connection=self.max_concurrent_streams,
-                      video_slice=self.video_slice,
+                      video_slice=self.video_slice, video_idle=self.video_idle,
                       max_receive_message_bytes=self.max_receive_mb * 1024 * 1024)
 
     def replace(self, **changes: Any) -> ServerConfig:

@@ -34,7 +34,7 @@ def build_info(devices: Sequence[str], limits: Limits, modes: Iterable[int],
         video_buffer_frames=limits.video_buffer_frames, max_request_pixels=limits.max_request_pixels,
         admission_memory_bytes=limits.admission_memory_bytes, decode_timeout_seconds=limits.decode_timeout,
         result_ttl_seconds=limits.result_ttl, calls_per_connection=limits.calls_per_connection,
-        video_slice_seconds=limits.video_slice)
+        video_slice_seconds=limits.video_slice, video_idle_seconds=limits.video_idle)
     return pb.GetServerInfoResponse(version=version, models=models, devices=device_infos, limits=wire_limits,
                                     defaults=defaults(),
                                     modes=[pb.Mode.ValueType(m) for m in sorted(modes)])

@@ -38,6 +38,8 @@ class Limits:
     """Stylize/StylizeVideo calls one client connection may run at once; more wait (:mod:`.peers`)."""
     video_linger: float = 0.25
     """Seconds a video session with no frame keeps its worker (when no other work waits) before parking."""
+    video_idle: float = 60.0
+    """Seconds a video stream may send no frame (or read no reply) before it is ended (DEADLINE_EXCEEDED)."""
     video_slice: float = 2.0
     """Seconds of frames after which a video session gives its worker to waiting work (docs: fairness)."""
     video_buffer_frames: int = 4

@@ -15,7 +15,7 @@ import datetime
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -49,6 +49,7 @@ _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
 #: Failures a retry with the same request_id is answered with again (they would recur); other outcomes
 #: (cancelled, shutting down, out of memory) let the retry run the job anew.
+_TIMED_OUT = object()
 _KEPT_FAILURES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
                             grpc.StatusCode.INTERNAL})
 
@@ -342,7 +343,9 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
         channel = self._channels[job.id]
         assert isinstance(channel, EventChannel)  # video streams have one follower, no request_id
         slots = asyncio.Semaphore(self.limits.video_buffer_frames)
-        reader = asyncio.create_task(self._read_frames(request_iterator, job, session, slots, channel))
+        main = asyncio.current_task()
+        assert main is not None
+        reader = asyncio.create_task(self._read_frames(request_iterator, job, session, slots, channel, main))
         finished = False
         try:
             async for response in channel:
@@ -406,13 +409,26 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
         return job, session
 
     async def _read_frames(self, requests: AsyncIterator[pb.StylizeVideoRequest], job: Job,
-                           session: VideoSession, slots: asyncio.Semaphore, channel: EventChannel) -> None:
-        """Take a slot, then read one frame: with no slot free the server stops reading (back-pressure)."""
+                           session: VideoSession, slots: asyncio.Semaphore, channel: EventChannel,
+                           main: asyncio.Task[Any]) -> None:
+        """Take a slot, then read one frame: with no slot free the server stops reading (back-pressure).
+
+        A stream that sends no frame, or reads none of its replies, for ``Limits.video_idle`` seconds is ended
+        with DEADLINE_EXCEEDED: it holds no worker meanwhile (the session parks) but it holds its admitted
+        memory. A caller that reads nothing cannot be sent the status (the RPC is stuck writing to it), so the
+        RPC is cancelled shortly after.
+        """
         index = 0
+        idle = self.limits.video_idle
         try:
             while True:
-                await slots.acquire()
-                message = await anext(aiter(requests), None)
+                if await _within(slots.acquire(), idle) is _TIMED_OUT:
+                    raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, f"the client read no reply for {idle:g}s "
+                                       "(Limits.video_idle_seconds); the stream is closed")
+                message = await _within(anext(aiter(requests), None), idle)
+                if message is _TIMED_OUT:
+                    raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no frame for {idle:g}s "
+                                       "(Limits.video_idle_seconds); the stream is closed — send frames or end it")
                 if message is None:
                     break
                 self._push(job, session, self._frame_bytes(message, index))
@@ -422,6 +438,8 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
         except ServiceError as error:
             job.cancel.set()
             channel.close(error)
+            if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                asyncio.get_running_loop().call_later(2.0, main.cancel)  # no-op once the RPC has ended
         finally:
             self._push(job, session, EOF)
 
@@ -449,6 +467,14 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
         else:
             self.records.forget(job.id)
             self._release(job)
+
+
+async def _within(awaitable: Awaitable[Any], seconds: float) -> Any:
+    """``await awaitable`` for at most ``seconds``; :data:`_TIMED_OUT` after that."""
+    try:
+        return await asyncio.wait_for(awaitable, seconds)
+    except TimeoutError:
+        return _TIMED_OUT
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:

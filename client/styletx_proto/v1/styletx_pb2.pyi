@@ -1282,6 +1282,7 @@ class Limits(_message.Message):
     RESULT_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     CALLS_PER_CONNECTION_FIELD_NUMBER: _builtins.int
     VIDEO_SLICE_SECONDS_FIELD_NUMBER: _builtins.int
+    VIDEO_IDLE_SECONDS_FIELD_NUMBER: _builtins.int
     max_pixels: _builtins.int
     """Largest decoded input image, in pixels."""
     max_receive_message_bytes: _builtins.int
@@ -1318,6 +1319,8 @@ class Limits(_message.Message):
     """Stylize/StylizeVideo calls one client connection may run at once; more wait their turn."""
     video_slice_seconds: _builtins.float
     """Seconds of frames after which a video stream gives its worker to waiting work."""
+    video_idle_seconds: _builtins.float
+    """Seconds a video stream may send no frame, or read no reply, before it is ended with DEADLINE_EXCEEDED."""
     def __init__(
         self,
         *,
@@ -1337,10 +1340,11 @@ class Limits(_message.Message):
         result_ttl_seconds: _builtins.float = ...,
         calls_per_connection: _builtins.int = ...,
         video_slice_seconds: _builtins.float = ...,
+        video_idle_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["admission_memory_bytes", b"admission_memory_bytes", "calls_per_connection", b"calls_per_connection", "decode_timeout_seconds", b"decode_timeout_seconds", "max_chunk_bytes", b"max_chunk_bytes", "max_frame_bytes", b"max_frame_bytes", "max_pixels", b"max_pixels", "max_receive_message_bytes", b"max_receive_message_bytes", "max_request_pixels", b"max_request_pixels", "max_send_message_bytes", b"max_send_message_bytes", "max_size", b"max_size", "max_styles", b"max_styles", "queue_capacity", b"queue_capacity", "result_ttl_seconds", b"result_ttl_seconds", "video_buffer_frames", b"video_buffer_frames", "video_slice_seconds", b"video_slice_seconds", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admission_memory_bytes", b"admission_memory_bytes", "calls_per_connection", b"calls_per_connection", "decode_timeout_seconds", b"decode_timeout_seconds", "max_chunk_bytes", b"max_chunk_bytes", "max_frame_bytes", b"max_frame_bytes", "max_pixels", b"max_pixels", "max_receive_message_bytes", b"max_receive_message_bytes", "max_request_pixels", b"max_request_pixels", "max_send_message_bytes", b"max_send_message_bytes", "max_size", b"max_size", "max_styles", b"max_styles", "queue_capacity", b"queue_capacity", "result_ttl_seconds", b"result_ttl_seconds", "video_buffer_frames", b"video_buffer_frames", "video_idle_seconds", b"video_idle_seconds", "video_slice_seconds", b"video_slice_seconds", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
