@@ -307,12 +307,12 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
 
     def _run(self, job: Job, worker: int) -> object:
         """Worker thread: one job (an image, or a video stream's frames) on this worker's engine."""
+        if isinstance(job.work, ImageJob):
+            self.metrics.runs.inc()  # counted at the start: a job that fails has run too
         try:
             stats = job.work.run(job, self.workers[worker])
         finally:
             self.metrics.observe_cache(worker, self._engines[worker])
-        if isinstance(job.work, ImageJob):
-            self.metrics.runs.inc()
         if stats is None:  # a video session gave its worker up; it comes back with its next frame
             return YIELDED
         self.metrics.job_finished("OK", stats.iterations, stats.run_seconds, stats.total_seconds)
