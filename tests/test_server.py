@@ -77,7 +77,7 @@ def test_result_is_chunked_below_one_mebibyte() -> None:
 
 
 def test_cancel_frees_the_worker_within_an_iteration(
-    stub: pb_grpc.StyleTransferStub, engine: FakeEngine
+    server: ServerThread, stub: pb_grpc.StyleTransferStub, engine: FakeEngine
 ) -> None:
     cancelled_before = engine.cancelled
     call = stub.Stylize(request(iterations=500), timeout=60)
@@ -87,11 +87,14 @@ def test_cancel_frees_the_worker_within_an_iteration(
     call.cancel()
     assert wait_for(lambda: engine.cancelled == cancelled_before + 1), "the engine was never told to stop"
     start = time.monotonic()
-    for event in stub.Stylize(request(iterations=1), timeout=30):
+    second = stub.Stylize(request(iterations=1), timeout=30)
+    for event in second:
         if kind(event) == "started":
             break
     # One fake iteration is 20 ms; allow scheduling noise on a shared machine but far below the 10 s job.
     assert time.monotonic() - start < 1.0
+    second.cancel()  # and wait for it to end, so that the next test counts only its own cancellations
+    assert wait_for(lambda: server.server.service.queue.running == 0)  # type: ignore[union-attr]
 
 
 def test_deadline_exceeded_stops_the_job(stub: pb_grpc.StyleTransferStub, engine: FakeEngine) -> None:

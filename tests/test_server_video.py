@@ -165,3 +165,28 @@ def test_cancelling_a_stream_frees_the_worker(
                                 mode=pb.MODE_FAST, skip_quality=True)
     events = list(stub.Stylize(request, timeout=20))  # would wait for the stuck worker until the deadline
     assert events[-1].WhichOneof("event") == "completed"
+
+
+def test_frames_obey_max_size_and_max_pixels(server: ServerThread, stub: pb_grpc.StyleTransferStub,
+                                             style_image: Image.Image) -> None:
+    """A frame longer than --max-size comes back reduced to it (aspect kept); one over --max-pixels is refused
+    by name. (The red team's 2112×16 frame came back at 2112×16 with max_size 2048.)"""
+    service = server.server.service
+    assert service is not None
+    saved = service.limits
+    service.limits = saved.__class__(**{**saved.__dict__, "max_size": 96, "max_pixels": 20_000})
+    try:
+        wide = np.full((16, 160, 3), 120, dtype=np.uint8)
+        wide[:, ::7] = 30
+        responses = list(stub.StylizeVideo(iter([config(style_image, consistency=False), pb.StylizeVideoRequest(
+            frame=pb.VideoFrame(index=0, image=encode(wide)))]), timeout=60))
+        frame = next(r.frame for r in responses if kind(r) == "frame")
+        assert (frame.width, frame.height) == (96, 10)  # 160×16 fitted to a long side of 96
+        assert Image.open(io.BytesIO(frame.image)).size == (96, 10)
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stub.StylizeVideo(iter([config(style_image), pb.StylizeVideoRequest(
+                frame=pb.VideoFrame(index=0, image=encode(Image.new("RGB", (150, 150)))))]), timeout=60))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "frames[0].image" in (caught.value.details() or "")
+    finally:
+        service.limits = saved

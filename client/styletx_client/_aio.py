@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,9 +13,9 @@ from google.protobuf import wrappers_pb2
 from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 
-from ._client import _HEALTH, DEFAULT_TIMEOUT
+from ._client import _HEALTH, CANCEL_METADATA, DEFAULT_TIMEOUT, keyed
 from ._errors import StyletxError, from_rpc_error
-from ._events import AsyncEventStream, Event, ResultAssembler, StylizeOutput
+from ._events import AsyncEventStream, Event, ResultAssembler, Resumption, StylizeOutput
 from ._options import (
     DEFAULT_KEEPALIVE,
     DEFAULT_RETRY,
@@ -46,10 +49,29 @@ class AsyncClient:
             response_deserializer=wrappers_pb2.Int32Value.FromString)
         self.target = target
         self.timeout = timeout
+        self._background: set[asyncio.Future[None]] = set()
 
     def stream_request(self, request: pb.StylizeRequest, *, timeout: float | None = None) -> AsyncEventStream:
-        call = self._stub.Stylize(request, timeout=timeout or self.timeout, metadata=self._metadata)
-        return AsyncEventStream(call)
+        """Send a prepared request, keyed and resumed like :meth:`Client.stream_request`."""
+        request = keyed(request)
+        deadline = time.monotonic() + (timeout or self.timeout)
+
+        def call() -> Any:
+            return self._stub.Stylize(request, timeout=max(0.001, deadline - time.monotonic()),
+                                      metadata=self._metadata)
+
+        async def cancel_job() -> None:
+            metadata = (*(self._metadata or ()), (CANCEL_METADATA, "1"))
+            with contextlib.suppress(grpc.RpcError):
+                async for _ in self._stub.Stylize(pb.StylizeRequest(request_id=request.request_id), timeout=5,
+                                                  metadata=metadata):
+                    pass
+
+        def cancel() -> None:
+            self._background.add(task := asyncio.ensure_future(cancel_job()))
+            task.add_done_callback(self._background.discard)
+
+        return AsyncEventStream(call(), Resumption(call, deadline, cancel_job=cancel))
 
     def stylize_stream(self, content: ImageInput, styles: Sequence[StyleInput], *,
                        timeout: float | None = None, **params: Any) -> AsyncEventStream:

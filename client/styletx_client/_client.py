@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
+import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,7 +16,7 @@ from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 
 from ._errors import StyletxError, from_rpc_error
-from ._events import Event, EventStream, StylizeOutput, collect
+from ._events import Event, EventStream, Resumption, StylizeOutput, collect
 from ._options import (
     DEFAULT_KEEPALIVE,
     DEFAULT_RETRY,
@@ -30,6 +33,8 @@ __all__ = ["DEFAULT_TIMEOUT", "Client", "LocalClient", "stylize"]
 _LOGGER = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 3600.0
 """Seconds a job may take by default, queueing included (every call also takes ``timeout=``)."""
+#: Metadata of the call that cancels a keyed job (the server's ``idempotency.CANCEL_METADATA``).
+CANCEL_METADATA = "styletx-cancel"
 _HEALTH = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
 
 
@@ -101,8 +106,27 @@ class Client(_Stylizer):
         self.timeout = timeout
 
     def stream_request(self, request: pb.StylizeRequest, *, timeout: float | None = None) -> EventStream:
-        """Send a prepared request (see :func:`build_request`)."""
-        return EventStream(self._stub.Stylize(request, timeout=timeout or self.timeout, metadata=self._metadata))
+        """Send a prepared request (see :func:`build_request`).
+
+        The request gets a ``request_id`` (a random UUID) unless it has one: a connection that breaks
+        mid-stream is re-opened with the same key, the server attaches it to the same job, and the stream
+        goes on — the job runs once, its result arrives once.
+        """
+        request = keyed(request)
+        deadline = time.monotonic() + (timeout or self.timeout)
+
+        def call() -> Any:
+            return self._stub.Stylize(request, timeout=max(0.001, deadline - time.monotonic()),
+                                      metadata=self._metadata)
+
+        def cancel_job() -> None:
+            metadata = (*(self._metadata or ()), (CANCEL_METADATA, "1"))
+            with contextlib.suppress(grpc.RpcError):  # best effort: the job also ends when its grace runs out
+                for _ in self._stub.Stylize(pb.StylizeRequest(request_id=request.request_id), timeout=5,
+                                            metadata=metadata):
+                    pass
+
+        return EventStream(call(), Resumption(call, deadline, cancel_job=cancel_job))
 
     def server_info(self, *, timeout: float | None = 30.0) -> pb.GetServerInfoResponse:
         """Version, models, devices, limits and default parameters of the server."""
@@ -160,6 +184,16 @@ class LocalClient(_Stylizer):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def keyed(request: pb.StylizeRequest) -> pb.StylizeRequest:
+    """``request`` with a ``request_id`` (a random UUID unless it has one; the caller's copy is not changed)."""
+    if request.request_id:
+        return request
+    copy = pb.StylizeRequest()
+    copy.CopyFrom(request)
+    copy.request_id = uuid.uuid4().hex
+    return copy
 
 
 def load_backend(name: str) -> Any:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Accepted", "AsyncEventStream", "Completed", "Event", "EventStream", "Preview", "Progress", "Quality",
-    "QueueUpdate", "ResultAssembler", "ResultChunk", "Started", "StylizeOutput", "collect", "from_proto",
+    "QueueUpdate", "ResultAssembler", "ResultChunk", "Resumption", "Started", "StylizeOutput", "collect",
+    "from_proto",
 ]
 
 _FORMATS = {pb.OUTPUT_FORMAT_PNG: "png", pb.OUTPUT_FORMAT_JPEG: "jpeg", pb.OUTPUT_FORMAT_TIFF16: "tiff16"}
@@ -247,27 +250,109 @@ def collect(events: Iterable[Event], on_event: Callable[[Event], None] | None = 
     raise StyletxError(grpc.StatusCode.DATA_LOSS, "the stream ended before Completed")
 
 
+#: Most times a stream is re-opened after a broken connection (each attaches to the same job by request_id).
+RESUME_ATTEMPTS = 5
+
+
+class Resumption:
+    """How a stream with a ``request_id`` continues after UNAVAILABLE (a dropped connection, a broken stream).
+
+    ``reopen()`` sends the same request again: the server attaches it to the running or finished job and
+    replays its events from the start. :meth:`fresh` drops what this stream already delivered — a second
+    Accepted or Started, result chunks before the bytes already received — so the result arrives exactly once;
+    progress, previews and queue updates may repeat.
+    """
+
+    def __init__(self, reopen: Callable[[], Any], deadline: float, attempts: int = RESUME_ATTEMPTS,
+                 cancel_job: Callable[[], None] | None = None) -> None:
+        self._reopen = reopen
+        self.cancel_job = cancel_job
+        """Tells the server to stop the job: it keeps a keyed job whose stream broke running for a retry, and
+        cannot tell a cancelled call from a broken one."""
+        self._deadline = deadline
+        self._attempts = attempts
+        self.resumed = 0
+        self._seen: set[str] = set()
+        self._result_bytes = 0
+
+    def backoff(self, error: BaseException) -> float | None:
+        """Seconds to wait before re-opening after ``error``; None when it is not worth retrying (then the
+        caller raises): not UNAVAILABLE, out of attempts, or past the deadline."""
+        code = error.code() if isinstance(error, grpc.RpcError) else None
+        if code != grpc.StatusCode.UNAVAILABLE or self.resumed >= self._attempts:
+            return None
+        wait = min(4.0, 0.25 * 2 ** self.resumed)
+        if time.monotonic() + wait >= self._deadline:
+            return None
+        self.resumed += 1
+        return wait
+
+    def reopen(self, error: BaseException) -> Any | None:
+        """A new call after ``error`` (sync streams: sleeps the backoff), or None."""
+        wait = self.backoff(error)
+        if wait is None:
+            return None
+        time.sleep(wait)
+        return self._reopen()
+
+    async def areopen(self, error: BaseException) -> Any | None:
+        """:meth:`reopen` for asyncio streams."""
+        wait = self.backoff(error)
+        if wait is None:
+            return None
+        await asyncio.sleep(wait)
+        return self._reopen()
+
+    def fresh(self, proto: pb.StylizeEvent) -> bool:
+        """Whether ``proto`` is news to this stream's reader."""
+        kind = proto.WhichOneof("event")
+        if kind in ("accepted", "started", "completed"):
+            if kind in self._seen:
+                return False
+            self._seen.add(kind)
+        elif kind == "result_chunk":
+            chunk = proto.result_chunk
+            if chunk.offset < self._result_bytes:
+                return False
+            self._result_bytes = chunk.offset + len(chunk.data)
+        return True
+
+
 class EventStream:
     """Iterator of typed events of one job. ``cancel()`` stops the job on the server within one iteration.
 
     Wraps a gRPC response iterator, or any iterator of proto events with a ``cancel()`` (the local backend).
+    With ``resume`` (requests with a ``request_id``), a stream broken by the network is re-opened and picks
+    up where it was (:class:`Resumption`).
     """
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, resume: Resumption | None = None) -> None:
         self._call = call
+        self._resume = resume
+        self._cancelled = False
         self.job_id: str | None = None
 
     def cancel(self) -> None:
+        self._cancelled = True
         self._call.cancel()
+        if self._resume is not None and self._resume.cancel_job is not None:
+            self._resume.cancel_job()
 
     def __iter__(self) -> Iterator[Event]:
-        try:
-            for proto in self._call:
-                event = from_proto(proto)
-                self.job_id = event.job_id
-                yield event
-        except Exception as error:
-            raise from_rpc_error(error) from None
+        while True:
+            try:
+                for proto in self._call:
+                    if self._resume is not None and not self._resume.fresh(proto):
+                        continue
+                    event = from_proto(proto)
+                    self.job_id = event.job_id
+                    yield event
+                return
+            except Exception as error:
+                call = None if self._cancelled or self._resume is None else self._resume.reopen(error)
+                if call is None:
+                    raise from_rpc_error(error) from None
+                self._call = call
 
     def __enter__(self) -> EventStream:
         return self
@@ -277,20 +362,32 @@ class EventStream:
 
 
 class AsyncEventStream:
-    """The asyncio twin of :class:`EventStream` (``async for``)."""
+    """The asyncio twin of :class:`EventStream` (``async for``), resumed the same way."""
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, resume: Resumption | None = None) -> None:
         self._call = call
+        self._resume = resume
+        self._cancelled = False
         self.job_id: str | None = None
 
     def cancel(self) -> None:
+        self._cancelled = True
         self._call.cancel()
+        if self._resume is not None and self._resume.cancel_job is not None:
+            self._resume.cancel_job()
 
     async def __aiter__(self) -> AsyncIterator[Event]:
-        try:
-            async for proto in self._call:
-                event = from_proto(proto)
-                self.job_id = event.job_id
-                yield event
-        except Exception as error:
-            raise from_rpc_error(error) from None
+        while True:
+            try:
+                async for proto in self._call:
+                    if self._resume is not None and not self._resume.fresh(proto):
+                        continue
+                    event = from_proto(proto)
+                    self.job_id = event.job_id
+                    yield event
+                return
+            except Exception as error:
+                call = None if self._cancelled or self._resume is None else await self._resume.areopen(error)
+                if call is None:
+                    raise from_rpc_error(error) from None
+                self._call = call

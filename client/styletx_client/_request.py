@@ -86,11 +86,12 @@ def build_request(content: ImageInput, styles: Sequence[StyleInput], *, output_f
                   model_name: str = "", preset: str = "", variation: bool = False,
                   strength: float | None = None, processing_size: int | None = None,
                   tile: int | None = None, overlap: int | None = None, skip_quality: bool = False,
-                  **params: Any) -> pb.StylizeRequest:
+                  request_id: str = "", **params: Any) -> pb.StylizeRequest:
     """The request for ``content`` and ``styles``; ``params`` are StylizeParams fields by name.
 
     ``strength`` and ``processing_size`` are the feed-forward modes' options (FastParams), ``tile`` and
-    ``overlap`` CYCLEGAN's; ``skip_quality`` saves the server its scoring pass.
+    ``overlap`` CYCLEGAN's; ``skip_quality`` saves the server its scoring pass; ``request_id`` is the
+    idempotency key (the client draws one when empty).
     """
     wire_styles = []
     for style in styles:
@@ -105,4 +106,5 @@ def build_request(content: ImageInput, styles: Sequence[StyleInput], *, output_f
                              output_format=_FORMATS[output_format], preview=preview, mode=_MODES[mode],
                              model_name=model_name, preset=preset, variation=variation,
                              fast=pb.FastParams(strength=strength, processing_size=processing_size),
-                             cyclegan=pb.CycleGANParams(tile=tile, overlap=overlap), skip_quality=skip_quality)
+                             cyclegan=pb.CycleGANParams(tile=tile, overlap=overlap), skip_quality=skip_quality,
+                             request_id=request_id)

@@ -12,6 +12,7 @@ import logging
 import signal
 
 import grpc
+from google.protobuf.descriptor import Descriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE
 from grpc_health.v1.health import aio as health_aio
@@ -26,6 +27,8 @@ from .engines import EngineFactory, load_engine_factory, resolve_devices
 from .info import build_info
 from .limits import Limits
 from .metrics import Metrics
+from .parsing import ParseGuard
+from .peers import transport_streams
 from .service import StyleTransferService
 from .tls import server_credentials
 
@@ -76,14 +79,25 @@ class StyletxServer:
 
     def _grpc_server(self, limits: Limits) -> grpc.aio.Server:
         assert self.service is not None
-        server = grpc.aio.server(interceptors=[*_interceptors(self.config), self.in_flight], options=[
+        # ParseGuard last: its deserializer is the one the outer interceptors' handlers pass on.
+        interceptors = [*_interceptors(self.config), self.in_flight, ParseGuard(_request_types())]
+        server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", limits.max_receive_message_bytes),
-            # One connection may not hold more calls than this (each pins a queue slot and a decoded request).
-            ("grpc.max_concurrent_streams", self.config.max_concurrent_streams),
+            # A backstop far above the job-call limit, which the servicer enforces (see peers.py: HTTP/2's limit
+            # counted cheap calls too and refused some of them under load).
+            ("grpc.max_concurrent_streams", transport_streams(limits.calls_per_connection)),
             ("grpc.max_send_message_length", limits.max_send_message_bytes),
             # Accept the SDK's keepalive pings (every 30 s, also between calls) instead of answering GOAWAY.
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            # Ping clients too, and keep pinging while no data flows (an idle video stream, a queued job): a
+            # peer that vanished without closing its connection is dropped within time + timeout, and its
+            # calls are cancelled, instead of holding their place for hours.
+            ("grpc.keepalive_time_ms", round(self.config.keepalive_seconds * 1000)),
+            ("grpc.keepalive_timeout_ms", round(self.config.keepalive_timeout_seconds * 1000)),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.min_time_between_pings_ms", round(self.config.keepalive_seconds * 1000)),
+            ("grpc.http2.ping_timeout_ms", round(self.config.keepalive_timeout_seconds * 1000)),
             # Two servers on one port would split the traffic silently; fail the second one instead.
             ("grpc.so_reuseport", 0),
         ])
@@ -127,6 +141,12 @@ class StyletxServer:
         await self._server.wait_for_termination()
         if self._stopping is not None:
             await self._stopping
+
+
+def _request_types() -> dict[str, Descriptor]:
+    """``/styletx.v1.StyleTransfer/Stylize`` → StylizeRequest's descriptor, for every method."""
+    service = pb.DESCRIPTOR.services_by_name["StyleTransfer"]
+    return {f"/{service.full_name}/{method.name}": method.input_type for method in service.methods}
 
 
 def _interceptors(config: ServerConfig) -> list[grpc.aio.ServerInterceptor]:

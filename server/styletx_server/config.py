@@ -42,6 +42,15 @@ class ServerConfig:
     """Jobs that may wait for a worker; one more is refused with RESOURCE_EXHAUSTED."""
     max_pixels: int = _LIMIT_DEFAULTS.max_pixels
     """Largest decoded input image, in pixels."""
+    max_request_pixels: int = _LIMIT_DEFAULTS.max_request_pixels
+    """Decoded pixels of one request's images together (read from their headers before decoding)."""
+    admission_memory_mb: int = _LIMIT_DEFAULTS.admission_memory_bytes // (1024 * 1024)
+    """Memory admitted work may hold (queued and running jobs' images, video buffers, kept results), in MiB;
+    more is refused with RESOURCE_EXHAUSTED. The engine's working memory comes on top (its memory plan)."""
+    decode_timeout: float = _LIMIT_DEFAULTS.decode_timeout
+    """Seconds a request's images may take to decode (slower: RESOURCE_EXHAUSTED)."""
+    result_ttl: float = _LIMIT_DEFAULTS.result_ttl
+    """Seconds a finished job's outcome is kept for a retry with the same request_id (within the budget)."""
     max_size: int = _LIMIT_DEFAULTS.max_size
     """Largest params.size (long side of the output)."""
     max_styles: int = _LIMIT_DEFAULTS.max_styles
@@ -75,7 +84,16 @@ class ServerConfig:
     auth_tokens: str = dataclasses.field(default="", repr=False)
     """Comma-separated bearer tokens; prefer STYLETX_AUTH_TOKENS from a secret (flags show in ps)."""
     max_concurrent_streams: int = 16
-    """Calls one client connection may have open at once (HTTP/2); more wait for a free stream."""
+    """Stylize/StylizeVideo calls one client connection may run at once; more wait (no queue slot meanwhile).
+    GetServerInfo and health calls are not counted."""
+    video_slice: float = _LIMIT_DEFAULTS.video_slice
+    """Seconds of frames after which a video stream gives its worker to waiting work (then queues again)."""
+    video_idle: float = _LIMIT_DEFAULTS.video_idle
+    """Seconds a video stream may send no frame, or read no reply, before it is closed (DEADLINE_EXCEEDED)."""
+    keepalive_seconds: float = 30.0
+    """Seconds between the server's HTTP/2 pings on a connection; a peer that does not answer is dropped."""
+    keepalive_timeout_seconds: float = 10.0
+    """Seconds a ping may wait for its answer before the connection (and its calls) is closed."""
     log_level: str = "INFO"
     """Logging level."""
     log_format: str = "json"
@@ -84,7 +102,11 @@ class ServerConfig:
     @property
     def limits(self) -> Limits:
         return Limits(max_pixels=self.max_pixels, max_size=self.max_size, max_styles=self.max_styles,
-                      queue_capacity=self.queue_size,
+                      max_request_pixels=self.max_request_pixels,
+                      admission_memory_bytes=self.admission_memory_mb * 1024 * 1024,
+                      decode_timeout=self.decode_timeout, result_ttl=self.result_ttl,
+                      queue_capacity=self.queue_size, calls_per_connection=self.max_concurrent_streams,
+                      video_slice=self.video_slice, video_idle=self.video_idle,
                       max_receive_message_bytes=self.max_receive_mb * 1024 * 1024)
 
     def replace(self, **changes: Any) -> ServerConfig:

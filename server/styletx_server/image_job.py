@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from styletx_proto.v1 import styletx_pb2 as pb
@@ -40,9 +41,13 @@ _LOGGER = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ImageJob:
-    """The work of one Stylize call: a validated request, the size of its result chunks."""
+    """The work of one Stylize call: a validated request, the size of its result chunks.
 
-    request: ValidatedRequest
+    The server passes a loader instead of the request: the queued job then holds its encoded request, not
+    the decoded images, and decodes again when it starts (:mod:`.admission`).
+    """
+
+    request: ValidatedRequest | Callable[[], ValidatedRequest]
     chunk_bytes: int
 
     def queued(self, job_id: str, position: int) -> pb.StylizeEvent:
@@ -53,7 +58,7 @@ class ImageJob:
         started = time.monotonic()
         if job.cancel.is_set():
             raise Cancelled()
-        request = _with_seed(self.request)
+        request = _with_seed(self.request() if callable(self.request) else self.request)
         runner = MODE_RUNNERS[request.mode]
         scales, total = runner.schedule(worker, request)
         job.emit(_started(job, request.options, worker.device, started - job.queued, scales, total))

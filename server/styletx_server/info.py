@@ -30,7 +30,11 @@ def build_info(devices: Sequence[str], limits: Limits, modes: Iterable[int],
         max_pixels=limits.max_pixels, max_receive_message_bytes=limits.max_receive_message_bytes,
         max_send_message_bytes=limits.max_send_message_bytes, max_styles=limits.max_styles,
         queue_capacity=limits.queue_capacity, workers=limits.workers, max_size=limits.max_size,
-        max_chunk_bytes=limits.max_chunk_bytes)
+        max_chunk_bytes=limits.max_chunk_bytes, max_frame_bytes=limits.max_frame_bytes,
+        video_buffer_frames=limits.video_buffer_frames, max_request_pixels=limits.max_request_pixels,
+        admission_memory_bytes=limits.admission_memory_bytes, decode_timeout_seconds=limits.decode_timeout,
+        result_ttl_seconds=limits.result_ttl, calls_per_connection=limits.calls_per_connection,
+        video_slice_seconds=limits.video_slice, video_idle_seconds=limits.video_idle)
     return pb.GetServerInfoResponse(version=version, models=models, devices=device_infos, limits=wire_limits,
                                     defaults=defaults(),
                                     modes=[pb.Mode.ValueType(m) for m in sorted(modes)])

@@ -36,9 +36,10 @@ class JobStats:
 class Work(Protocol):
     """One kind of work on its way through the queue."""
 
-    def run(self, job: Job, worker: Worker) -> JobStats:
+    def run(self, job: Job, worker: Worker) -> JobStats | None:
         """Worker thread: do the work, sending everything through ``job.emit``; raises ``Cancelled`` once
-        ``job.cancel`` is set."""
+        ``job.cancel`` is set. None: the work gave its worker up unfinished and will be queued again (a video
+        session with no frame to stylise)."""
         ...
 
     def queued(self, job_id: str, position: int) -> Message:

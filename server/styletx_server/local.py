@@ -7,9 +7,11 @@ and report the same events and errors (:class:`~server.errors.ServiceError` has 
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 
 import grpc
@@ -30,6 +32,14 @@ from .worker import Engine, Worker
 __all__ = ["LocalBackend", "LocalStream"]
 
 _END = object()
+#: Streams whose job may still run; stopped at interpreter exit (a caller that never iterated, or exited).
+_LIVE: weakref.WeakSet[LocalStream] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_jobs() -> None:
+    for stream in list(_LIVE):
+        stream.stop()
 #: How long the end of a stream waits for its job's thread to finish (it has sent its last event already).
 JOIN_SECONDS = 30.0
 
@@ -50,15 +60,27 @@ class LocalStream:
             self.job.cancel.set()
 
     def __iter__(self) -> Iterator[pb.StylizeEvent]:
-        while True:
-            item = self._get()
-            if item is _END or isinstance(item, BaseException):
-                self._join()
-                if isinstance(item, BaseException):
-                    raise item
-                return
-            assert isinstance(item, pb.StylizeEvent)
-            yield item
+        ended = False
+        try:
+            while True:
+                item = self._get()
+                if item is _END or isinstance(item, BaseException):
+                    ended = True
+                    self._join()
+                    if isinstance(item, BaseException):
+                        raise item
+                    return
+                assert isinstance(item, pb.StylizeEvent)
+                yield item
+        finally:
+            if not ended:  # Ctrl-C (KeyboardInterrupt), a deadline, or a caller that stopped reading
+                self.stop()
+
+    def stop(self) -> None:
+        """Cancel the job and wait for its thread (it stops within one iteration): the engine must never be
+        left running in a thread while the interpreter shuts down, where torch aborts the process (rc 134)."""
+        self.cancel()
+        self._join()
 
     def _join(self) -> None:
         """Wait for the job's thread, which ends right after its last event: a caller that exits at once
@@ -104,6 +126,7 @@ class LocalBackend:
         stream = LocalStream(events, None if timeout is None else time.monotonic() + timeout)
         stream.thread = threading.Thread(target=self._run, args=(request, stream, events), daemon=True,
                                          name="styletx-local")
+        _LIVE.add(stream)
         stream.thread.start()
         return stream
 

@@ -35,6 +35,13 @@ class Metrics:
         self.parity_gate_ok = Gauge("styletx_parity_gate_ok",
                                     "1 when the ONNX parity gate passed (or is off), 0 when it failed",
                                     registry=self.registry)
+        self.admitted_memory = Gauge("styletx_admitted_memory_bytes",
+                                     "Memory reserved by admitted work (queued, running, kept results)",
+                                     registry=self.registry)
+        self.runs = Counter("styletx_job_runs", "Image jobs started on a worker (a retry that attaches to a job "
+                            "does not start it again)", registry=self.registry)
+        self.attached = Counter("styletx_request_id_attached", "Calls that attached to an existing job by its "
+                                "request_id", ["state"], registry=self.registry)
         self._cache_seen: dict[int, tuple[int, int]] = {}
         self._lock = threading.Lock()
 

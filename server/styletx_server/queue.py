@@ -20,7 +20,7 @@ import grpc
 from .errors import ServiceError
 from .job import Job
 
-__all__ = ["JobQueue"]
+__all__ = ["YIELDED", "JobQueue"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -28,14 +28,21 @@ _LOGGER = logging.getLogger(__name__)
 Runner = Callable[[Job, int], object]
 #: ``on_done(job, error)`` runs on the loop when a job ends (``error`` None: success) or is failed by close().
 DoneCallback = Callable[[Job, BaseException | None], None]
+#: ``on_yield(job)`` runs on the loop when a job gave its worker up unfinished (a video session, see
+#: :class:`~styletx_server.modes.video.VideoSession`); it puts the job back with :meth:`JobQueue.resubmit`.
+YieldCallback = Callable[[Job], None]
+#: What a runner returns for a job that gave its worker up without finishing.
+YIELDED = object()
 
 
 class JobQueue:
     """FIFO of at most ``capacity`` waiting jobs, run by ``workers`` threads (one running job per device)."""
 
-    def __init__(self, runner: Runner, on_done: DoneCallback, *, workers: int, capacity: int) -> None:
+    def __init__(self, runner: Runner, on_done: DoneCallback, *, workers: int, capacity: int,
+                 on_yield: YieldCallback | None = None) -> None:
         self._runner = runner
         self._on_done = on_done
+        self._on_yield = on_yield
         self.workers = workers
         self.capacity = capacity
         self._waiting: collections.deque[Job] = collections.deque()
@@ -66,16 +73,30 @@ class JobQueue:
         self._wakeup.set()
         return len(self._waiting) - 1
 
+    def resubmit(self, job: Job) -> None:
+        """Put an admitted job that gave its worker up back at the end of the queue (no capacity check: it holds
+        its admission already); a closed queue fails it with UNAVAILABLE instead."""
+        if self._closed:
+            self._on_done(job, ServiceError(grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on "
+                                            "another replica", retry_after=0.0))
+            return
+        self._waiting.append(job)
+        self._wakeup.set()
+
     def check_capacity(self) -> None:
         """Raise what :meth:`submit` would: UNAVAILABLE when closed, RESOURCE_EXHAUSTED when full."""
         if self._closed:
             raise ServiceError(grpc.StatusCode.UNAVAILABLE,
                                "server is shutting down; retry on another replica")
         if len(self._waiting) >= self.capacity:
-            retry = self._mean_seconds * (len(self._waiting) + 1) / self.workers
+            retry = self.retry_hint()
             raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"queue is full ({self.capacity} jobs waiting); retry in about {retry:.0f}s",
                                retry_after=retry)
+
+    def retry_hint(self) -> float:
+        """Seconds until a worker is likely free for one more job: the jobs ahead × the mean job time."""
+        return self._mean_seconds * (len(self._waiting) + 1) / self.workers
 
     def withdraw(self, job: Job) -> bool:
         """Take a job that has not started out of the queue (its client went away)."""
@@ -109,14 +130,19 @@ class JobQueue:
         while (job := await self._next()) is not None:
             self._running[index] = job
             error: BaseException | None = None
+            outcome: object = None
             started = time.monotonic()
             try:
-                await loop.run_in_executor(self._executor, self._runner, job, index)
-                self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * (time.monotonic() - started)
+                outcome = await loop.run_in_executor(self._executor, self._runner, job, index)
             except BaseException as exc:  # reported to the job's caller, never lost
                 error = exc
             finally:
                 del self._running[index]
+            if outcome is YIELDED and self._on_yield is not None:
+                self._on_yield(job)
+                continue
+            if error is None:
+                self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * (time.monotonic() - started)
             self._on_done(job, error)
             if isinstance(error, asyncio.CancelledError):
                 raise error

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -23,7 +24,9 @@ from google.rpc import error_details_pb2, status_pb2
 from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 
+from .admission import MemoryBudget, Reservation, footprint, header_pixels
 from .errors import ServiceError, from_engine_error
+from .idempotency import CANCEL_METADATA, JobLog, Record, Records, caller_of, check_key, fingerprint
 from .image_job import ImageJob
 from .job import Job
 from .limits import Limits
@@ -32,7 +35,8 @@ from .modes import ModeModels, ModeSettings
 from .modes.models import describe
 from .modes.runners import MODE_RUNNERS
 from .modes.video import EOF, VideoSession, validate_video
-from .queue import JobQueue
+from .peers import PeerGate
+from .queue import YIELDED, JobQueue
 from .validation import validate_request
 from .worker import Engine, Worker
 
@@ -42,6 +46,12 @@ if TYPE_CHECKING:
 __all__ = ["EventChannel", "StyleTransferService"]
 
 _LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
+#: Failures a retry with the same request_id is answered with again (they would recur); other outcomes
+#: (cancelled, shutting down, out of memory) let the retry run the job anew.
+_TIMED_OUT = object()
+_KEPT_FAILURES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+                            grpc.StatusCode.INTERNAL})
 
 
 class EventChannel:
@@ -93,12 +103,17 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
         self.limits = limits
         self.metrics = metrics or Metrics()
         self._info = info
-        self._channels: dict[str, EventChannel] = {}
+        self._channels: dict[str, EventChannel | JobLog] = {}
         self.modes = frozenset(MODE_RUNNERS)
         self.queue = JobQueue(self._run, self._job_done, workers=len(self._engines),
-                              capacity=limits.queue_capacity)
+                              capacity=limits.queue_capacity, on_yield=self._job_yielded)
         self.metrics.queue_depth.set_function(lambda: self.queue.depth)
         self.metrics.jobs_running.set_function(lambda: self.queue.running)
+        self.peers = PeerGate(limits.calls_per_connection)
+        self.budget = MemoryBudget(limits.admission_memory_bytes)
+        self._reservations: dict[str, Reservation] = {}
+        self.records = Records(limits.result_ttl)
+        self.metrics.admitted_memory.set_function(lambda: self.budget.used)
 
     def start(self) -> None:
         """Start the workers; without :meth:`prepare` the service gates itself in the background."""
@@ -136,22 +151,84 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
     async def Stylize(  # noqa: N802 - gRPC method name
         self, request: pb.StylizeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StylizeEvent]:
-        job = await self._admit(request, context)
+        async with self.peers.slot(context.peer()):  # a connection's extra job calls wait here
+            async for event in self._stylize(request, context):
+                yield event
+
+    async def _stylize(self, request: pb.StylizeRequest,
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StylizeEvent]:
+        if request.request_id and CANCEL_METADATA in dict(context.invocation_metadata() or ()):
+            await self._cancel_by_key(request, context)
+            return
+        record = await self._find_record(request, context)
+        job: Job | None = None
+        if record is None:
+            job = await self._admit(request, context)
+            record = self.records.of_job(job.id)
+        if record is not None:
+            record.followers += 1
         finished = False
         try:
-            async for event in self._channels[job.id]:
+            async for event in (record.log if record is not None else self._channels[job.id]):  # type: ignore[union-attr]
                 yield event
             finished = True
         except ServiceError as error:
             finished = True
             await _abort(context, error)
         finally:
-            self._channels.pop(job.id, None)
-            if not finished:  # the client cancelled, the deadline passed, or the server is stopping
-                job.cancel.set()
-                if self.queue.withdraw(job):
-                    self.metrics.jobs.labels(code="CANCELLED").inc()
-                _LOGGER.info("job %s abandoned by its caller", job.id, extra={"job_id": job.id})
+            if record is not None:
+                record.followers -= 1
+                if not finished and record.followers == 0 and not record.log.closed:
+                    record.detached = time.monotonic()  # wait a while for a retry to attach
+                    asyncio.get_running_loop().call_later(self.limits.detach_grace, self._detach_expired, record)
+            elif job is not None:
+                self._channels.pop(job.id, None)
+                if not finished:  # the client cancelled, the deadline passed, or the server is stopping
+                    self._abandon_image(job)
+
+    def _abandon_image(self, job: Job) -> None:
+        job.cancel.set()
+        if self.queue.withdraw(job):
+            self._release(job)
+            self.records.forget(job.id)
+            self.metrics.jobs.labels(code="CANCELLED").inc()
+        _LOGGER.info("job %s abandoned by its caller", job.id, extra={"job_id": job.id})
+
+    def _detach_expired(self, record: Record) -> None:
+        """No retry attached within ``Limits.detach_grace``: the keyed job is abandoned like any other."""
+        grace = self.limits.detach_grace
+        if record.followers == 0 and record.job is not None and not record.log.closed and \
+                time.monotonic() - record.detached >= grace * 0.99:
+            self._abandon_image(record.job)
+
+    async def _cancel_by_key(self, request: pb.StylizeRequest, context: grpc.aio.ServicerContext) -> None:
+        """A caller's explicit cancel of its keyed job (the SDK's ``cancel()``): a broken connection and a
+        cancelled call look alike to the server, which keeps a keyed job running for a retry after either."""
+        key = (caller_of(context.invocation_metadata()), request.request_id)
+        record = self.records.get(key)
+        if record is not None and record.job is not None and not record.log.closed:
+            _LOGGER.info("request_id %s: job %s cancelled by its caller", request.request_id, record.job_id,
+                         extra={"job_id": record.job_id})
+            self._abandon_image(record.job)
+
+    async def _find_record(self, request: pb.StylizeRequest, context: grpc.aio.ServicerContext) -> Record | None:
+        """The job this request's ``request_id`` names, when a call with it was admitted before (or None)."""
+        if not request.request_id:
+            return None
+        try:
+            check_key(request.request_id)
+            key = (caller_of(context.invocation_metadata()), request.request_id)
+            record = self.records.find(key, fingerprint(request))
+        except ServiceError as error:
+            self.metrics.jobs.labels(code=error.code.name).inc()
+            await _abort(context, error)
+            raise
+        if record is not None:
+            state = "finished" if record.log.closed else "running"
+            self.metrics.attached.labels(state=state).inc()
+            _LOGGER.info("request_id %s: attached to %s job %s", request.request_id, state, record.job_id,
+                         extra={"job_id": record.job_id})
+        return record
 
     async def GetServerInfo(  # noqa: N802 - gRPC method name
         self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext
@@ -159,48 +236,116 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
         info = pb.GetServerInfoResponse()
         info.CopyFrom(self._info)
         info.queue_depth = self.queue.depth
+        info.admission_memory_used_bytes = self.budget.used
         await asyncio.to_thread(describe, info, self.models, self.limits, self.parity)
         return info
 
     async def _admit(self, request: pb.StylizeRequest, context: grpc.aio.ServicerContext) -> Job:
-        """Validate and enqueue, or abort the call. A full queue refuses before paying for decoding."""
+        """Validate and enqueue, or abort the call. A full queue, a request over the pixel budget and one that
+        does not fit the memory budget are refused before paying for decoding (:mod:`.admission`)."""
         received = time.monotonic()
+        reservation: Reservation | None = None
         try:
             self._check_serving()
             self.queue.check_capacity()
-            validated = await asyncio.to_thread(validate_request, request, self.limits, self.modes,
-                                                self.models.cyclegan_names)
-            channel = EventChannel(asyncio.get_running_loop())
-            job = Job(ImageJob(validated, self.limits.max_chunk_bytes), channel.emit,
-                      decode_seconds=time.monotonic() - received, received=received)
+            images = [("content", request.content), *((f"styles[{i}].image", s.image)
+                                                      for i, s in enumerate(request.styles))]
+            pixels = header_pixels(images, self.limits.max_request_pixels)
+            reservation = self._reserve(footprint(pixels, request.ByteSize()))
+            await self._decode(reservation, validate_request, request, self.limits, self.modes,
+                               self.models.cyclegan_names)
+            channel: EventChannel | JobLog = JobLog(asyncio.get_running_loop()) if request.request_id \
+                else EventChannel(asyncio.get_running_loop())
+            job = Job(ImageJob(functools.partial(validate_request, request, self.limits, self.modes,
+                                                 self.models.cyclegan_names), self.limits.max_chunk_bytes),
+                      channel.emit, decode_seconds=time.monotonic() - received, received=received)
             position = self.queue.submit(job)
         except ServiceError as error:
+            if reservation is not None and not reservation.deferred:
+                reservation.release()
             self.metrics.jobs.labels(code=error.code.name).inc()
             await _abort(context, error)
             raise  # unreachable: abort raises
+        self._reservations[job.id] = reservation
         self._channels[job.id] = channel
+        if isinstance(channel, JobLog):
+            key = (caller_of(context.invocation_metadata()), request.request_id)
+            self.records.add(key, Record(fingerprint(request), job, channel, reservation))
         channel.emit(pb.StylizeEvent(job_id=job.id, accepted=pb.Accepted(
             job_id=job.id, queue_position=position, queue_capacity=self.queue.capacity)))
         _LOGGER.info("job %s accepted at position %d", job.id, position, extra={"job_id": job.id})
         return job
 
-    def _run(self, job: Job, worker: int) -> None:
-        """Worker thread: one job (an image or a video stream) on this worker's engine."""
+    async def _decode(self, reservation: Reservation, decode: Callable[..., T], *args: Any) -> T:
+        """Run ``decode`` in a thread for at most ``Limits.decode_timeout`` seconds. A thread cannot be
+        stopped: past the limit the request is refused at once and its reservation is held until the thread
+        ends, so the budget still counts what the decode holds."""
+        future = asyncio.get_running_loop().run_in_executor(None, decode, *args)
+        done, _ = await asyncio.wait({future}, timeout=self.limits.decode_timeout)
+        if not done:
+            reservation.release_when_done(future)
+            raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"the request's images took longer than {self.limits.decode_timeout:g}s to decode "
+                               "(Limits.decode_timeout_seconds); send smaller or simpler images",
+                               retry_after=self.limits.decode_timeout)
+        return future.result()
+
+    def _reserve(self, size: int) -> Reservation:
+        """Reserve admitted memory, forgetting kept results (oldest first) when that makes room."""
+        while True:
+            try:
+                return self.budget.reserve(size, self.queue.retry_hint())
+            except ServiceError:
+                if not self.records.evict_oldest():
+                    raise
+
+    def _release(self, job: Job) -> None:
+        """The job ended or left the queue: its admitted memory is free again."""
+        reservation = self._reservations.pop(job.id, None)
+        if reservation is not None:
+            reservation.release()
+
+    def _run(self, job: Job, worker: int) -> object:
+        """Worker thread: one job (an image, or a video stream's frames) on this worker's engine."""
+        if isinstance(job.work, ImageJob):
+            self.metrics.runs.inc()  # counted at the start: a job that fails has run too
         try:
             stats = job.work.run(job, self.workers[worker])
         finally:
             self.metrics.observe_cache(worker, self._engines[worker])
+        if stats is None:  # a video session gave its worker up; it comes back with its next frame
+            return YIELDED
         self.metrics.job_finished("OK", stats.iterations, stats.run_seconds, stats.total_seconds)
+        return None
+
+    def _job_yielded(self, job: Job) -> None:
+        """Loop thread: a session whose time slice ended with frames left goes to the end of the queue."""
+        if isinstance(job.work, VideoSession) and job.work.take_requeue():
+            self.queue.resubmit(job)
+
+    def _push(self, job: Job, session: VideoSession, item: object) -> None:
+        """Loop thread: hand a frame (or EOF) to the session, queueing it again if it had parked."""
+        if session.push(item):
+            self.queue.resubmit(job)
 
     # ------------------------------------------------------------------------------------------------ video
 
     async def StylizeVideo(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[pb.StylizeVideoRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StylizeVideoResponse]:
+        async with self.peers.slot(context.peer()):
+            async for response in self._stylize_video(request_iterator, context):
+                yield response
+
+    async def _stylize_video(self, request_iterator: AsyncIterator[pb.StylizeVideoRequest],
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StylizeVideoResponse]:
         job, session = await self._admit_video(request_iterator, context)
         channel = self._channels[job.id]
+        assert isinstance(channel, EventChannel)  # video streams have one follower, no request_id
         slots = asyncio.Semaphore(self.limits.video_buffer_frames)
-        reader = asyncio.create_task(self._read_frames(request_iterator, job, session, slots, channel))
+        main = asyncio.current_task()
+        assert main is not None
+        reader = asyncio.create_task(self._read_frames(request_iterator, job, session, slots, channel, main))
         finished = False
         try:
             async for response in channel:
@@ -221,8 +366,9 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
     def _abandon(self, job: Job, session: VideoSession) -> None:
         """Stop the worker within one frame (or take the job out of the queue if it has not started)."""
         job.cancel.set()
-        session.inbox.put(EOF)  # wakes a worker waiting for the next frame
+        self._push(job, session, EOF)  # wakes a worker waiting for the next frame, or queues a parked session
         if self.queue.withdraw(job):
+            self._release(job)
             self.metrics.jobs.labels(code="CANCELLED").inc()
         _LOGGER.info("video job %s ended early", job.id, extra={"job_id": job.id})
 
@@ -230,22 +376,32 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
                            context: grpc.aio.ServicerContext) -> tuple[Job, VideoSession]:
         """Read and validate the config, then enqueue (or abort the call)."""
         received = time.monotonic()
+        reservation: Reservation | None = None
         try:
             self._check_serving()
             self.queue.check_capacity()
             first = await anext(aiter(requests), None)
             if first is None or not first.HasField("config"):
                 raise ServiceError.invalid("config", "the first StylizeVideo message must be a VideoConfig")
-            video = await asyncio.to_thread(validate_video, first.config, self.limits, self.modes,
-                                            self.models.cyclegan_names)
+            pixels = header_pixels(((f"styles[{i}].image", s.image) for i, s in enumerate(first.config.styles)),
+                                   self.limits.max_request_pixels, "config.")
+            frames = self.limits.video_buffer_frames * self.limits.max_frame_bytes
+            reservation = self._reserve(footprint(pixels, first.ByteSize() + frames))
+            video = await self._decode(reservation, validate_video, first.config, self.limits, self.modes,
+                                       self.models.cyclegan_names)
             channel = EventChannel(asyncio.get_running_loop())
-            session = VideoSession(video, self.limits.max_frame_bytes, self.limits.max_pixels)
+            session = VideoSession(video, self.limits.max_frame_bytes, self.limits.max_pixels,
+                                   self.limits.max_size, self.limits.video_linger, self.limits.video_slice,
+                                   others_waiting=lambda: self.queue.depth > 0)
             job = Job(session, channel.emit, decode_seconds=time.monotonic() - received, received=received)
             position = self.queue.submit(job)
         except ServiceError as error:
+            if reservation is not None and not reservation.deferred:
+                reservation.release()
             self.metrics.jobs.labels(code=error.code.name).inc()
             await _abort(context, error)
             raise
+        self._reservations[job.id] = reservation
         self._channels[job.id] = channel
         channel.emit(pb.StylizeVideoResponse(job_id=job.id, accepted=pb.VideoAccepted(
             job_id=job.id, queue_position=position, buffer_frames=self.limits.video_buffer_frames)))
@@ -253,24 +409,39 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
         return job, session
 
     async def _read_frames(self, requests: AsyncIterator[pb.StylizeVideoRequest], job: Job,
-                           session: VideoSession, slots: asyncio.Semaphore, channel: EventChannel) -> None:
-        """Take a slot, then read one frame: with no slot free the server stops reading (back-pressure)."""
+                           session: VideoSession, slots: asyncio.Semaphore, channel: EventChannel,
+                           main: asyncio.Task[Any]) -> None:
+        """Take a slot, then read one frame: with no slot free the server stops reading (back-pressure).
+
+        A stream that sends no frame, or reads none of its replies, for ``Limits.video_idle`` seconds is ended
+        with DEADLINE_EXCEEDED: it holds no worker meanwhile (the session parks) but it holds its admitted
+        memory. A caller that reads nothing cannot be sent the status (the RPC is stuck writing to it), so the
+        RPC is cancelled shortly after.
+        """
         index = 0
+        idle = self.limits.video_idle
         try:
             while True:
-                await slots.acquire()
-                message = await anext(aiter(requests), None)
+                if await _within(slots.acquire(), idle) is _TIMED_OUT:
+                    raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, f"the client read no reply for {idle:g}s "
+                                       "(Limits.video_idle_seconds); the stream is closed")
+                message = await _within(anext(aiter(requests), None), idle)
+                if message is _TIMED_OUT:
+                    raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no frame for {idle:g}s "
+                                       "(Limits.video_idle_seconds); the stream is closed — send frames or end it")
                 if message is None:
                     break
-                session.inbox.put(self._frame_bytes(message, index))
+                self._push(job, session, self._frame_bytes(message, index))
                 session.buffered += 1
                 session.max_buffered = max(session.max_buffered, session.buffered)
                 index += 1
         except ServiceError as error:
             job.cancel.set()
             channel.close(error)
+            if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                asyncio.get_running_loop().call_later(2.0, main.cancel)  # no-op once the RPC has ended
         finally:
-            session.inbox.put(EOF)
+            self._push(job, session, EOF)
 
     def _frame_bytes(self, message: pb.StylizeVideoRequest, index: int) -> bytes:
         if not message.HasField("frame"):
@@ -288,9 +459,22 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
         failure = None if error is None else from_engine_error(error, job.id)
         if failure is not None:
             self.metrics.jobs.labels(code=failure.code.name).inc()
-        channel = self._channels.get(job.id)
+        channel = self._channels.pop(job.id, None)
         if channel is not None:
             channel.close(failure)
+        if (failure is None or failure.code in _KEPT_FAILURES) and self.records.finish(job.id):
+            self._reservations.pop(job.id, None)  # now held by the record, for Limits.result_ttl
+        else:
+            self.records.forget(job.id)
+            self._release(job)
+
+
+async def _within(awaitable: Awaitable[Any], seconds: float) -> Any:
+    """``await awaitable`` for at most ``seconds``; :data:`_TIMED_OUT` after that."""
+    try:
+        return await asyncio.wait_for(awaitable, seconds)
+    except TimeoutError:
+        return _TIMED_OUT
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:

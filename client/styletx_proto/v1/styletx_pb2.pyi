@@ -601,6 +601,7 @@ class StylizeRequest(_message.Message):
     FAST_FIELD_NUMBER: _builtins.int
     CYCLEGAN_FIELD_NUMBER: _builtins.int
     SKIP_QUALITY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     content: _builtins.bytes
     """Encoded content image."""
     output_format: Global___OutputFormat.ValueType
@@ -617,6 +618,12 @@ class StylizeRequest(_message.Message):
     """
     skip_quality: _builtins.bool
     """Skip the quality scores (a VGG pass after the result; Completed.quality_unavailable then says so)."""
+    request_id: _builtins.str
+    """Idempotency key (at most 128 printable ASCII characters; empty: none). A request with the key of a job
+    this server runs or finished within Limits.result_ttl_seconds, from the same caller (the same bearer
+    token when the server checks tokens), attaches to that job: its events are replayed from the start and
+    the job is not run again. The same key with a different request is FAILED_PRECONDITION.
+    """
     @_builtins.property
     def styles(self) -> _containers.RepeatedCompositeFieldContainer[Global___Style]:
         """One or more style images (none for MODE_CYCLEGAN)."""
@@ -652,10 +659,11 @@ class StylizeRequest(_message.Message):
         fast: Global___FastParams | None = ...,
         cyclegan: Global___CycleGANParams | None = ...,
         skip_quality: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cyclegan", b"cyclegan", "fast", b"fast", "params", b"params", "preview", b"preview"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "cyclegan", b"cyclegan", "fast", b"fast", "mode", b"mode", "model_name", b"model_name", "output_format", b"output_format", "params", b"params", "preset", b"preset", "preview", b"preview", "skip_quality", b"skip_quality", "styles", b"styles", "variation", b"variation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "cyclegan", b"cyclegan", "fast", b"fast", "mode", b"mode", "model_name", b"model_name", "output_format", b"output_format", "params", b"params", "preset", b"preset", "preview", b"preview", "request_id", b"request_id", "skip_quality", b"skip_quality", "styles", b"styles", "variation", b"variation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1268,6 +1276,13 @@ class Limits(_message.Message):
     MAX_CHUNK_BYTES_FIELD_NUMBER: _builtins.int
     MAX_FRAME_BYTES_FIELD_NUMBER: _builtins.int
     VIDEO_BUFFER_FRAMES_FIELD_NUMBER: _builtins.int
+    MAX_REQUEST_PIXELS_FIELD_NUMBER: _builtins.int
+    ADMISSION_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    DECODE_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    RESULT_TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    CALLS_PER_CONNECTION_FIELD_NUMBER: _builtins.int
+    VIDEO_SLICE_SECONDS_FIELD_NUMBER: _builtins.int
+    VIDEO_IDLE_SECONDS_FIELD_NUMBER: _builtins.int
     max_pixels: _builtins.int
     """Largest decoded input image, in pixels."""
     max_receive_message_bytes: _builtins.int
@@ -1288,6 +1303,24 @@ class Limits(_message.Message):
     """Largest encoded VideoFrame.image, both ways."""
     video_buffer_frames: _builtins.int
     """Frames a StylizeVideo stream may have waiting on the server (received, not yet sent back)."""
+    max_request_pixels: _builtins.int
+    """Decoded pixels of one request's images together (content + styles, or a video config's styles), read
+    from the image headers before anything is decoded; more is INVALID_ARGUMENT naming the field.
+    """
+    admission_memory_bytes: _builtins.int
+    """Memory the server lets admitted work (queued and running jobs, video streams, kept results) take; a
+    request that does not fit answers RESOURCE_EXHAUSTED with a retry hint.
+    """
+    decode_timeout_seconds: _builtins.float
+    """Longest a request's images may take to decode; slower is RESOURCE_EXHAUSTED."""
+    result_ttl_seconds: _builtins.float
+    """How long a finished job's outcome is kept for a retry with the same request_id."""
+    calls_per_connection: _builtins.int
+    """Stylize/StylizeVideo calls one client connection may run at once; more wait their turn."""
+    video_slice_seconds: _builtins.float
+    """Seconds of frames after which a video stream gives its worker to waiting work."""
+    video_idle_seconds: _builtins.float
+    """Seconds a video stream may send no frame, or read no reply, before it is ended with DEADLINE_EXCEEDED."""
     def __init__(
         self,
         *,
@@ -1301,10 +1334,17 @@ class Limits(_message.Message):
         max_chunk_bytes: _builtins.int = ...,
         max_frame_bytes: _builtins.int = ...,
         video_buffer_frames: _builtins.int = ...,
+        max_request_pixels: _builtins.int = ...,
+        admission_memory_bytes: _builtins.int = ...,
+        decode_timeout_seconds: _builtins.float = ...,
+        result_ttl_seconds: _builtins.float = ...,
+        calls_per_connection: _builtins.int = ...,
+        video_slice_seconds: _builtins.float = ...,
+        video_idle_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_chunk_bytes", b"max_chunk_bytes", "max_frame_bytes", b"max_frame_bytes", "max_pixels", b"max_pixels", "max_receive_message_bytes", b"max_receive_message_bytes", "max_send_message_bytes", b"max_send_message_bytes", "max_size", b"max_size", "max_styles", b"max_styles", "queue_capacity", b"queue_capacity", "video_buffer_frames", b"video_buffer_frames", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admission_memory_bytes", b"admission_memory_bytes", "calls_per_connection", b"calls_per_connection", "decode_timeout_seconds", b"decode_timeout_seconds", "max_chunk_bytes", b"max_chunk_bytes", "max_frame_bytes", b"max_frame_bytes", "max_pixels", b"max_pixels", "max_receive_message_bytes", b"max_receive_message_bytes", "max_request_pixels", b"max_request_pixels", "max_send_message_bytes", b"max_send_message_bytes", "max_size", b"max_size", "max_styles", b"max_styles", "queue_capacity", b"queue_capacity", "result_ttl_seconds", b"result_ttl_seconds", "video_buffer_frames", b"video_buffer_frames", "video_idle_seconds", b"video_idle_seconds", "video_slice_seconds", b"video_slice_seconds", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1397,10 +1437,13 @@ class GetServerInfoResponse(_message.Message):
     QUEUE_DEPTH_FIELD_NUMBER: _builtins.int
     PARITY_FIELD_NUMBER: _builtins.int
     PRESETS_FIELD_NUMBER: _builtins.int
+    ADMISSION_MEMORY_USED_BYTES_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """Server version."""
     queue_depth: _builtins.int
     """Jobs waiting now."""
+    admission_memory_used_bytes: _builtins.int
+    """Memory admitted work takes now, of Limits.admission_memory_bytes."""
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelInfo]:
         """Networks."""
@@ -1441,10 +1484,11 @@ class GetServerInfoResponse(_message.Message):
         queue_depth: _builtins.int = ...,
         parity: Global___ParityGate | None = ...,
         presets: _abc.Iterable[_builtins.str] | None = ...,
+        admission_memory_used_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["defaults", b"defaults", "limits", b"limits", "parity", b"parity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["defaults", b"defaults", "devices", b"devices", "limits", b"limits", "models", b"models", "modes", b"modes", "parity", b"parity", "presets", b"presets", "queue_depth", b"queue_depth", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admission_memory_used_bytes", b"admission_memory_used_bytes", "defaults", b"defaults", "devices", b"devices", "limits", b"limits", "models", b"models", "modes", b"modes", "parity", b"parity", "presets", b"presets", "queue_depth", b"queue_depth", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1537,7 +1581,10 @@ class VideoFrame(_message.Message):
     index: _builtins.int
     """0-based position in the clip; frames are sent, and returned, in order."""
     image: _builtins.bytes
-    """Encoded image (PNG, JPEG, ...): at most Limits.max_frame_bytes."""
+    """Encoded image (PNG, JPEG, ...): at most Limits.max_frame_bytes and Limits.max_pixels (else
+    INVALID_ARGUMENT naming the frame); a frame whose long side exceeds Limits.max_size is reduced to it,
+    aspect kept, like an image (the stylised frame's width and height say so).
+    """
     format: Global___OutputFormat.ValueType
     """Encoding of image (set by the server on stylised frames)."""
     width: _builtins.int

@@ -13,9 +13,12 @@ is :class:`styletx_core.video.StreamStylizer`'s.
 
 from __future__ import annotations
 
+import enum
 import logging
 import queue
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +27,7 @@ from PIL import Image
 from styletx_proto.v1 import styletx_pb2 as pb
 
 from styletx_core.errors import Cancelled
-from styletx_core.imageio import encode_image, load_image
+from styletx_core.imageio import encode_image, load_image, resize_long_side
 from styletx_core.options import StylizeOptions
 
 from ..errors import ServiceError
@@ -98,6 +101,15 @@ def validate_video(config: pb.VideoConfig, limits: Limits, modes: frozenset[int]
                           output_format(config.output_format, "config.output_format", "png"))
 
 
+class _State(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    PARKED = "parked"
+    """Gave its worker up with no frame to stylise; its next frame (or EOF) queues it again."""
+    YIELDING = "yielding"
+    """Gave its worker up after its time slice, with frames left: the queue takes it back at once."""
+
+
 @dataclass
 class VideoSession:
     """The :class:`~styletx_server.job.Work` of one StylizeVideo stream, and the hand-over between the RPC
@@ -105,47 +117,120 @@ class VideoSession:
 
     ``inbox`` is a thread-safe queue of encoded frames (and :data:`EOF`); the worker sends its responses
     through the job's ``emit``. Neither needs a bound of its own: the RPC's slot budget bounds them both.
+
+    Fairness (docs/architecture.md): a session holds a worker only while it has frames. With its inbox empty it
+    waits ``linger`` seconds for the next frame (none when other work waits), then *parks*: :meth:`run`
+    returns None and the worker is free; :meth:`push` of the next frame queues the session again, at the end of
+    the queue. While other work waits, a session also gives its worker up after ``time_slice`` seconds of
+    frames. So an idle stream, or one whose client stopped reading (the slot budget then stops the frames),
+    holds no worker, and an image job waits behind each busy stream for one slice at most.
     """
 
     config: ValidatedVideo
     max_frame_bytes: int
     max_pixels: int
+    max_size: int
+    """Long side a frame is reduced to when larger (the server's ``--max-size``, as for images)."""
+    linger: float = 0.25
+    time_slice: float = 2.0
+    others_waiting: Callable[[], bool] = lambda: False
+    """Whether other work waits for a worker (read from the worker thread)."""
     inbox: queue.Queue[object] = field(default_factory=queue.Queue)
     frames: int = 0
     """Frames stylised (worker thread)."""
     buffered: int = 0
     """Frames received and not yet handed back to gRPC (event loop)."""
     max_buffered: int = 0
+    _state: _State = _State.QUEUED
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _started: float | None = None
+    _run_seconds: float = 0.0
+    _queue_seconds: float = 0.0
+    _stream: Any = None
+    _stream_worker: int | None = None
+    _last: tuple[np.ndarray, np.ndarray] | None = None
 
     def queued(self, job_id: str, position: int) -> pb.StylizeVideoResponse:
         return pb.StylizeVideoResponse(job_id=job_id, queue_update=pb.QueueUpdate(queue_position=position))
 
-    def run(self, job: Job, worker: Worker) -> JobStats:
-        """Worker thread: stylise frames from the inbox until :data:`EOF`, then VideoCompleted."""
+    def push(self, item: object) -> bool:
+        """Event loop: hand the worker a frame (or EOF); True when the session was parked and must be queued."""
+        self.inbox.put(item)
+        with self._lock:
+            if self._state is not _State.PARKED:
+                return False
+            self._state = _State.QUEUED
+            return True
+
+    def take_requeue(self) -> bool:
+        """Event loop, after :meth:`run` returned None: True when the session must be queued again at once (its
+        slice ended with frames left); False when it parked (:meth:`push` will queue it)."""
+        with self._lock:
+            if self._state is not _State.YIELDING:
+                return False
+            self._state = _State.QUEUED
+            return True
+
+    def run(self, job: Job, worker: Worker) -> JobStats | None:
+        """Worker thread: stylise frames until :data:`EOF` (then VideoCompleted, and the stats) or until the
+        session gives its worker up (None; see the class docstring)."""
+        began = time.monotonic()
+        with self._lock:
+            self._state = _State.RUNNING
+        if self._started is None:
+            self._started, self._queue_seconds = began, began - job.queued
+            job.emit(pb.StylizeVideoResponse(job_id=job.id, started=pb.VideoStarted(
+                device=worker.device, queue_seconds=self._queue_seconds)))
+        stream = self._stream_for(worker)
+        try:
+            while (item := self._next(job, began)) is not EOF:
+                if item is None:
+                    return None
+                assert isinstance(item, bytes)
+                job.emit(pb.StylizeVideoResponse(job_id=job.id, frame=_stylize_frame(stream, self, item)))
+                self.frames += 1
+        finally:
+            self._run_seconds += time.monotonic() - began
+        if job.cancel.is_set():
+            raise Cancelled()
+        seconds = self._run_seconds
+        job.emit(pb.StylizeVideoResponse(job_id=job.id, completed=pb.VideoCompleted(
+            frames=self.frames, run_seconds=seconds, frames_per_second=self.frames / seconds if seconds > 0 else 0.0,
+            queue_seconds=self._queue_seconds, max_buffered_frames=self.max_buffered)))
+        return JobStats(0, seconds, time.monotonic() - job.received)  # frames are not iterations
+
+    def _next(self, job: Job, began: float) -> object:
+        """The next frame or EOF; None when the session gives its worker up instead."""
+        if job.cancel.is_set():
+            raise Cancelled()
+        if self.others_waiting() and time.monotonic() - began >= self.time_slice and not self.inbox.empty():
+            with self._lock:
+                self._state = _State.YIELDING
+            return None
+        try:
+            return self.inbox.get(timeout=0.0 if self.others_waiting() else self.linger)
+        except queue.Empty:
+            pass
+        with self._lock:  # push() puts first, then looks at the state: no frame can slip between the two
+            if not self.inbox.empty():
+                return self.inbox.get_nowait()
+            self._state = _State.PARKED
+        return None
+
+    def _stream_for(self, worker: Worker) -> Any:
+        """The stream's StreamStylizer on this worker's networks; one moved to another worker continues from the
+        last frame (``prime``), so the temporal consistency carries over."""
         from styletx_core.video import StreamStylizer
         from styletx_core.video.frames import pipeline_mode
 
-        started = time.monotonic()
-        queue_seconds = started - job.queued
-        video = self.config
-        mode = _VIDEO_MODE_NAMES[video.mode]
-        stream = StreamStylizer(_frame_stylizer(worker, video), pipeline_mode(mode), video.consistency,
-                                video.alpha)
-        job.emit(pb.StylizeVideoResponse(job_id=job.id, started=pb.VideoStarted(
-            device=worker.device, queue_seconds=queue_seconds)))
-        while (item := self.inbox.get()) is not EOF:
-            if job.cancel.is_set():
-                raise Cancelled()
-            assert isinstance(item, bytes)
-            job.emit(pb.StylizeVideoResponse(job_id=job.id, frame=_stylize_frame(stream, self, item)))
-            self.frames += 1
-        if job.cancel.is_set():
-            raise Cancelled()
-        seconds = time.monotonic() - started
-        job.emit(pb.StylizeVideoResponse(job_id=job.id, completed=pb.VideoCompleted(
-            frames=self.frames, run_seconds=seconds, frames_per_second=self.frames / seconds if seconds > 0 else 0.0,
-            queue_seconds=queue_seconds, max_buffered_frames=self.max_buffered)))
-        return JobStats(0, seconds, time.monotonic() - job.received)  # frames are not iterations
+        if self._stream is None or self._stream_worker != worker.index:
+            video = self.config
+            self._stream = StreamStylizer(_frame_stylizer(worker, video), pipeline_mode(_VIDEO_MODE_NAMES[video.mode]),
+                                          video.consistency, video.alpha)
+            self._stream_worker = worker.index
+            if self._last is not None:
+                self._stream.prime(*self._last)
+        return self._stream
 
 
 def _frame_stylizer(worker: Worker, video: ValidatedVideo) -> Any:
@@ -165,7 +250,11 @@ def _frame_stylizer(worker: Worker, video: ValidatedVideo) -> Any:
 def _stylize_frame(stream: Any, session: VideoSession, data: bytes) -> pb.VideoFrame:
     index = session.frames
     image = load_image(data, max_pixels=session.max_pixels, field=f"frames[{index}].image")
-    output = stream.process(np.asarray(image, dtype=np.uint8))
+    if max(image.size) > session.max_size:  # frames obey --max-size like images: reduced, never refused
+        image = resize_long_side(image, session.max_size)
+    frame = np.asarray(image, dtype=np.uint8)
+    output = stream.process(frame)
+    session._last = (frame, output)
     fmt = session.config.output_format
     encoded = encode_image(Image.fromarray(output), fmt)
     if len(encoded) > session.max_frame_bytes:
