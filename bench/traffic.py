@@ -186,7 +186,7 @@ def _with_image(rng: random.Random, data: bytes) -> tuple[pb.StylizeRequest, str
 
 
 _DOUBLES = ("scale_step", "learning_rate", "ema_decay", "content_weight", "style_weight", "tv_weight",
-            "style_scale", "variation_strength", "style_energy_power")
+            "style_scale", "variation_strength", "style_energy_power", "style_tolerance")
 _ENUMS = ("optimizer", "init", "model", "pooling", "style_loss", "preserve_color", "precision")
 _BAD_DOUBLES = (math.nan, math.inf, -math.inf, -1.0, -1e-300, 1e300)
 _BAD_UINTS = {"size": (0, 1, 15, 8193, 2**32 - 1), "min_size": (1, 15, 8193, 2**32 - 1),
@@ -228,7 +228,7 @@ def number_cases(rng: random.Random) -> Iterator[Case]:
 
 
 def enum_cases(rng: random.Random) -> Iterator[Case]:
-    raw = (4, 7, 99, 2**31 - 1, -1, -(2**31))
+    raw = (8, 9, 99, 2**31 - 1, -1, -(2**31))  # above every enum of StylizeParams
     for name in _ENUMS:
         for value in raw:
             request = base_request(rng)

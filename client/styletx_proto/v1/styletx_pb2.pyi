@@ -127,6 +127,8 @@ class _InitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Init.ValueType],
     """Noise."""
     INIT_STYLE: _Init.ValueType  # 3
     """The (first) style image, resized."""
+    INIT_PALETTE: _Init.ValueType  # 4
+    """The content recoloured to the style's colour mean and covariance (the default)."""
 
 class Init(_Init, metaclass=_InitEnumTypeWrapper):
     """Starting image of the optimisation."""
@@ -139,6 +141,8 @@ INIT_NOISE: Init.ValueType  # 2
 """Noise."""
 INIT_STYLE: Init.ValueType  # 3
 """The (first) style image, resized."""
+INIT_PALETTE: Init.ValueType  # 4
+"""The content recoloured to the style's colour mean and covariance (the default)."""
 Global___Init: _TypeAlias = Init  # noqa: Y015
 
 class _Model:
@@ -303,6 +307,7 @@ class StylizeParams(_message.Message):
     PREVIEW_EVERY_FIELD_NUMBER: _builtins.int
     VARIATION_STRENGTH_FIELD_NUMBER: _builtins.int
     STYLE_ENERGY_POWER_FIELD_NUMBER: _builtins.int
+    STYLE_TOLERANCE_FIELD_NUMBER: _builtins.int
     size: _builtins.int
     """Long side of the output image in pixels."""
     min_size: _builtins.int
@@ -349,6 +354,10 @@ class StylizeParams(_message.Message):
     """Exponent p of the style-energy weighting: each style layer's weight is multiplied by
     (‖style Gram‖ / ‖content Gram‖)^p, so vivid styles pull harder than muted ones (0: every style alike).
     """
+    style_tolerance: _builtins.float
+    """Relative Gram error each texture layer (relu1_1–relu4_1) is driven toward: after every scale, a layer still
+    further from the style pulls harder at the next (0: fixed weights).
+    """
     @_builtins.property
     def content_layers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Layers of the content loss ("relu4_2"); empty: default."""
@@ -389,10 +398,11 @@ class StylizeParams(_message.Message):
         preview_every: _builtins.int | None = ...,
         variation_strength: _builtins.float | None = ...,
         style_energy_power: _builtins.float | None = ...,
+        style_tolerance: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_coarse_iterations", b"_coarse_iterations", "_content_weight", b"_content_weight", "_ema_decay", b"_ema_decay", "_iterations", b"_iterations", "_learning_rate", b"_learning_rate", "_min_size", b"_min_size", "_preview_every", b"_preview_every", "_scale_step", b"_scale_step", "_seed", b"_seed", "_size", b"_size", "_style_energy_power", b"_style_energy_power", "_style_scale", b"_style_scale", "_style_weight", b"_style_weight", "_tv_weight", b"_tv_weight", "_variation_strength", b"_variation_strength", "coarse_iterations", b"coarse_iterations", "content_weight", b"content_weight", "ema_decay", b"ema_decay", "iterations", b"iterations", "learning_rate", b"learning_rate", "min_size", b"min_size", "preview_every", b"preview_every", "scale_step", b"scale_step", "seed", b"seed", "size", b"size", "style_energy_power", b"style_energy_power", "style_scale", b"style_scale", "style_weight", b"style_weight", "tv_weight", b"tv_weight", "variation_strength", b"variation_strength"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_coarse_iterations", b"_coarse_iterations", "_content_weight", b"_content_weight", "_ema_decay", b"_ema_decay", "_iterations", b"_iterations", "_learning_rate", b"_learning_rate", "_min_size", b"_min_size", "_preview_every", b"_preview_every", "_scale_step", b"_scale_step", "_seed", b"_seed", "_size", b"_size", "_style_energy_power", b"_style_energy_power", "_style_scale", b"_style_scale", "_style_tolerance", b"_style_tolerance", "_style_weight", b"_style_weight", "_tv_weight", b"_tv_weight", "_variation_strength", b"_variation_strength", "coarse_iterations", b"coarse_iterations", "content_weight", b"content_weight", "ema_decay", b"ema_decay", "iterations", b"iterations", "learning_rate", b"learning_rate", "min_size", b"min_size", "preview_every", b"preview_every", "scale_step", b"scale_step", "seed", b"seed", "size", b"size", "style_energy_power", b"style_energy_power", "style_scale", b"style_scale", "style_tolerance", b"style_tolerance", "style_weight", b"style_weight", "tv_weight", b"tv_weight", "variation_strength", b"variation_strength"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_coarse_iterations", b"_coarse_iterations", "_content_weight", b"_content_weight", "_ema_decay", b"_ema_decay", "_iterations", b"_iterations", "_learning_rate", b"_learning_rate", "_min_size", b"_min_size", "_preview_every", b"_preview_every", "_scale_step", b"_scale_step", "_seed", b"_seed", "_size", b"_size", "_style_energy_power", b"_style_energy_power", "_style_scale", b"_style_scale", "_style_weight", b"_style_weight", "_tv_weight", b"_tv_weight", "_variation_strength", b"_variation_strength", "coarse_iterations", b"coarse_iterations", "content_layers", b"content_layers", "content_weight", b"content_weight", "ema_decay", b"ema_decay", "init", b"init", "iterations", b"iterations", "learning_rate", b"learning_rate", "min_size", b"min_size", "model", b"model", "optimizer", b"optimizer", "pooling", b"pooling", "precision", b"precision", "preserve_color", b"preserve_color", "preview_every", b"preview_every", "scale_step", b"scale_step", "seed", b"seed", "size", b"size", "style_energy_power", b"style_energy_power", "style_layer_weights", b"style_layer_weights", "style_layers", b"style_layers", "style_loss", b"style_loss", "style_scale", b"style_scale", "style_weight", b"style_weight", "tv_weight", b"tv_weight", "variation_strength", b"variation_strength"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_coarse_iterations", b"_coarse_iterations", "_content_weight", b"_content_weight", "_ema_decay", b"_ema_decay", "_iterations", b"_iterations", "_learning_rate", b"_learning_rate", "_min_size", b"_min_size", "_preview_every", b"_preview_every", "_scale_step", b"_scale_step", "_seed", b"_seed", "_size", b"_size", "_style_energy_power", b"_style_energy_power", "_style_scale", b"_style_scale", "_style_tolerance", b"_style_tolerance", "_style_weight", b"_style_weight", "_tv_weight", b"_tv_weight", "_variation_strength", b"_variation_strength", "coarse_iterations", b"coarse_iterations", "content_layers", b"content_layers", "content_weight", b"content_weight", "ema_decay", b"ema_decay", "init", b"init", "iterations", b"iterations", "learning_rate", b"learning_rate", "min_size", b"min_size", "model", b"model", "optimizer", b"optimizer", "pooling", b"pooling", "precision", b"precision", "preserve_color", b"preserve_color", "preview_every", b"preview_every", "scale_step", b"scale_step", "seed", b"seed", "size", b"size", "style_energy_power", b"style_energy_power", "style_layer_weights", b"style_layer_weights", "style_layers", b"style_layers", "style_loss", b"style_loss", "style_scale", b"style_scale", "style_tolerance", b"style_tolerance", "style_weight", b"style_weight", "tv_weight", b"tv_weight", "variation_strength", b"variation_strength"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__coarse_iterations: _TypeAlias = _typing.Literal["coarse_iterations"]  # noqa: Y015
     _WhichOneofArgType__coarse_iterations: _TypeAlias = _typing.Literal["_coarse_iterations", b"_coarse_iterations"]  # noqa: Y015
@@ -418,6 +428,8 @@ class StylizeParams(_message.Message):
     _WhichOneofArgType__style_energy_power: _TypeAlias = _typing.Literal["_style_energy_power", b"_style_energy_power"]  # noqa: Y015
     _WhichOneofReturnType__style_scale: _TypeAlias = _typing.Literal["style_scale"]  # noqa: Y015
     _WhichOneofArgType__style_scale: _TypeAlias = _typing.Literal["_style_scale", b"_style_scale"]  # noqa: Y015
+    _WhichOneofReturnType__style_tolerance: _TypeAlias = _typing.Literal["style_tolerance"]  # noqa: Y015
+    _WhichOneofArgType__style_tolerance: _TypeAlias = _typing.Literal["_style_tolerance", b"_style_tolerance"]  # noqa: Y015
     _WhichOneofReturnType__style_weight: _TypeAlias = _typing.Literal["style_weight"]  # noqa: Y015
     _WhichOneofArgType__style_weight: _TypeAlias = _typing.Literal["_style_weight", b"_style_weight"]  # noqa: Y015
     _WhichOneofReturnType__tv_weight: _TypeAlias = _typing.Literal["tv_weight"]  # noqa: Y015
@@ -448,6 +460,8 @@ class StylizeParams(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__style_energy_power) -> _WhichOneofReturnType__style_energy_power | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__style_scale) -> _WhichOneofReturnType__style_scale | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__style_tolerance) -> _WhichOneofReturnType__style_tolerance | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__style_weight) -> _WhichOneofReturnType__style_weight | None: ...
     @_typing.overload
