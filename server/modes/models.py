@@ -212,13 +212,10 @@ class ModeModels:
         except (EngineError, OSError) as error:
             _LOGGER.warning("ONNX parity gate skipped: %s", error)
             return pb.ParityGate(checked=False, ok=True, message=f"skipped: {error}")
-        ok, report = startup_gate(features, self.settings.onnx_model or None, cache_dir=self.cache_dir)
-        errors = {k: float(v) for k, v in report.get("errors", {}).items()}
-        return pb.ParityGate(checked=True, ok=ok, max_error=float(report.get("max_error", 0.0)),
-                             tolerance=float(report.get("tolerance", 0.0)),
-                             provider=str(report.get("provider", "")),
-                             message=str(report.get("message") or report.get("error", "")),
-                             onnx_path=str(report.get("path", "")), layer_errors=errors)
+        report = startup_gate(features, self.settings.onnx_model or None, cache_dir=self.cache_dir)
+        return pb.ParityGate(checked=True, ok=report.ok, max_error=report.max_error,
+                             tolerance=report.tolerance, provider=report.provider, message=report.message,
+                             onnx_path=report.path, layer_errors=report.errors)
 
 
 def quality_message(quality: pb.Quality | str) -> dict[str, Any]:
