@@ -80,24 +80,16 @@ class ExportMetadata:
     format: str = FORMAT
 
     def to_props(self) -> dict[str, str]:
-        return {
-            "styletx.format": self.format,
-            "styletx.arch": self.arch,
-            "styletx.layers": json.dumps(list(self.layers)),
-            "styletx.pooling": self.pooling,
-            "styletx.preprocessing": json.dumps(self.preprocessing.as_dict()),
-            "styletx.digest": self.digest,
-            "styletx.weights_sha256": self.weights_sha256,
-            "styletx.version": self.version,
-        }
+        """``styletx.<field>``: strings as they are, the layers and the preprocessing as JSON."""
+        return {f"styletx.{key}": value if isinstance(value, str) else json.dumps(value)
+                for key, value in self.as_dict().items()}
 
     @classmethod
     def from_props(cls, props: Mapping[str, str], where: str) -> ExportMetadata:
         """Parse ``metadata_props``; anything missing or malformed means "not a styletx export"."""
         if props.get("styletx.format") != FORMAT:
-            found = props.get("styletx.format")
-            raise ModelError(f"{where} is not a styletx VGG feature export (format {found!r}, expected "
-                             f"{FORMAT!r}); re-create it with `styletx export-onnx`")
+            raise ModelError(f"{where} is not a styletx VGG feature export (format {props.get('styletx.format')!r}, "
+                             f"expected {FORMAT!r}); re-create it with `styletx export-onnx`")
         try:
             pre = json.loads(props["styletx.preprocessing"])
             preprocessing = Preprocessing(bool(pre["bgr"]), float(pre["scale"]), tuple(pre["mean"]), tuple(pre["std"]))
@@ -108,10 +100,7 @@ class ExportMetadata:
             raise ModelError(f"{where} has malformed styletx metadata ({type(exc).__name__}: {exc})") from None
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["layers"] = list(self.layers)
-        data["preprocessing"] = self.preprocessing.as_dict()
-        return data
+        return asdict(self) | {"layers": list(self.layers), "preprocessing": self.preprocessing.as_dict()}
 
 
 def styletx_version() -> str:
@@ -233,18 +222,7 @@ def _pooling_of(features: VGGFeatures) -> str:
 
 def read_metadata(path: str | os.PathLike[str]) -> ExportMetadata:
     """Load and validate ``path`` as a styletx export, or raise :class:`ModelError` saying why not."""
-    model = _load_model(Path(path))
-    meta = ExportMetadata.from_props({p.key: p.value for p in model.metadata_props}, str(path))
-    outputs = [o.name for o in model.graph.output]
-    inputs = [i.name for i in model.graph.input]
-    if inputs != [INPUT_NAME] or outputs != list(meta.layers):
-        raise ModelError(f"{path}: graph inputs {inputs} / outputs {outputs} do not match its metadata "
-                         f"(input {INPUT_NAME!r}, outputs {list(meta.layers)})")
-    return meta
-
-
-def _load_model(path: Path) -> onnx.ModelProto:
-    if not path.is_file():
+    if not Path(path).is_file():
         raise ModelError(f"ONNX model {path} does not exist; create it with `styletx export-onnx -o {path}`")
     try:
         model = onnx.load(str(path))
@@ -252,7 +230,12 @@ def _load_model(path: Path) -> onnx.ModelProto:
     except Exception as exc:  # protobuf DecodeError, onnx ValidationError, OSError: all mean "unusable file"
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path} is not a valid ONNX model ({detail}); re-export it") from None
-    return model
+    meta = ExportMetadata.from_props({p.key: p.value for p in model.metadata_props}, str(path))
+    inputs, outputs = [i.name for i in model.graph.input], [o.name for o in model.graph.output]
+    if inputs != [INPUT_NAME] or outputs != list(meta.layers):
+        raise ModelError(f"{path}: graph inputs {inputs} / outputs {outputs} do not match its metadata "
+                         f"(input {INPUT_NAME!r}, outputs {list(meta.layers)})")
+    return meta
 
 
 def _check_matches(meta: ExportMetadata, where: str, expected: VGGFeatures | None,
@@ -361,10 +344,7 @@ class ParityReport:
         return max(self.errors.values(), default=0.0)
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["sizes"] = [list(size) for size in self.sizes]
-        data["max_error"] = self.max_error
-        return data
+        return asdict(self) | {"max_error": self.max_error}
 
 
 def probe_image(height: int, width: int, seed: int = 0, batch: int = 1) -> np.ndarray:
