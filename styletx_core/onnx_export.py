@@ -143,7 +143,8 @@ def _quiet_exporter() -> Iterator[None]:
 
 def dynamo_export(module: torch.nn.Module, example: torch.Tensor, dynamic: Mapping[int, str], *, input_name: str,
                   output_names: Sequence[str], opset: int = MIN_OPSET) -> torch.onnx.ONNXProgram:
-    """``torch.onnx.export(dynamo=True)`` of a one-input module, quietly; the program is not written yet.
+    """``torch.onnx.export(dynamo=True)`` of a one-input module, quietly, without the exporter's per-node
+    debug records; the program is not written yet.
 
     ``dynamic`` names the input's dynamic axes (``{0: "batch"}``: the graph's ``dim_param``); ``example`` must
     be ≥ 2 along each, as ``torch.export`` specialises a size of 1.
@@ -160,6 +161,9 @@ def dynamo_export(module: torch.nn.Module, example: torch.Tensor, dynamic: Mappi
         raise ModelError(f"torch.onnx.export failed: {(str(exc).strip() or type(exc).__name__).splitlines()[0]}"
                          ) from exc
     assert program is not None  # without a file the exporter returns the program
+    for node in program.model.graph.all_nodes():  # its stack traces name this checkout's files and lines
+        for key in [key for key in node.metadata_props if key.startswith("pkg.torch.onnx.")]:
+            del node.metadata_props[key]
     return program
 
 

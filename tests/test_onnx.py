@@ -78,6 +78,7 @@ def test_outputs_are_named_and_dynamic(exported: dict[str, tuple[VGGFeatures, Pa
     assert {"conv1_1.weight", "conv5_1.bias", "preprocess.mean", "preprocess.std"} <= initializers
     assert not [name for name in initializers if name.startswith("features.")]
     assert not model.graph.initializer[0].data_location  # one file: the weights are inside, not external data
+    assert ".py" not in str([p.value for node in model.graph.node for p in node.metadata_props])  # no source paths
     batch = np.random.default_rng(0).random((2, 3, 40, 56), dtype=np.float32)
     got = OnnxFeatures(path, providers=["CPUExecutionProvider"])(batch)
     with torch.no_grad():
