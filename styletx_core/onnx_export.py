@@ -36,6 +36,8 @@ import torch
 
 from styletx_core.errors import EngineError, ModelError
 from styletx_core.vgg import Preprocessing, VGGFeatures
+from styletx_core.weights import cache_dir as weights_cache_dir
+from styletx_core.weights import write_atomic
 
 __all__ = [
     "DEFAULT_LAYERS", "DEFAULT_PROBE_SIZES", "FORMAT", "MIN_OPSET", "ExportMetadata", "OnnxFeatures",
@@ -208,8 +210,6 @@ def export_vgg_onnx(features: VGGFeatures, path: str | os.PathLike[str], *, opse
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:  # a bug here, not bad input: still say what failed
         raise ModelError(f"the exported graph does not validate: {exc}") from None
-    from styletx_core.weights import write_atomic
-
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_atomic(Path(path), model.SerializeToString())
     _LOGGER.info("exported %s (%s) to %s", meta.arch, ", ".join(meta.layers), path)
@@ -418,8 +418,6 @@ def _relative_error(got: np.ndarray, want: np.ndarray) -> float:
 
 def export_cache_path(features: VGGFeatures, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """``<cache>/onnx/<arch>-<pooling>-<digest>-<layers>.onnx``: the name ties the file to the weights."""
-    from styletx_core.weights import cache_dir as weights_cache_dir
-
     layers = hashlib.sha256(json.dumps(list(features.layers)).encode()).hexdigest()[:8]
     name = f"{features.arch}-{_pooling_of(features)}-{features_digest(features)[:16]}-{layers}.onnx"
     return weights_cache_dir(cache_dir) / "onnx" / name
