@@ -157,5 +157,5 @@ class StylizeOptions:
         return sizes[::-1]
 
     def public_dict(self) -> dict[str, Any]:
-        """Options as plain values, without test-only switches."""
+        """Options as plain values."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
