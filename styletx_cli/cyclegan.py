@@ -94,7 +94,7 @@ def _add_export(actions: Any) -> None:
     export.add_argument("-o", "--output", type=Path, required=True, metavar="FILE.onnx")
     export.add_argument("--models-dir", type=Path, help="directory of named generator files")
     export.add_argument("--select", help="entry holding the generator in a multi-network checkpoint")
-    export.add_argument("--opset", type=int, default=17)
+    export.add_argument("--opset", type=int, default=18)
     export.add_argument("--check", action="store_true", help="compare onnxruntime with torch on a test image")
     export.set_defaults(func=_export)
 

@@ -1,34 +1,37 @@
 """The VGG feature extractor as ONNX, and the parity gate that checks it against the torch extractor.
 
 The exported graph is the "validation network": quality scores are computed from it with onnxruntime, so they
-do not depend on the torch path that produced the image. It is written node by node with ``onnx.helper``
-rather than traced, because a VGG is five op types and a hand-built graph
+do not depend on the torch path that produced the image. :func:`export_vgg_onnx` hands
+:class:`~styletx_core.vgg.VGGFeatures` itself to ``torch.onnx.export(dynamo=True)`` and adds only what the
+exporter cannot know: the outputs in ``layers`` order, named by layer (``relu4_2``); the initializers named as
+the state dict names them (``conv1_1.weight``, ``preprocess.mean``); the metadata. The parity gate compares
+onnxruntime's kernels with torch's.
 
-* needs neither ``onnxscript`` (torch's default exporter) nor the deprecated TorchScript exporter,
-* gives every output and initializer the names the torch side uses (``relu4_2``, ``conv1_1.weight``),
-* is an independent re-implementation, which is what a parity check should compare against.
-
-The input is RGB in 0–1 (N×3×H×W, every dimension dynamic); the weights' preprocessing (BGR flip, mean, std)
-is folded in as ``Gather``/``Sub``/``Div`` nodes and also recorded in the metadata, with the weights digest,
-the architecture, the pooling, the layer names and the styletx version.
+The input is RGB in 0–1 (N×3×H×W; batch, height and width dynamic; H, W ≥ 16) with the weights' preprocessing
+(BGR flip, mean, std) in the graph. ``metadata_props`` records it too, with the weights digest, the architecture,
+the pooling, the layer names and the styletx version. Opset 18 is the oldest the exporter implements; asked for
+17 it converts its opset-18 graph down with the onnx C API and warns that this may fail, so 18 is the minimum.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import json
 import logging
 import os
+import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
 
 from styletx_core import artifacts
 from styletx_core.artifacts import ort_session, write_atomic
@@ -41,10 +44,12 @@ __all__ = [
     "DEFAULT_LAYERS",
     "DEFAULT_PROBE_SIZES",
     "FORMAT",
+    "MIN_OPSET",
     "ExportMetadata",
     "OnnxFeatures",
     "ParityReport",
     "check_parity",
+    "dynamo_export",
     "ensure_export",
     "export_vgg_onnx",
     "features_digest",
@@ -62,21 +67,12 @@ DEFAULT_PROBE_SIZES: tuple[tuple[int, int], ...] = ((64, 64), (77, 101))
 #: ``metadata_props["styletx.format"]``: bumped when the graph's contract changes.
 FORMAT = "styletx-vgg-features/1"
 INPUT_NAME = "image"
+#: The oldest opset ``torch.onnx.export(dynamo=True)`` writes without a version conversion.
+MIN_OPSET = 18
 #: Max relative error allowed per layer (see :func:`check_parity`). fp32 on CPU agrees to ~1e-6; GPUs run
 #: convolutions in TF32 by default, which costs about three decimal digits.
 CPU_TOLERANCE = 1e-3
 GPU_TOLERANCE = 2e-2
-
-
-class WeightsLike(Protocol):
-    """What :func:`export_vgg_onnx` needs of :class:`styletx_core.weights.LoadedWeights`."""
-
-    @property
-    def state_dict(self) -> Mapping[str, torch.Tensor]: ...
-    @property
-    def preprocessing(self) -> Preprocessing: ...
-    @property
-    def sha256(self) -> str: ...
 
 
 # --------------------------------------------------------------------------------------------------- export
@@ -98,45 +94,27 @@ class ExportMetadata:
     format: str = FORMAT
 
     def to_props(self) -> dict[str, str]:
-        return {
-            "styletx.format": self.format,
-            "styletx.arch": self.arch,
-            "styletx.layers": json.dumps(list(self.layers)),
-            "styletx.pooling": self.pooling,
-            "styletx.preprocessing": json.dumps(self.preprocessing.as_dict()),
-            "styletx.digest": self.digest,
-            "styletx.weights_sha256": self.weights_sha256,
-            "styletx.version": self.version,
-        }
+        """``styletx.<field>``: strings as they are, the layers and the preprocessing as JSON."""
+        return {f"styletx.{key}": value if isinstance(value, str) else json.dumps(value)
+                for key, value in self.as_dict().items()}
 
     @classmethod
     def from_props(cls, props: Mapping[str, str], where: str) -> ExportMetadata:
         """Parse ``metadata_props``; anything missing or malformed means "not a styletx export"."""
         if props.get("styletx.format") != FORMAT:
-            found = props.get("styletx.format")
-            raise ModelError(f"{where} is not a styletx VGG feature export (format {found!r}, expected "
-                             f"{FORMAT!r}); re-create it with `styletx export-onnx`")
+            raise ModelError(f"{where} is not a styletx VGG feature export (format {props.get('styletx.format')!r}, "
+                             f"expected {FORMAT!r}); re-create it with `styletx export-onnx`")
         try:
             pre = json.loads(props["styletx.preprocessing"])
-            return cls(
-                arch=props["styletx.arch"],
-                layers=tuple(json.loads(props["styletx.layers"])),
-                pooling=props["styletx.pooling"],
-                preprocessing=Preprocessing(bool(pre["bgr"]), float(pre["scale"]), tuple(pre["mean"]),
-                                            tuple(pre["std"])),
-                digest=props["styletx.digest"],
-                weights_sha256=props.get("styletx.weights_sha256", ""),
-                version=props.get("styletx.version", ""),
-            )
+            preprocessing = Preprocessing(bool(pre["bgr"]), float(pre["scale"]), tuple(pre["mean"]), tuple(pre["std"]))
+            return cls(props["styletx.arch"], tuple(json.loads(props["styletx.layers"])), props["styletx.pooling"],
+                       preprocessing, props["styletx.digest"], props.get("styletx.weights_sha256", ""),
+                       props.get("styletx.version", ""))
         except (KeyError, ValueError, TypeError) as exc:
-            detail = f"{type(exc).__name__}: {exc}"
-            raise ModelError(f"{where} has malformed styletx metadata ({detail})") from None
+            raise ModelError(f"{where} has malformed styletx metadata ({type(exc).__name__}: {exc})") from None
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["layers"] = list(self.layers)
-        data["preprocessing"] = self.preprocessing.as_dict()
-        return data
+        return asdict(self) | {"layers": list(self.layers), "preprocessing": self.preprocessing.as_dict()}
 
 
 def features_digest(features: VGGFeatures) -> str:
@@ -153,53 +131,93 @@ def features_digest(features: VGGFeatures) -> str:
     return digest.hexdigest()
 
 
-def export_vgg_onnx(
-    model: VGGFeatures | WeightsLike,
-    path: str | os.PathLike[str],
-    *,
-    arch: str | None = None,
-    layers: Sequence[str] = DEFAULT_LAYERS,
-    pooling: str = "max",
-    opset: int = 17,
-    weights_sha256: str = "",
-) -> ExportMetadata:
-    """Write ``model`` as an ONNX feature extractor to ``path`` (atomically) and return what it records.
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """torch.export, the exporter and its optimiser (onnxscript, onnx_ir) log progress at INFO and warn about
+    their own internals; a library export stays silent (failures still raise)."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"(torch|onnxscript|onnx_ir)(\.|$)")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
+def dynamo_export(module: torch.nn.Module, example: torch.Tensor, dynamic: Mapping[int, str], *, input_name: str,
+                  output_names: Sequence[str], opset: int = MIN_OPSET) -> torch.onnx.ONNXProgram:
+    """``torch.onnx.export(dynamo=True)`` of a one-input module, quietly, without the exporter's per-node
+    debug records; the program is not written yet.
+
+    ``dynamic`` names the input's dynamic axes (``{0: "batch"}``: the graph's ``dim_param``); ``example`` must
+    be ≥ 2 along each, as ``torch.export`` specialises a size of 1.
+    """
+    if opset < MIN_OPSET:
+        raise ModelError(f"opset {opset} is too old; use {MIN_OPSET} or newer")
+    dims = {axis: torch.export.Dim(name) for axis, name in dynamic.items()}
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(module.eval(), (example,), dynamo=True, verbose=False,
+                                        input_names=[input_name], output_names=list(output_names),
+                                        dynamic_shapes=(dims,), opset_version=opset)
+    except Exception as exc:  # torch.export and the exporter raise their own error types
+        raise ModelError(f"torch.onnx.export failed: {(str(exc).strip() or type(exc).__name__).splitlines()[0]}"
+                         ) from exc
+    assert program is not None  # without a file the exporter returns the program
+    for node in program.model.graph.all_nodes():  # its stack traces name this checkout's files and lines
+        for key in [key for key in node.metadata_props if key.startswith("pkg.torch.onnx.")]:
+            del node.metadata_props[key]
+    return program
+
+
+class _LayerTuple(torch.nn.Module):
+    """``features`` returning a tuple in ``features.layers`` order, as the exporter names flattened outputs."""
+
+    def __init__(self, features: VGGFeatures) -> None:
+        super().__init__()
+        self.features = features
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.features(image)
+        return tuple(out[layer] for layer in self.features.layers)
+
+
+def export_vgg_onnx(features: VGGFeatures, path: str | os.PathLike[str], *, opset: int = MIN_OPSET,
+                    weights_sha256: str = "") -> ExportMetadata:
+    """Write ``features`` (its layers, pooling and preprocessing) to ``path`` as one ONNX file, atomically.
 
     Args:
-        model: a :class:`VGGFeatures` (its own layers and pooling are used), or loaded weights plus ``arch``.
-        path: the ``.onnx`` file to write; a single file (VGG19 to relu5_1 is ≈ 80 MB, far below 2 GB).
-        arch, layers, pooling: only with weights; ignored for a :class:`VGGFeatures`.
-        opset: ONNX opset, 17 or newer.
-        weights_sha256: the weights file's checksum to record; taken from ``model.sha256`` for weights.
+        features: the extractor; exported on the CPU, whatever its device.
+        path: the ``.onnx`` file (VGG19 to relu5_1 is ≈ 52 MB: no external data).
+        opset: ONNX opset, :data:`MIN_OPSET` or newer.
+        weights_sha256: the weights file's checksum, recorded in the metadata.
+
+    Returns:
+        What the file records about itself (:func:`read_metadata` reads it back).
     """
-    if opset < 17:
-        raise ModelError(f"opset {opset} is too old; use 17 or newer")
-    features = _as_features(model, arch, layers, pooling)
-    if not weights_sha256 and not isinstance(model, VGGFeatures):
-        weights_sha256 = model.sha256
-    meta = ExportMetadata(features.arch, tuple(features.layers), _pooling_of(features),
-                          features.preprocessing, features_digest(features), weights_sha256,
-                          styletx_version())
-    onnx_model = _build_model(features, meta, opset)
+    meta = ExportMetadata(features.arch, tuple(features.layers), _pooling_of(features), features.preprocessing,
+                          features_digest(features), weights_sha256, styletx_version())
+    if next(features.parameters()).device.type != "cpu":
+        features = copy.deepcopy(features).cpu()
+    program = dynamo_export(_LayerTuple(features), torch.rand(2, 3, 64, 64), {0: "batch", 2: "height", 3: "width"},
+                            input_name=INPUT_NAME, output_names=features.layers, opset=opset)
+    for value in list(program.model.graph.initializers.values()):  # features.net.conv1_1.weight → conv1_1.weight
+        value.name = re.sub(r"^features\.(net\.)?", lambda m: "" if m.group(1) else "preprocess.", str(value.name))
+    program.model.graph.name = f"styletx_{features.arch}_features"
+    program.model.doc_string = f"{features.arch} features {list(features.layers)}; input RGB 0-1"
+    program.model.metadata_props.update(meta.to_props())
+    model = program.model_proto
     try:
-        onnx.checker.check_model(onnx_model, full_check=True)
+        onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:  # a bug here, not bad input: still say what failed
         raise ModelError(f"the exported graph does not validate: {exc}") from None
-    write_atomic(Path(path), onnx_model.SerializeToString())
+    write_atomic(Path(path), model.SerializeToString())
     _LOGGER.info("exported %s (%s) to %s", meta.arch, ", ".join(meta.layers), path)
     return meta
-
-
-def _as_features(model: VGGFeatures | WeightsLike, arch: str | None, layers: Sequence[str],
-                 pooling: str) -> VGGFeatures:
-    if isinstance(model, VGGFeatures):
-        return model
-    if arch is None:
-        raise ModelError("exporting from weights needs the architecture (arch='vgg16' or 'vgg19')")
-    try:
-        return VGGFeatures(arch, model.state_dict, model.preprocessing, layers, pooling)
-    except (ValueError, RuntimeError, KeyError) as exc:
-        raise ModelError(f"cannot build {arch} from these weights: {str(exc).splitlines()[0]}") from None
 
 
 def _pooling_of(features: VGGFeatures) -> str:
@@ -207,80 +225,12 @@ def _pooling_of(features: VGGFeatures) -> str:
     return "avg" if pools and isinstance(pools[0], torch.nn.AvgPool2d) else "max"
 
 
-def _build_model(features: VGGFeatures, meta: ExportMetadata, opset: int) -> onnx.ModelProto:
-    """Preprocessing nodes, then one node per VGG module; the requested relus are graph outputs."""
-    nodes, inits = _preprocess_nodes(features)
-    x, block = "preprocessed", 1
-    outputs: list[onnx.ValueInfoProto] = []
-    channels = 3
-    for name, module in features.net.named_children():
-        if isinstance(module, torch.nn.Conv2d):
-            inits += [_initializer(f"{name}.weight", module.weight),
-                      _initializer(f"{name}.bias", module.bias)]
-            nodes.append(helper.make_node("Conv", [x, f"{name}.weight", f"{name}.bias"], [name], name=name,
-                                          kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1]))
-            channels = module.out_channels
-        elif isinstance(module, torch.nn.ReLU):
-            nodes.append(helper.make_node("Relu", [x], [name], name=name))
-        else:
-            op = "MaxPool" if isinstance(module, torch.nn.MaxPool2d) else "AveragePool"
-            nodes.append(helper.make_node(op, [x], [name], name=name, kernel_shape=[2, 2], strides=[2, 2]))
-            block += 1
-        x = name
-        if name in features.layers:
-            outputs.append(helper.make_tensor_value_info(
-                name, TensorProto.FLOAT, ["batch", channels, f"height_{block}", f"width_{block}"]))
-    outputs.sort(key=lambda info: features.layers.index(info.name))
-    image = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 3, "height", "width"])
-    graph = helper.make_graph(nodes, f"styletx_{features.arch}_features", [image], outputs, inits)
-    opsets = [helper.make_opsetid("", opset)]
-    model = helper.make_model(graph, opset_imports=opsets, producer_name="styletx",
-                              producer_version=meta.version,
-                              doc_string=f"{features.arch} features {list(features.layers)}; input RGB 0-1")
-    # The oldest IR version that carries this opset, so older onnxruntime builds load the file too.
-    model.ir_version = helper.find_min_ir_version_for(opsets)
-    helper.set_model_props(model, meta.to_props())
-    return model
-
-
-def _preprocess_nodes(features: VGGFeatures) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
-    """The same arithmetic as :meth:`VGGFeatures.preprocess`, with its own float32 constants."""
-    nodes: list[onnx.NodeProto] = []
-    inits = [_initializer("preprocess.mean", features.mean), _initializer("preprocess.std", features.std)]
-    x = INPUT_NAME
-    if features.preprocessing.bgr:
-        inits.append(numpy_helper.from_array(np.array([2, 1, 0], dtype=np.int64), "preprocess.bgr_index"))
-        nodes.append(helper.make_node("Gather", [x, "preprocess.bgr_index"], ["bgr"], name="to_bgr", axis=1))
-        x = "bgr"
-    nodes += [
-        helper.make_node("Sub", [x, "preprocess.mean"], ["centred"], name="subtract_mean"),
-        helper.make_node("Div", ["centred", "preprocess.std"], ["preprocessed"], name="divide_std"),
-    ]
-    return nodes, inits
-
-
-def _initializer(name: str, tensor: torch.Tensor | torch.nn.Module | None) -> TensorProto:
-    assert isinstance(tensor, torch.Tensor), name
-    return numpy_helper.from_array(tensor.detach().to("cpu", torch.float32).numpy(), name)
-
-
 # --------------------------------------------------------------------------------------------------- load
 
 
 def read_metadata(path: str | os.PathLike[str]) -> ExportMetadata:
     """Load and validate ``path`` as a styletx export, or raise :class:`ModelError` saying why not."""
-    model = _load_model(Path(path))
-    meta = ExportMetadata.from_props({p.key: p.value for p in model.metadata_props}, str(path))
-    outputs = [o.name for o in model.graph.output]
-    inputs = [i.name for i in model.graph.input]
-    if inputs != [INPUT_NAME] or outputs != list(meta.layers):
-        raise ModelError(f"{path}: graph inputs {inputs} / outputs {outputs} do not match its metadata "
-                         f"(input {INPUT_NAME!r}, outputs {list(meta.layers)})")
-    return meta
-
-
-def _load_model(path: Path) -> onnx.ModelProto:
-    if not path.is_file():
+    if not Path(path).is_file():
         raise ModelError(f"ONNX model {path} does not exist; create it with `styletx export-onnx -o {path}`")
     try:
         model = onnx.load(str(path))
@@ -288,7 +238,12 @@ def _load_model(path: Path) -> onnx.ModelProto:
     except Exception as exc:  # protobuf DecodeError, onnx ValidationError, OSError: all mean "unusable file"
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path} is not a valid ONNX model ({detail}); re-export it") from None
-    return model
+    meta = ExportMetadata.from_props({p.key: p.value for p in model.metadata_props}, str(path))
+    inputs, outputs = [i.name for i in model.graph.input], [o.name for o in model.graph.output]
+    if inputs != [INPUT_NAME] or outputs != list(meta.layers):
+        raise ModelError(f"{path}: graph inputs {inputs} / outputs {outputs} do not match its metadata "
+                         f"(input {INPUT_NAME!r}, outputs {list(meta.layers)})")
+    return meta
 
 
 def _check_matches(meta: ExportMetadata, where: str, expected: VGGFeatures | None,
@@ -356,44 +311,45 @@ class OnnxFeatures:
 
 @dataclass
 class ParityReport:
-    """The outcome of :func:`check_parity`; ``as_dict()`` is what GetServerInfo and logs carry."""
+    """The outcome of :func:`check_parity` or :func:`startup_gate`; ``as_dict()`` is what logs and the CLI carry.
+
+    A file that could not be checked at all (missing, corrupt, another network's) is ``ok=False`` with the
+    reason in ``message`` and no ``errors``.
+    """
 
     ok: bool
-    tolerance: float
-    provider: str
-    sizes: list[tuple[int, int]]
-    errors: dict[str, float]
-    """Max relative error per layer over all probe sizes (see :func:`check_parity`)."""
-    elapsed: float
+    message: str
     path: str = ""
-    message: str = ""
+    tolerance: float = 0.0
+    provider: str = ""
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    errors: dict[str, float] = field(default_factory=dict)
+    """Max relative error per layer over all probe sizes (see :func:`check_parity`)."""
+    elapsed: float = 0.0
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def failed(cls, path: Path | None, message: str) -> ParityReport:
+    def failed(cls, path: Path | None, message: str, elapsed: float = 0.0) -> ParityReport:
         """The gate's answer when the file could not be checked at all (missing, corrupt, other weights)."""
-        return cls(ok=False, tolerance=0.0, provider="", sizes=[], errors={}, elapsed=0.0, path=str(path or ""),
-                   message=message)
+        return cls(False, message, str(path or ""), elapsed=elapsed)
 
     @property
     def max_error(self) -> float:
-        return max(self.errors.values(), default=float("inf"))
+        """The worst layer's error; 0 when nothing was compared (then ``ok`` is false and ``message`` says why)."""
+        return max(self.errors.values(), default=0.0)
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["sizes"] = [list(size) for size in self.sizes]
-        data["max_error"] = self.max_error
-        return data
+        return asdict(self) | {"max_error": self.max_error}
 
 
-def probe_image(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A 1×3×H×W image in 0–1: smooth colour ramps plus noise, so every layer sees structure and texture."""
+def probe_image(height: int, width: int, seed: int = 0, batch: int = 1) -> np.ndarray:
+    """An N×3×H×W image in 0–1: smooth colour ramps plus noise, so every layer sees structure and texture."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     ramps = np.stack([x / max(width - 1, 1), y / max(height - 1, 1),
                       0.5 + 0.5 * np.sin((x + y) / 7.0)])
-    noisy = 0.6 * ramps + 0.4 * rng.random((3, height, width), dtype=np.float32)
-    return noisy[None].astype(np.float32)
+    noisy = 0.6 * ramps + 0.4 * rng.random((batch, 3, height, width), dtype=np.float32)
+    return noisy.astype(np.float32)
 
 
 def check_parity(
@@ -401,6 +357,7 @@ def check_parity(
     features: VGGFeatures,
     *,
     sizes: Sequence[tuple[int, int]] = DEFAULT_PROBE_SIZES,
+    batch: int = 1,
     tolerance: float | None = None,
     providers: Sequence[str] | None = None,
 ) -> ParityReport:
@@ -413,6 +370,7 @@ def check_parity(
 
     Args:
         sizes: probe (height, width) pairs, each ≥ 16.
+        batch: images per probe.
         tolerance: max allowed error; default 1e-3 on CPU, 2e-2 when either side runs on a GPU.
         providers: onnxruntime providers; default :func:`~styletx_core.artifacts.ort_providers`.
     """
@@ -423,7 +381,7 @@ def check_parity(
     limit = tolerance if tolerance is not None else (GPU_TOLERANCE if on_gpu else CPU_TOLERANCE)
     errors = dict.fromkeys(features.layers, 0.0)
     for index, (height, width) in enumerate(sizes):
-        probe = probe_image(height, width, seed=index)
+        probe = probe_image(height, width, seed=index, batch=batch)
         got = onnx_features(probe, features.layers)
         with torch.no_grad():
             want = features(torch.from_numpy(probe).to(device))
@@ -434,8 +392,8 @@ def check_parity(
     verdict = "within" if ok else "beyond"
     message = (f"onnxruntime ({onnx_features.provider}) vs torch ({device.type}): max relative error "
                f"{errors[worst]:.2e} at {worst}, {verdict} tolerance {limit:.0e}")
-    return ParityReport(ok, limit, onnx_features.provider, [(int(h), int(w)) for h, w in sizes], errors,
-                        time.perf_counter() - start, str(onnx_path), message,
+    return ParityReport(ok, message, str(onnx_path), limit, onnx_features.provider,
+                        [(int(h), int(w)) for h, w in sizes], errors, time.perf_counter() - start,
                         onnx_features.metadata.as_dict())
 
 
@@ -484,16 +442,17 @@ def startup_gate(
     :meth:`ParityReport.failed` with the reason as its ``message``. One log line states the result.
     """
     path: Path | None = Path(onnx_path) if onnx_path is not None else None
+    start = time.perf_counter()
     try:
         if path is None:
             path = ensure_export(features, cache_dir)
         report = check_parity(path, features, tolerance=tolerance, providers=providers)
     except (EngineError, OSError) as exc:
         _LOGGER.error("ONNX parity gate FAILED: %s; refusing to serve", exc)
-        return ParityReport.failed(path, str(exc))
+        return ParityReport.failed(path, str(exc), time.perf_counter() - start)
     except Exception as exc:  # e.g. CUDA out of memory in the torch pass: the gate fails closed, not loudly
         _LOGGER.exception("ONNX parity gate FAILED unexpectedly; refusing to serve")
-        return ParityReport.failed(path, f"{type(exc).__name__}: {exc}")
+        return ParityReport.failed(path, f"{type(exc).__name__}: {exc}", time.perf_counter() - start)
     log = _LOGGER.info if report.ok else _LOGGER.error
     log("ONNX parity gate %s: %s (%s)", "passed" if report.ok else "FAILED", report.message, path)
     return report

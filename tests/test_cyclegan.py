@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from conftest import require_tool
@@ -232,14 +233,26 @@ def test_run_tiled_keeps_the_pil_image_size() -> None:
 # ------------------------------------------------------------------------------------------- onnx
 
 
-def test_onnx_export_matches_torch_at_several_sizes(tmp_path: Path) -> None:
+def test_onnx_export_matches_torch_at_several_sizes(tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                                    recwarn: pytest.WarningsRecorder) -> None:
     gen = _random_generator()
     path = export_onnx(gen, tmp_path / "g.onnx", size=64)
+    assert capfd.readouterr() == ("", "") and len(recwarn) == 0  # torch.onnx.export(dynamo=True), quietly
+    model = onnx.load(str(path))
+    assert [i.name for i in model.graph.input] == ["image"] and [o.name for o in model.graph.output] == ["translated"]
+    assert [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim] == ["batch", "", "height", "width"]
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["styletx.kind"] == "cyclegan-generator" and props["styletx.architecture"] == SMALL.describe()
+    assert "InstanceNormalization" in {node.op_type for node in model.graph.node}  # see the module doc
     onnx_gen = OnnxGenerator(path)
-    for h, w in ((64, 64), (96, 128)):
-        x = synthetic(h, w)
+    for n, h, w in ((1, 64, 64), (1, 96, 128), (2, 48, 80), (1, 77, 101)):  # odd: what tiling never sends
+        x = torch.cat([synthetic(h, w).roll(i, dims=3) for i in range(n)])
         with torch.no_grad():
-            assert float((onnx_gen(x) - gen(x)).abs().max()) < 1e-4
+            want = gen(x)
+        got = onnx_gen(x)
+        assert got.shape == want.shape and float((got - want).abs().max()) < 1e-4
+    with pytest.raises(ModelError, match="opset 17 is too old"):
+        export_onnx(gen, tmp_path / "old.onnx", opset=17, size=64)
     tiled = translate_tensor(onnx_gen, synthetic(96, 128), tile=64, overlap=16)  # per-tile statistics
     assert tiled.shape == (1, 3, 96, 128) and torch.isfinite(tiled).all()
     (tmp_path / "bad.onnx").write_bytes(b"nope")

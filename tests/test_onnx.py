@@ -16,7 +16,9 @@ from onnx import helper, numpy_helper
 from styletx_core.errors import ModelError
 from styletx_core.onnx_export import (
     DEFAULT_LAYERS,
+    MIN_OPSET,
     OnnxFeatures,
+    ParityReport,
     check_parity,
     ensure_export,
     export_vgg_onnx,
@@ -25,10 +27,9 @@ from styletx_core.onnx_export import (
     startup_gate,
 )
 from styletx_core.vgg import CAFFE_PREPROCESSING, TORCHVISION_PREPROCESSING, VGGFeatures, make_layers
-from styletx_core.weights import LoadedWeights
 
 #: (H, W): square, non-square, non-square with odd sides (floor rounding in every pooling layer).
-PARITY_SIZES = [(64, 64), (96, 128), (75, 101)]
+PARITY_SIZES = [(64, 64), (96, 128), (77, 101)]
 
 
 def random_features(arch: str, seed: int = 0, layers: tuple[str, ...] = DEFAULT_LAYERS,
@@ -65,10 +66,19 @@ def test_parity_cpu_three_sizes(exported: dict[str, tuple[VGGFeatures, Path]], a
 def test_outputs_are_named_and_dynamic(exported: dict[str, tuple[VGGFeatures, Path]]) -> None:
     features, path = exported["vgg19"]
     model = onnx.load(str(path))
-    assert [o.name for o in model.graph.output] == list(DEFAULT_LAYERS)
-    assert model.opset_import[0].version >= 17
+    assert [i.name for i in model.graph.input] == ["image"]
+    assert [o.name for o in model.graph.output] == list(DEFAULT_LAYERS)  # the layers' order, not the network's
+    assert model.opset_import[0].version >= MIN_OPSET
     dims = [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", "", "height", "width"]
+    for output in model.graph.output:  # no size of the tracing example (2×3×64×64) was baked in
+        shape = output.type.tensor_type.shape.dim
+        assert shape[0].dim_param == "batch" and shape[2].dim_param and shape[3].dim_param
+    initializers = {init.name for init in model.graph.initializer}
+    assert {"conv1_1.weight", "conv5_1.bias", "preprocess.mean", "preprocess.std"} <= initializers
+    assert not [name for name in initializers if name.startswith("features.")]
+    assert not model.graph.initializer[0].data_location  # one file: the weights are inside, not external data
+    assert ".py" not in str([p.value for node in model.graph.node for p in node.metadata_props])  # no source paths
     batch = np.random.default_rng(0).random((2, 3, 40, 56), dtype=np.float32)
     got = OnnxFeatures(path, providers=["CPUExecutionProvider"])(batch)
     with torch.no_grad():
@@ -86,23 +96,42 @@ def test_metadata_records_preprocessing_and_weights(exported: dict[str, tuple[VG
     assert meta.digest == features_digest(features)
     assert meta.weights_sha256 == "ab" * 32
     assert meta.version
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    assert props["styletx.format"] == "styletx-vgg-features/1" and json.loads(props["styletx.layers"]) == list(DEFAULT_LAYERS)
 
 
-def test_average_pooling_exports(tmp_path: Path) -> None:
-    features = random_features("vgg16", layers=("relu2_1", "relu3_1"), pooling="avg")
-    export_vgg_onnx(features, tmp_path / "avg.onnx")
-    report = check_parity(tmp_path / "avg.onnx", features, sizes=[(33, 47)],
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+def test_both_poolings_odd_sizes_and_batch_of_two(tmp_path: Path, pooling: str) -> None:
+    """Odd sides round down in every pooling layer (77 → 38 → 19 → 9 → 4); onnxruntime must do the same."""
+    layers = ("relu2_1", "relu3_1", "relu5_1", "relu4_2")
+    features = random_features("vgg16", layers=layers, pooling=pooling)
+    path = tmp_path / f"{pooling}.onnx"
+    export_vgg_onnx(features, path)
+    report = check_parity(path, features, sizes=[(77, 101), (33, 47), (16, 16)], batch=2,
                           providers=["CPUExecutionProvider"])
-    assert report.ok and read_metadata(tmp_path / "avg.onnx").pooling == "avg"
+    assert report.ok and report.max_error < 1e-5, report.message
+    assert list(report.errors) == list(layers) and read_metadata(path).pooling == pooling
+    got = OnnxFeatures(path, providers=["CPUExecutionProvider"])(np.zeros((2, 3, 77, 101), np.float32))
+    assert got["relu5_1"].shape == (2, 512, 4, 6) and got["relu2_1"].shape == (2, 128, 38, 50)
 
 
-def test_export_from_weights_needs_arch(tmp_path: Path) -> None:
-    weights = LoadedWeights("vgg16", dict(make_layers("vgg16", "relu5_3").state_dict()),
-                            TORCHVISION_PREPROCESSING, "cd" * 32, "file", "random")
-    with pytest.raises(ModelError, match="architecture"):
-        export_vgg_onnx(weights, tmp_path / "x.onnx")
-    meta = export_vgg_onnx(weights, tmp_path / "x.onnx", arch="vgg16", layers=("relu1_1",))
-    assert meta.weights_sha256 == "cd" * 32 and meta.layers == ("relu1_1",)
+def test_export_is_quiet(tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+                         recwarn: pytest.WarningsRecorder) -> None:
+    """The exporter's optimiser logs each pass at INFO (onnx_ir); library code prints, logs and warns nothing
+    (torch's DEBUG-level structured trace records are left alone: they are written only under TORCH_TRACE)."""
+    features = random_features("vgg16", layers=("relu1_1",))
+    with caplog.at_level(logging.INFO):
+        export_vgg_onnx(features, tmp_path / "quiet.onnx")
+    assert capfd.readouterr() == ("", "")
+    assert [r.name for r in caplog.records if not r.name.startswith("styletx_core")] == []
+    assert len(recwarn) == 0, [str(w.message) for w in recwarn]
+    assert logging.getLogger("onnx_ir").level == logging.NOTSET  # the levels it raised are restored
+
+
+def test_old_opsets_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="opset 17 is too old; use 18"):
+        export_vgg_onnx(random_features("vgg16", layers=("relu1_1",)), tmp_path / "x.onnx", opset=17)
+    assert not (tmp_path / "x.onnx").exists()
 
 
 # ----------------------------------------------------------------------------------------------- bad files
@@ -170,29 +199,31 @@ def test_tampered_numbers_fail_the_gate(exported: dict[str, tuple[VGGFeatures, P
     assert not report.ok and report.errors["relu1_1"] < 1e-5 and report.errors["relu2_1"] > 0.1
     with caplog.at_level(logging.ERROR, logger="styletx_core.onnx_export"):
         gate = startup_gate(features, tmp_path / "tampered.onnx")
-    assert not gate.ok and gate.max_error > 0.1
+    assert isinstance(gate, ParityReport) and not gate.ok and gate.max_error > 0.1
     assert "ONNX parity gate FAILED" in caplog.text
 
 
 def test_gate_passes_and_reports(exported: dict[str, tuple[VGGFeatures, Path]]) -> None:
     features, path = exported["vgg16"]
-    gate = startup_gate(features, path)
-    assert gate.ok and gate.provider == "CPUExecutionProvider"
-    assert gate.metadata["arch"] == "vgg16" and set(gate.errors) == set(DEFAULT_LAYERS)
-    json.dumps(gate.as_dict())  # logs need it serialisable
+    report = startup_gate(features, path)
+    assert report.ok and report.provider == "CPUExecutionProvider" and report.path == str(path)
+    assert report.metadata["arch"] == "vgg16" and set(report.errors) == set(DEFAULT_LAYERS)
+    assert 0 < report.max_error < report.tolerance == 1e-3
+    assert json.loads(json.dumps(report.as_dict()))["max_error"] == report.max_error  # logs / the CLI carry it
 
 
 def test_gate_never_raises_for_a_missing_file(tmp_path: Path) -> None:
-    gate = startup_gate(random_features("vgg16"), tmp_path / "nope.onnx")
-    assert not gate.ok and "does not exist" in gate.message and gate.path.endswith("nope.onnx")
+    report = startup_gate(random_features("vgg16"), tmp_path / "nope.onnx")
+    assert not report.ok and "does not exist" in report.message and report.path == str(tmp_path / "nope.onnx")
+    assert report.errors == {} and report.max_error == 0.0
 
 
 def test_gate_exports_into_the_cache_once(tmp_path: Path) -> None:
     features = random_features("vgg16", layers=("relu1_1", "relu2_1"))
-    gate = startup_gate(features, cache_dir=tmp_path)
-    assert gate.ok, gate
+    report = startup_gate(features, cache_dir=tmp_path)
+    assert report.ok, report.message
     path = ensure_export(features, tmp_path)
-    assert path.parent == tmp_path / "onnx" and Path(gate.path) == path
+    assert path.parent == tmp_path / "onnx" and Path(report.path) == path
     stamp = path.stat().st_mtime_ns
     assert ensure_export(features, tmp_path) == path and path.stat().st_mtime_ns == stamp
     path.write_bytes(b"corrupt")  # a damaged cache is repaired, not trusted

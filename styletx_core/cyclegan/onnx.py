@@ -1,22 +1,22 @@
 """Export CycleGAN generators to ONNX and run ONNX-exported generators with onnxruntime.
 
-The export keeps height and width dynamic (multiples of 4) and names the tensors ``image`` → ``translated``,
-both in [-1, 1], NCHW float32. Instance norm becomes ONNX ``InstanceNormalization``, so an ONNX generator
-normalises each input on its own statistics: tiled runs of ONNX models cannot freeze whole-image statistics
-the way ``tiling`` does for torch models (see ``tiling.run_tiled``).
+The export (``torch.onnx.export(dynamo=True)``, through :func:`styletx_core.onnx_export.dynamo_export`) keeps
+batch, height and width dynamic (multiples of 4 give an output of the input's size) and names the tensors
+``image`` → ``translated``, both in [-1, 1], NCHW float32. Instance norm becomes ONNX ``InstanceNormalization``,
+so an ONNX generator normalises each input on its own statistics: tiled runs of ONNX models cannot freeze
+whole-image statistics the way ``tiling`` does for torch models (see ``tiling.run_tiled``).
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..artifacts import ort_session
+from ..artifacts import ort_session, write_atomic
 from ..errors import ModelError
 from .generator import CycleGANGenerator
 
@@ -27,37 +27,28 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "translated"
 
 
-def export_onnx(gen: CycleGANGenerator, path: str | Path, opset: int = 17, size: int = 256) -> Path:
-    """Write ``gen`` as an ONNX model with dynamic batch/height/width; returns the path.
+def export_onnx(gen: CycleGANGenerator, path: str | Path, opset: int = 18, size: int = 256) -> Path:
+    """Write ``gen`` as an ONNX model with dynamic batch/height/width (``torch.onnx.export(dynamo=True)``).
 
-    ``size`` is only the tracing example's side; it must be a multiple of 4.
+    ``size`` is only the tracing example's side; it must be a multiple of 4. Returns the path.
     """
     import onnx
 
+    from ..onnx_export import dynamo_export
+
+    if size % 4:
+        raise ModelError(f"the example size must be a multiple of 4, got {size}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     gen = gen.eval().float().cpu()
-    example = torch.zeros(1, gen.config.input_nc, size, size)
-    axes = {0: "batch", 2: "height", 3: "width"}
-    with torch.no_grad(), warnings.catch_warnings():
-        # Reflection padding exports as Slice ops, which the constant folder reports on but handles fine.
-        warnings.filterwarnings("ignore", message="Constant folding")
-        # Tracing notes on shape checks and instance norm's "train" flag: the exported op always normalises
-        # with the input's own statistics, which is what the generator does in eval mode too.
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message="ONNX export mode is set to TrainingMode.EVAL")
-        # dynamo=False is deliberate (see below), so its deprecation notices are noise here.
-        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
-        warnings.filterwarnings("ignore", message="The feature will be removed")
-        # dynamo=False: the TorchScript exporter needs no onnxscript and handles this plain conv net well.
-        torch.onnx.export(gen, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes}, opset_version=opset, dynamo=False)
-    model = onnx.load(str(path))
-    for key, value in (("styletx.kind", "cyclegan-generator"), ("styletx.architecture", gen.config.describe()),
-                       ("styletx.range", "[-1, 1]")):
-        model.metadata_props.add(key=key, value=value)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    example = torch.zeros(2, gen.config.input_nc, size, size)  # batch 2: torch.export specialises a 1
+    program = dynamo_export(gen, example, {0: "batch", 2: "height", 3: "width"}, input_name=INPUT_NAME,
+                            output_names=[OUTPUT_NAME], opset=opset)
+    program.model.metadata_props.update({"styletx.kind": "cyclegan-generator",
+                                         "styletx.architecture": gen.config.describe(),
+                                         "styletx.range": "[-1, 1]"})
+    model = program.model_proto
+    onnx.checker.check_model(model, full_check=True)
+    write_atomic(path, model.SerializeToString())
     return path
 
 

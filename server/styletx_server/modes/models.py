@@ -241,7 +241,7 @@ class ModeModels:
             _LOGGER.warning("ONNX parity gate skipped: %s", error)
             return pb.ParityGate(checked=False, ok=True, message=f"skipped: {error}")
         report = startup_gate(features, self.settings.onnx_model or None, cache_dir=self.cache_dir)
-        return pb.ParityGate(checked=True, ok=report.ok, max_error=report.max_error if report.errors else 0.0,
+        return pb.ParityGate(checked=True, ok=report.ok, max_error=report.max_error,
                              tolerance=report.tolerance, provider=report.provider, message=report.message,
                              onnx_path=report.path, layer_errors=report.errors)
 
