@@ -326,8 +326,8 @@ class StyleTransfer:
     ) -> SumLoss:
         """Content, style and TV terms for one scale; style targets come from the cache when possible.
 
-        A style layer's weight is the option's × the larger of its energy factor (vivid styles pull harder) and
-        the balance's multiplier (what the previous scales measured): see :mod:`styletx_core.balance`.
+        A style layer's weight is the option's, × its energy factor (vivid styles pull harder), × the balance's
+        multiplier (what the previous scales measured): see :mod:`styletx_core.balance`.
         """
         with torch.no_grad():
             content_features = net(_resize(content, size))
@@ -345,7 +345,7 @@ class StyleTransfer:
         style_terms = [
             Scale(
                 LayerApply(targets[layer], layer),
-                opts.style_weight * weight * balance.factor(layer, energy[layer]),
+                opts.style_weight * weight * energy[layer] * balance.multipliers[layer],
             )
             for layer, weight in zip(opts.style_layers, layer_weights, strict=True)
         ]

@@ -85,14 +85,14 @@ class StylizeOptions:
     style_layer_weights: tuple[float, ...] | None = None
     """Relative weight per style layer; ``None`` weighs every layer equally."""
     style_loss: str = "gram"
-    style_energy_power: float = 2.0
+    style_energy_power: float = 1.0
     """Each style layer's weight × (‖style Gram‖ / ‖content Gram‖) ** this: vivid styles pull harder than muted
     ones, as with Gatys et al.'s unnormalised loss (0: every style alike; 2: the style error is relative to the
     content's Gram norm instead of the style's). See ``targets.energy_factors``."""
     style_tolerance: float = 0.1
-    """The relative Gram error each texture layer (relu1_1–relu4_1) is driven toward: after every scale, a layer
-    still further from the style has its weight raised by (error / this) for the next scale, up to ×16. 0: fixed
-    weights. See :mod:`styletx_core.balance`."""
+    """The relative Gram error each style layer is driven toward: after every scale, a texture layer still further
+    from the style pulls harder at the next (never below its base weight, up to ×16); the deepest layer (relu5_1)
+    is driven toward 0.5 and may relax as well as grow (up to ×2). 0: fixed weights. See :mod:`styletx_core.balance`."""
     style_blend_weights: tuple[float, ...] | None = None
     """Relative weight per style image; ``None`` blends them equally."""
     style_scale: float = 1.0

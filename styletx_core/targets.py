@@ -115,11 +115,11 @@ def style_targets(
     return {layer: W2StyleLoss(values[0], values[1]) for layer, values in blended.items()}
 
 
-#: The energy ratio is clamped to [floor, limit]: a blank content cannot make a weight explode, and a muted style
-#: (ratio below 1) keeps its base weight — dividing it by up to 9 left muted paintings under-stylised (Picasso's
-#: Seated Nude barely moved the photo); :mod:`styletx_core.balance` adds weight where style is still missing.
+#: The energy ratio is clamped to [floor, limit] so that a blank content (or style) cannot make a weight explode.
+#: With the default power 1 a muted style is divided by at most 3 (it was 9 at power 2, which left muted paintings
+#: such as Picasso's Seated Nude under-stylised); :mod:`styletx_core.balance` adds weight where style is missing.
 ENERGY_RATIO_LIMIT = 3.0
-ENERGY_RATIO_FLOOR = 1.0
+ENERGY_RATIO_FLOOR = 1 / 3
 
 
 def energy_factors(
@@ -130,7 +130,7 @@ def energy_factors(
     The relative style error weighs every style alike, whatever its texture energy; Gatys et al.'s unnormalised
     error does not: a vivid, high-contrast painting (Starry Night's Gram matrices are 2–3× a photo's) pulls the
     result harder than a muted one (Shipwreck's ≈ 1×). That is the behaviour neural-style's defaults were tuned
-    on. Muted styles keep their base weight (:data:`ENERGY_RATIO_FLOOR`). The ratio keeps the weight independent of the
+    on. The ratio keeps the weight independent of the
     image size and of the network's activation scale; ``power`` 0 turns the weighting off.
     """
     if power == 0:

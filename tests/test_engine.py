@@ -230,41 +230,39 @@ def _style_weights(engine: StyleTransfer, content: Image.Image, style: Image.Ima
 
 
 def test_style_energy_weighting_favours_vivid_styles(engine, content_image, style_image) -> None:
-    # A vivid style pulls harder than with every style weighed alike; a muted one keeps its base weight.
-    vivid, muted = _contrast(style_image, 2.0), _contrast(style_image, 0.3)
+    vivid, muted = _contrast(style_image, 1.5), _contrast(style_image, 0.4)
     flat = _style_weights(engine, content_image, vivid, 0.0)
     assert flat == _style_weights(engine, content_image, muted, 0.0) == pytest.approx([StylizeOptions().style_weight / 5] * 5)
     vivid_weights = _style_weights(engine, content_image, vivid, 1.5)
-    assert all(v >= f for v, f in zip(vivid_weights, flat, strict=True)) and max(vivid_weights) > 1.5 * flat[0]
-    assert _style_weights(engine, content_image, muted, 1.5) == pytest.approx(flat)
+    muted_weights = _style_weights(engine, content_image, muted, 1.5)
+    assert all(v > m for v, m in zip(vivid_weights, muted_weights, strict=True)), (vivid_weights, muted_weights)
 
 
-@pytest.mark.slow
 def test_style_energy_weighting_moves_the_balance(engine, content_image, style_image) -> None:
-    # A vivid style has more texture energy than the content: weighing by energy pulls harder, so the result matches
-    # the style more and keeps less content than with every style weighed alike. Both errors are measured with the
-    # unweighted losses; the adaptive balance is off so that only the energy weighting differs.
+    # A low-contrast style has less texture energy than the content: weighing by energy pulls less, so the result
+    # keeps more content and matches the style less than with every style weighed alike — and the reverse for a
+    # vivid style. Both errors are measured with the unweighted losses; the adaptive balance is off so that only
+    # the energy weighting differs.
     opts = StylizeOptions(**{**SMALL, "style_energy_power": 0.0, "style_tolerance": 0.0})
     net = engine.network(opts.model, opts.pooling)
-    vivid = _contrast(style_image, 2.0)
 
-    def errors(power: float) -> tuple[float, float]:
-        result, _ = _run(engine, content_image, [vivid], style_energy_power=power, style_tolerance=0.0, min_size=64,
+    def errors(style: Image.Image, power: float) -> tuple[float, float]:
+        result, _ = _run(engine, content_image, [style], style_energy_power=power, style_tolerance=0.0, min_size=64,
                          iterations=30)
         balance = StyleBalance(opts.style_layers, tolerance=0.0)
-        losses = engine._build_losses(net, pil_to_tensor(content_image), [pil_to_tensor(vivid)], result.image.size,
+        losses = engine._build_losses(net, pil_to_tensor(content_image), [pil_to_tensor(style)], result.image.size,
                                       opts, {}, balance)
         image = pil_to_tensor(result.image)
         with torch.no_grad():
             _, parts = losses(net(image), image)
         return float(parts["content"]), float(parts["style"])
 
-    (content_flat, style_flat), (content_energy, style_energy) = errors(0.0), errors(1.5)
-    assert content_energy > content_flat and style_energy < style_flat, (content_flat, content_energy, style_flat,
-                                                                         style_energy)
+    for style, less_style in ((_contrast(style_image, 0.3), True), (_contrast(style_image, 2.0), False)):
+        (content_flat, style_flat), (content_energy, style_energy) = errors(style, 0.0), errors(style, 1.5)
+        assert (content_energy < content_flat) == less_style, (content_flat, content_energy)
+        assert (style_energy > style_flat) == less_style, (style_flat, style_energy)
 
 
-@pytest.mark.slow
 def test_any_known_layer_can_be_used(engine, content_image, style_image) -> None:
     # Layers outside the default set (and deeper than relu5_1) get a network that returns them.
     result, seen = _run(engine, content_image, [style_image], style_layers=("relu2_2", "relu3_2", "relu5_4"),

@@ -20,7 +20,7 @@ from styletx_core.losses import (
     mean_and_covariance,
 )
 from styletx_core.losses.w2 import _sqrtm
-from styletx_core.targets import ENERGY_RATIO_FLOOR, ENERGY_RATIO_LIMIT, energy_factors
+from styletx_core.targets import ENERGY_RATIO_LIMIT, energy_factors
 
 
 def test_gram_matrix_by_hand() -> None:
@@ -134,8 +134,6 @@ def test_energy_factors_by_hand() -> None:
     assert energy_factors(targets, content, ["a"], 2.0) == {"a": pytest.approx(4.0)}
     assert energy_factors(targets, content, ["a"], 0.5) == {"a": pytest.approx(math.sqrt(2))}
     assert energy_factors(targets, content, ["a", "b"], 0.0) == {"a": 1.0, "b": 1.0}
-    # A ratio beyond ENERGY_RATIO_LIMIT (a blank content) is clamped, so no weight explodes; a muted style (ratio
-    # below ENERGY_RATIO_FLOOR = 1) keeps its base weight instead of being divided.
+    # A ratio beyond ENERGY_RATIO_LIMIT either way (a blank content or style) is clamped: no weight explodes.
     factors = energy_factors(targets, content, ["b", "c"], 2.0)
-    assert factors == {"b": pytest.approx(ENERGY_RATIO_LIMIT**2), "c": pytest.approx(ENERGY_RATIO_FLOOR**2)}
-    assert ENERGY_RATIO_FLOOR == 1.0
+    assert factors == {"b": pytest.approx(ENERGY_RATIO_LIMIT**2), "c": pytest.approx(ENERGY_RATIO_LIMIT**-2)}
