@@ -8,16 +8,17 @@ and relu5_1 — object-level statistics — much looser, at about 0.5–0.7.
 
 So the balance is set per job from what the optimisation measures: after each scale (the coarsest costs ≈ 3 %
 of the job), every style layer's relative error ``r`` is read on the scale's result and its weight multiplied
-by ``(r / tolerance) ** gain`` (at most ×``MAX_STEP`` either way per scale): a layer still far from the style
+by ``r / tolerance`` (at most ×``MAX_STEP`` either way per scale): a layer still far from the style
 pulls harder at the next, finer scale. Texture layers (relu1_1 … relu4_1) never fall below their base weight
 (``floor``): the balance only adds style where it is missing. The deepest layers (the ones that copy objects)
 get a looser tolerance, may relax below their base weight where they are already closer than it (that keeps
 content: measured on the muted pairs), and grow at most to ``deep_cap``.
 
-Measured (``bench/quality.py``, 512 px, CPU): with the palette start and the energy power 1, this lifts the pairs
-that beat neural-style on all four measures on the independent VGG16 scorer from 2 of 7 to 5 of 7; the other two
-lose only the Magenta cosine, by 0.0005 and 0.0001 (see ``bench/results/quality.md``). Taking the larger of multiplier and energy factor instead of their product, or
-keeping the deep layer fixed, was measured too and lost content on the muted pairs.
+Measured (``bench/quality.py``, 512 px, CPU): with the palette start and the energy power 1, this lifts the
+pairs that beat neural-style on all four measures on the independent VGG16 scorer from 2 of 7 to 5 of 7; the
+other two lose only the Magenta cosine, by 0.0005 and 0.0001 (``bench/results/quality.md``). Taking the larger
+of multiplier and energy factor instead of their product, or keeping the deep layer fixed, was measured too
+and lost content on the muted pairs.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 
 __all__ = ["DEEP_LAYER_PREFIX", "StyleBalance"]
 
-#: Layers from this block on are "deep": looser tolerance, lower cap (object-level statistics).
+#: Layers from this block on are "deep" (object-level statistics): looser tolerance, lower cap.
 DEEP_LAYER_PREFIX = "relu5"
 #: Largest change of a multiplier per scale (×/÷), so that one noisy measurement cannot swing the balance.
 MAX_STEP = 4.0
@@ -42,18 +43,16 @@ class StyleBalance:
         layers: the style layers.
         tolerance: relative Gram error each layer is driven toward (0 turns adaptation off: multipliers stay 1).
         deep_tolerance: the same for deep layers (``relu5_*``); 0.5 is about where neural-style leaves them.
-        gain: exponent of the update; 0 also turns adaptation off.
-        cap: upper bound of a multiplier (lower bound ``1 / cap``).
-        deep_cap: upper bound of a deep layer's multiplier: 1 means a deep layer never pulls harder than its base
-            weight, only less (where it is already closer than ``deep_tolerance``).
+        cap: upper bound of a texture layer's multiplier.
         floor: lower bound of a texture layer's multiplier: 1 means the balance only ever adds style where it is
             missing; the base weights (with the energy weighting) are what every style gets at least.
+        deep_cap, deep_floor: the bounds of a deep layer's multiplier: it may relax where it is already closer
+            than ``deep_tolerance`` (that keeps content) and grows little, since deep terms copy objects.
     """
 
     layers: Sequence[str]
     tolerance: float = 0.1
     deep_tolerance: float = 0.5
-    gain: float = 1.0
     cap: float = 16.0
     deep_cap: float = 2.0
     floor: float = 1.0
@@ -66,7 +65,7 @@ class StyleBalance:
 
     @property
     def active(self) -> bool:
-        return self.tolerance > 0 and self.gain > 0
+        return self.tolerance > 0
 
     def is_deep(self, layer: str) -> bool:
         return layer.startswith(DEEP_LAYER_PREFIX)
@@ -75,9 +74,7 @@ class StyleBalance:
         return self.deep_tolerance if self.is_deep(layer) else self.tolerance
 
     def bounds(self, layer: str) -> tuple[float, float]:
-        if self.is_deep(layer):
-            return self.deep_floor, self.deep_cap
-        return max(1 / self.cap, self.floor), self.cap
+        return (self.deep_floor, self.deep_cap) if self.is_deep(layer) else (self.floor, self.cap)
 
     def update(self, errors: Mapping[str, float]) -> None:
         """Record one scale's relative errors (per layer, not squared) and move each multiplier."""
@@ -87,7 +84,6 @@ class StyleBalance:
         for layer, error in errors.items():
             if not math.isfinite(error) or error <= 0:
                 continue
-            step = (error / self.target(layer)) ** self.gain
-            step = min(max(step, 1 / MAX_STEP), MAX_STEP)
+            step = min(max(error / self.target(layer), 1 / MAX_STEP), MAX_STEP)
             low, high = self.bounds(layer)
             self.multipliers[layer] = min(max(self.multipliers[layer] * step, low), high)
