@@ -95,6 +95,7 @@ def test_the_balance_pulls_harder_for_a_style_far_from_the_photo(
     assert set(far.style_errors) == set(LAYERS) and all(e >= 0 for e in far.style_errors.values())
 
 
+@pytest.mark.slow
 def test_the_balance_brings_a_far_style_closer_than_fixed_weights(
     engine: StyleTransfer, content_image: Image.Image, style_image: Image.Image
 ) -> None:

@@ -234,6 +234,7 @@ def test_run_tiled_keeps_the_pil_image_size() -> None:
 # ------------------------------------------------------------------------------------------- onnx
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_torch_at_several_sizes(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     gen = _random_generator()
     with quiet_recorder() as caught:
@@ -363,6 +364,7 @@ def test_training_resumes_from_its_checkpoint_and_checks_inputs(tmp_path: Path) 
 # ------------------------------------------------------------------------------------------- cli
 
 
+@pytest.mark.slow
 def test_cli_runs_exports_and_trains(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from styletx_cli.cyclegan import main
 

@@ -30,6 +30,7 @@ def _run(engine: StyleTransfer, content: Image.Image, styles: list[Image.Image],
 TERMS = {"content": "content_weight", "style": "style_weight", "tv": "tv_weight"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
 @pytest.mark.parametrize("term", ["content", "style-gram", "style-w2", "tv"])
 def test_each_loss_decreases(engine, content_image, style_image, optimizer: str, term: str) -> None:
@@ -238,6 +239,7 @@ def test_style_energy_weighting_favours_vivid_styles(engine, content_image, styl
     assert all(v > m for v, m in zip(vivid_weights, muted_weights, strict=True)), (vivid_weights, muted_weights)
 
 
+@pytest.mark.slow
 def test_style_energy_weighting_moves_the_balance(engine, content_image, style_image) -> None:
     # A low-contrast style has less texture energy than the content: weighing by energy pulls less, so the result
     # keeps more content and matches the style less than with every style weighed alike — and the reverse for a

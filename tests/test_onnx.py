@@ -53,6 +53,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[VGGFea
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["vgg16", "vgg19"])
 def test_parity_cpu_three_sizes(exported: dict[str, tuple[VGGFeatures, Path]], arch: str) -> None:
     features, path = exported[arch]
@@ -101,6 +102,7 @@ def test_metadata_records_preprocessing_and_weights(exported: dict[str, tuple[VG
     assert props["styletx.format"] == "styletx-vgg-features/1" and json.loads(props["styletx.layers"]) == list(DEFAULT_LAYERS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pooling", ["max", "avg"])
 def test_both_poolings_odd_sizes_and_batch_of_two(tmp_path: Path, pooling: str) -> None:
     """Odd sides round down in every pooling layer (77 → 38 → 19 → 9 → 4); onnxruntime must do the same."""
@@ -218,6 +220,7 @@ def test_gate_never_raises_for_a_missing_file(tmp_path: Path) -> None:
     assert report.errors == {} and report.max_error == 0.0
 
 
+@pytest.mark.slow
 def test_gate_exports_into_the_cache_once(tmp_path: Path) -> None:
     features = random_features("vgg16", layers=("relu1_1", "relu2_1"))
     report = startup_gate(features, cache_dir=tmp_path)
