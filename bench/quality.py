@@ -76,7 +76,7 @@ PAIRS = (
     Pair("tubingen_scream", "tubingen.jpg", "the_scream.jpg", "tubingen_scream.png"),
     Pair("tubingen_seated_nude", "tubingen.jpg", "seated-nude.jpg", "tubingen_seated_nude.png"),
     Pair("golden_gate_escher", "golden_gate.jpg", "escher_sphere.jpg", "golden_gate_escher.png"),
-    # neural-style's -original_colors 1 against our luminance-only transfer.
+    # neural-style's -original_colors 1 against our preserve_color=luminance (the same method: chroma put back).
     Pair("tubingen_starry_original_color", "tubingen.jpg", "starry_night.jpg",
          "tubingen_starry_original_color.png", "luminance"),
     # Leakage: contents without faces, styles with faces and figures.

@@ -1,5 +1,6 @@
 """Colour preservation (Gatys, Bethge, Hertzmann & Shechtman 2016, "Preserving Color in Neural Artistic Style
-Transfer"): luminance-only transfer and colour histogram matching. Tensors are N×3×H×W RGB in 0–1."""
+Transfer"): luminance transfer (the content's chroma with the result's luminance) and colour histogram
+matching. Tensors are N×3×H×W RGB in 0–1."""
 
 from __future__ import annotations
 

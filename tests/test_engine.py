@@ -117,7 +117,7 @@ def test_preserve_color_keeps_content_chroma(engine, content_image, style_image,
     kept, _ = _run(engine, content_image, [style_image], preserve_color=mode)
     reference = _chroma(content_image, plain.image.size)
     if mode == "luminance":
-        # Luminance-only transfer copies the content's I and Q channels: equal up to 8-bit rounding.
+        # Luminance preservation puts the content's I and Q channels back: equal up to 8-bit rounding.
         plain_error = float((_chroma(plain.image, plain.image.size) - reference).abs().mean())
         kept_error = float((_chroma(kept.image, kept.image.size) - reference).abs().mean())
         assert kept_error < 0.01 < plain_error, (plain_error, kept_error)

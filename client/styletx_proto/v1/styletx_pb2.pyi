@@ -228,7 +228,9 @@ class _PreserveColorEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Preserv
     PRESERVE_COLOR_NONE: _PreserveColor.ValueType  # 1
     """Take the colours of the style."""
     PRESERVE_COLOR_LUMINANCE: _PreserveColor.ValueType  # 2
-    """Stylise the luminance only."""
+    """Keep the content's colours: optimised in colour, then the content's chroma is put back (neural-style's
+    -original_colors; the fast modes stylise the luminance only).
+    """
     PRESERVE_COLOR_HISTOGRAM: _PreserveColor.ValueType  # 3
     """Match the style's colour histogram to the content's first."""
 
@@ -240,7 +242,9 @@ PRESERVE_COLOR_UNSPECIFIED: PreserveColor.ValueType  # 0
 PRESERVE_COLOR_NONE: PreserveColor.ValueType  # 1
 """Take the colours of the style."""
 PRESERVE_COLOR_LUMINANCE: PreserveColor.ValueType  # 2
-"""Stylise the luminance only."""
+"""Keep the content's colours: optimised in colour, then the content's chroma is put back (neural-style's
+-original_colors; the fast modes stylise the luminance only).
+"""
 PRESERVE_COLOR_HISTOGRAM: PreserveColor.ValueType  # 3
 """Match the style's colour histogram to the content's first."""
 Global___PreserveColor: _TypeAlias = PreserveColor  # noqa: Y015
