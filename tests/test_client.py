@@ -96,7 +96,7 @@ def test_errors_are_one_type_naming_the_field(sdk: Client) -> None:
     with pytest.raises(StyletxError) as caught:
         sdk.stylize(png(), [png()], optimizer="sgd")
     assert caught.value.field == "params.optimizer"
-    with pytest.raises(TypeError, match="unknown parameter 'sizee'"):
+    with pytest.raises(TypeError, match="unknown option 'sizee'; did you mean 'size'"):
         sdk.stylize(png(), [png()], sizee=64)
 
 

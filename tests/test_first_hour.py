@@ -221,7 +221,7 @@ def test_down_server_is_one_line_naming_the_address(images: tuple[Path, Path], t
 
 
 class _QuietHandler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 

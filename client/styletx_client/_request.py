@@ -4,6 +4,7 @@ about what an option is called or accepts."""
 
 from __future__ import annotations
 
+import difflib
 import io
 import os
 from collections.abc import Sequence
@@ -92,7 +93,9 @@ def set_option(request: Message, name: str, value: Any) -> None:
     spec = OPTIONS.get(name)
     if spec is None or spec.path[0] not in request.DESCRIPTOR.fields_by_name:
         known = [n for n, s in OPTIONS.items() if s.path[0] in request.DESCRIPTOR.fields_by_name]
-        raise TypeError(f"unknown option {name!r}; known: {', '.join(known)}")
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+        raise TypeError(f"unknown option {name!r}; {hint}")
     if value is None:
         return
     message = request

@@ -411,8 +411,10 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def cmd_completion(args: argparse.Namespace) -> int:
     """A completion script covering every command installed here (shtab, from the parser itself)."""
-    import shtab
-
+    try:
+        import shtab
+    except ImportError:
+        raise CommandError("completion scripts need shtab: pip install 'styletx-client[cli]'", EXIT_USAGE) from None
     print(shtab.complete(build_parser(), shell=args.shell))
     return 0
 
