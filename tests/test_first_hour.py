@@ -367,3 +367,19 @@ def test_style_weights_everywhere_and_old_names_warn(capsys: pytest.CaptureFixtu
     args = parser.parse_args(["fast", "a.png", "b.png", "c.png", "-o", "x.png", "--weights", "2", "1"])
     assert args.style_weights == [2.0, 1.0]
     assert capsys.readouterr().err.strip() == "styletx: warning: --weights is deprecated; use --style-weights"
+
+
+def test_size_limit_is_the_servers_and_bad_images_say_so_plainly(
+    images: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    thread = ServerThread(lambda device: FakeEngine(step_seconds=0), max_size=256)
+    (tmp_path / "bad.jpg").write_bytes(b"garbage")
+    try:
+        options = ["-o", str(tmp_path / "x.png"), "--server", thread.target, "-q"]
+        assert cli.main(["stylize", *map(str, images), *options, "--size", "99999"]) == 2
+        assert capsys.readouterr().err == "styletx: error: params.size: 99999 exceeds this server's limit 256\n"
+        assert cli.main(["stylize", str(images[0]), str(tmp_path / "bad.jpg"), *options, "--size", "64"]) == 2
+        err = capsys.readouterr().err
+    finally:
+        thread.stop()
+    assert err.startswith("styletx: error: styles[0].image: not a readable image") and "BytesIO" not in err
