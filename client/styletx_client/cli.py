@@ -175,7 +175,7 @@ def cmd_video(args: argparse.Namespace) -> int:
     entry point ``video``, absent from a client-only install)."""
     if args.preset and args.mode == "fast":
         args.mode = "preset"
-    check_writable(args.output)
+    check_writable(args.output, "OUT")
     if not args.server:
         status: int = load_backend("video").run(args)
         return status
@@ -198,6 +198,8 @@ def _video_remote(args: argparse.Namespace) -> int:
         def progress(done: int, expected: int) -> None:
             bar.total = expected
             bar.update(done - bar.n)
+            if args.json:
+                print_json("frame", None, done=done, expected=expected)
 
         done = stylize_video_file(client, args.input, args.output, styles, size=args.size,
                                   timeout=args.timeout, progress=progress,
