@@ -380,3 +380,24 @@ def test_size_limit_is_the_servers_and_bad_images_say_so_plainly(
     finally:
         thread.stop()
     assert err.startswith("styletx: error: styles[0].image: not a readable image") and "BytesIO" not in err
+
+
+@pytest.mark.slow
+def test_type_checkers_catch_misspelt_and_mistyped_options(tmp_path: Path) -> None:
+    """What an editor sees: mypy flags ``sise=``, a string size and an unknown optimizer; the valid call passes."""
+    from mypy import api
+
+    snippet = (
+        "from styletx_client import Client\n"
+        "with Client() as c:\n"
+        "    c.stylize('a.png', 'b.png', sise=64)\n"
+        "    c.stylize('a.png', 'b.png', size='64')\n"
+        "    c.stylize('a.png', 'b.png', optimizer='sgd')\n"
+        "    c.stylize('a.png', ['b.png', ('c.png', 0.5)], size=64, optimizer='adam', strength=0.5, tile=256)\n"
+    )
+    os.environ.setdefault("MYPYPATH", str(ROOT / "client"))
+    out, _, _ = api.run(["--ignore-missing-imports", "--cache-dir", str(tmp_path), "-c", snippet])
+    errors = [line for line in out.splitlines() if line.startswith("<string>") and ": error:" in line]
+    assert [line.split(":")[1] for line in errors] == ["3", "4", "5"], out
+    assert 'Unexpected keyword argument "sise"' in errors[0] and 'expected "int"' in errors[1]
+    assert "Literal['lbfgs', 'adam']" in errors[2]

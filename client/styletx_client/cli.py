@@ -436,8 +436,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print_error("cancelled")
+        print("styletx: cancelled", file=sys.stderr)
         return EXIT_CANCELLED
+    except BrokenPipeError:  # `styletx info | head`: the reader had enough; quiet, like other tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (CommandError, StyletxError) as error:
         if exit_code(error) == EXIT_CANCELLED:
             print(f"styletx: {error.message}", file=sys.stderr)
