@@ -85,6 +85,15 @@ def _option_help(name: str) -> str:
     return text
 
 
+def _metavar(name: str, kind: type) -> str:
+    """``PX`` for sizes, ``LAYER`` for layer lists, ``NAME`` for other strings, else the type (``INT``)."""
+    if name.endswith(("size", "side", "tile", "overlap")):
+        return "PX"
+    if kind is str:
+        return "LAYER" if name.endswith("layers") else "NAME"
+    return kind.__name__.upper()
+
+
 def _add_option_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per job option (StylizeRequest's fields, flattened); unset flags leave the server's default."""
     group = parser.add_argument_group("job options (unset: the server's default; see `styletx info`)")
@@ -98,8 +107,7 @@ def _add_option_flags(parser: argparse.ArgumentParser) -> None:
             kwargs["choices"] = list(spec.choices)
         else:
             kwargs["type"] = spec.kind
-            kwargs["metavar"] = "PX" if name.endswith(("size", "side", "tile", "overlap")) else \
-                spec.kind.__name__.upper()
+            kwargs["metavar"] = _metavar(name, spec.kind)
         if spec.repeated:
             kwargs["nargs"] = "+"
         group.add_argument("--" + name.replace("_", "-"), **kwargs)
