@@ -23,6 +23,7 @@ from typing import Any, get_type_hints
 
 import grpc
 import pytest
+from conftest import require_tool
 from PIL import Image
 from styletx_client import AsyncClient, Client, JobOptions, Progress, StyletxError, cli
 from styletx_client._options import parse_target
@@ -309,8 +310,13 @@ def test_ctrl_c_cancels_a_remote_job(images: tuple[Path, Path], tmp_path: Path) 
     assert "of 400" in err and engine.cancelled == 1 and not (tmp_path / "r.png").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_cancels_a_local_job(images: tuple[Path, Path], tmp_path: Path) -> None:
     """The real engine in the CLI's process (torch threads and all): no abort, no traceback."""
+    from styletx_core.artifacts import cache_dir
+
+    require_tool((cache_dir() / "vgg19-offline.safetensors").exists(),
+                 "VGG19 weights not prepared: run `styletx weights fetch`")
     code, err = _interrupt(["stylize", *map(str, images), "-o", str(tmp_path / "l.png"), "--size", "64",
                             "--min-size", "64", "--iterations", "300", "--optimizer", "adam"],
                            env={"STYLETX_SERVER": ""})
