@@ -19,6 +19,7 @@ import os
 import random
 import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -368,6 +369,9 @@ def _cancel_on_interrupt(stream: EventStream) -> Iterator[list[bool]]:
         interrupted.append(True)
         stream.cancel()
 
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may take signals
+        yield interrupted
+        return
     previous = signal.signal(signal.SIGINT, handle)
     try:
         yield interrupted
