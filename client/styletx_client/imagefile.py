@@ -66,10 +66,16 @@ def check_writable(path: str | os.PathLike[str], option: str = "output") -> Path
         raise StyletxError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"{option}: cannot create folder {target.parent}: {error.strerror}",
                            {"styletx-field": option}) from None
-    blocked = target if target.exists() else target.parent
-    if target.is_dir() or not os.access(blocked, os.W_OK):
-        raise StyletxError(grpc.StatusCode.INVALID_ARGUMENT, f"{option}: {target} is not writable",
+    if target.is_dir():
+        raise StyletxError(grpc.StatusCode.INVALID_ARGUMENT, f"{option}: {target} is a folder",
                            {"styletx-field": option})
+    try:  # a real probe: permissions, read-only file systems, and root (for whom os.access always says yes)
+        with tempfile.TemporaryFile(dir=target.parent, prefix=f".{target.name}."):
+            pass
+    except OSError as error:
+        raise StyletxError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"{option}: cannot write in {target.parent}: {error.strerror}",
+                           {"styletx-field": option}) from None
     return target
 
 
