@@ -291,8 +291,8 @@ def _weighted(styles: list[Any], weights: list[float] | None) -> list[Any]:
 def _check_paths(args: argparse.Namespace) -> None:
     """Everything a job will write, checked before it runs (a finished job is never lost to a bad path)."""
     check_output(args.output, "--output")
-    if args.loss_plot:
-        check_output(args.loss_plot, "--loss-plot")
+    if args.loss_plot:  # matplotlib picks its format (png, svg, pdf, ...)
+        check_writable(args.loss_plot, "--loss-plot")
     if args.preview_dir:
         check_writable(args.preview_dir / "preview", "--preview-dir")
 
