@@ -202,13 +202,16 @@ def _video_remote(args: argparse.Namespace) -> int:
                "strength": args.strength, "processing_size": args.processing_size, "iterations": args.iterations}
     client = _client(args)
     assert isinstance(client, Client)
-    with client, progress_bar(args.output.name, "frame", args.quiet or args.json) as bar:
+    style = _reporter_style(args)
+    with client, progress_bar(args.output.name, "frame", style != "bar") as bar:
 
         def progress(done: int, expected: int) -> None:
             bar.total = expected
             bar.update(done - bar.n)
-            if args.json:
+            if style == "json":
                 print_json("frame", None, done=done, expected=expected)
+            elif style == "lines" and (done % max(1, expected // 10) == 0 or done == expected):
+                print(f"{args.output.name}: frame {done}/{expected or '?'}", file=sys.stderr, flush=True)
 
         done = stylize_video_file(client, args.input, args.output, styles, size=args.size,
                                   timeout=args.timeout, progress=progress,
