@@ -66,8 +66,9 @@ def collect_options(file: descriptor_pb2.FileDescriptorProto, defaults: dict[str
     request_index, request = messages["StylizeRequest"]
     options: list[dict[str, Any]] = []
     for field_index, field in enumerate(request.field):
-        if field.name in INPUTS:
-            continue
+        if field.name in INPUTS or field.type == _F.TYPE_BYTES or (
+                field.type == _F.TYPE_MESSAGE and field.label == _F.LABEL_REPEATED):
+            continue  # images and lists of messages are inputs, not options
         if field.type == _F.TYPE_MESSAGE:
             index, message = messages[field.type_name.rsplit(".", 1)[-1]]
             prefix = f"{field.name}_" if field.name in PREFIXED else ""
