@@ -200,19 +200,22 @@ def validate_request(
         options = options.replace(size=max(16, min(max(content.size), limits.max_size)))
     if mode in (pb.MODE_OPTIMIZE, pb.MODE_HYBRID):
         check_vgg_geometry(content, styles, options)
-    controls, strength = regional_controls(request.styles, request.content_strength, content, options, limits)
+    size = fit_long_side(content.size, options.size)
+    controls, strength = regional_controls(request.styles, request.content_strength, size, options, limits)
     if strength is not None and mode not in (pb.MODE_OPTIMIZE, pb.MODE_HYBRID):
         raise ServiceError.invalid("content_strength", "needs MODE_OPTIMIZE or MODE_HYBRID (it scales a loss)")
+    if controls and mode in _STYLELESS:
+        raise ServiceError.invalid("styles", "masks and per-style layers need a mode with style images")
     return ValidatedRequest(content, styles, options, mode, result_format, preview_format,
                             request.preview.max_side, request.model_name, request.preset, request.variation,
                             *fast, *tiles, request.skip_quality, controls, strength)
 
 
 def regional_controls(
-    styles: Sequence[pb.Style], strength_data: bytes, content: Image.Image, options: StylizeOptions, limits: Limits,
-    prefix: str = "",
+    styles: Sequence[pb.Style], strength_data: bytes, size: tuple[int, int], options: StylizeOptions,
+    limits: Limits, prefix: str = "",
 ) -> tuple[tuple[StyleControl | None, ...], Image.Image | None]:
-    """Per-style masks and layers, and the content-strength map, checked at the output size: a blank mask, one
+    """Per-style masks and layers, and the content-strength map, checked at the output ``size``: a blank mask, one
     that covers nothing there, or a layer the model lacks is INVALID_ARGUMENT naming ``styles[i].mask`` /
     ``styles[i].layers`` (the engine's own checks, :meth:`RegionPlan.build`, so they never disagree)."""
     controls = tuple(_control(style, f"{prefix}styles[{i}]", limits) for i, style in enumerate(styles))
@@ -220,7 +223,7 @@ def regional_controls(
     if not any(controls) and strength is None:
         return (), None
     try:
-        RegionPlan.build(controls, len(styles), fit_long_side(content.size, options.size), options, strength)
+        RegionPlan.build(controls, len(styles), size, options, strength)
     except OptionError as error:
         raise ServiceError.invalid(prefix + error.field, error.message) from None
     return controls, strength
