@@ -86,17 +86,33 @@ def build_request(content: ImageInput, styles: Sequence[StyleInput], *, output_f
                   model_name: str = "", preset: str = "", variation: bool = False,
                   strength: float | None = None, processing_size: int | None = None,
                   tile: int | None = None, overlap: int | None = None, skip_quality: bool = False,
-                  request_id: str = "", **params: Any) -> pb.StylizeRequest:
+                  request_id: str = "", style_masks: Sequence[ImageInput | None] = (),
+                  style_own_layers: Sequence[Sequence[str] | None] = (),
+                  style_own_layer_weights: Sequence[Sequence[float] | None] = (),
+                  content_strength: ImageInput | None = None, **params: Any) -> pb.StylizeRequest:
     """The request for ``content`` and ``styles``; ``params`` are StylizeParams fields by name.
 
     ``strength`` and ``processing_size`` are the feed-forward modes' options (FastParams), ``tile`` and
     ``overlap`` CYCLEGAN's; ``skip_quality`` saves the server its scoring pass; ``request_id`` is the
-    idempotency key (the client draws one when empty).
+    idempotency key (the client draws one when empty). Spatial and scale control, per style in order (``None``
+    or a shorter list: none): ``style_masks`` (greyscale images: where each style applies, ``Style.mask``),
+    ``style_own_layers`` and ``style_own_layer_weights`` (``Style.layers``/``layer_weights``);
+    ``content_strength`` is a greyscale map scaling the content loss per pixel.
     """
+    for name, values in (("style_masks", style_masks), ("style_own_layers", style_own_layers),
+                         ("style_own_layer_weights", style_own_layer_weights)):
+        if len(values) > len(styles):
+            raise StyletxError(grpc.StatusCode.INVALID_ARGUMENT, f"styles: {len(values)} {name} for "
+                               f"{len(styles)} styles", {"styletx-field": "styles"})
     wire_styles = []
-    for style in styles:
+    for index, style in enumerate(styles):
         image, weight = style if isinstance(style, tuple) else (style, None)
-        wire_styles.append(pb.Style(image=image_bytes(image), weight=weight))
+        mask = style_masks[index] if index < len(style_masks) else None
+        layers = style_own_layers[index] if index < len(style_own_layers) else None
+        layer_weights = style_own_layer_weights[index] if index < len(style_own_layer_weights) else None
+        wire_styles.append(pb.Style(image=image_bytes(image), weight=weight,
+                                    mask=image_bytes(mask) if mask is not None else b"",
+                                    layers=layers or (), layer_weights=layer_weights or ()))
     preview_enum = _FORMATS[preview_format] if preview_format else pb.OUTPUT_FORMAT_UNSPECIFIED
     preview = pb.PreviewSettings(max_side=preview_max_side, format=preview_enum)
     if output_format not in _FORMATS or mode not in _MODES:
@@ -107,4 +123,5 @@ def build_request(content: ImageInput, styles: Sequence[StyleInput], *, output_f
                              model_name=model_name, preset=preset, variation=variation,
                              fast=pb.FastParams(strength=strength, processing_size=processing_size),
                              cyclegan=pb.CycleGANParams(tile=tile, overlap=overlap), skip_quality=skip_quality,
-                             request_id=request_id)
+                             request_id=request_id,
+                             content_strength=image_bytes(content_strength) if content_strength is not None else b"")

@@ -74,6 +74,12 @@ def _add_stylize(subparsers: Any) -> None:
                         help="style image(s) (none for preset and cyclegan modes)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output file")
     parser.add_argument("--style-weights", type=float, nargs="+", help="blend weight per style image")
+    parser.add_argument("--style-mask", type=_optional_path, action="append", default=[], metavar="MASK",
+                        help="greyscale mask of where a style applies; one per style, in order ('-': none)")
+    parser.add_argument("--style-own-layers", type=_layer_list, action="append", default=[], metavar="L1,L2",
+                        help="a style's own layers (e.g. relu4_1,relu5_1); one per style, in order ('-': default)")
+    parser.add_argument("--content-strength", type=Path, metavar="MAP",
+                        help="greyscale map scaling the content loss per pixel (white: keep the photo)")
     parser.add_argument("--format", choices=["png", "jpeg", "tiff16"],
                         help="output encoding (default: from the output suffix)")
     parser.add_argument("--mode", default="optimize",
@@ -217,7 +223,18 @@ def _request_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "preview_max_side": args.preview_max_side, "mode": args.mode, "model_name": args.model_name,
             "preset": args.preset, "strength": args.strength, "processing_size": args.processing_size,
             "tile": args.tile, "overlap": args.overlap, "skip_quality": args.skip_quality,
-            **{k: v for k, v in params.items() if v is not None}}
+            "style_masks": args.style_mask, "style_own_layers": args.style_own_layers,
+            "content_strength": args.content_strength, **{k: v for k, v in params.items() if v is not None}}
+
+
+def _optional_path(value: str) -> Path | None:
+    """``--style-mask``'s value: a file, or ``-`` for a style without a mask."""
+    return None if value == "-" else Path(value)
+
+
+def _layer_list(value: str) -> list[str] | None:
+    """``--style-layers``'s value: comma-separated layer names, or ``-`` for the default layers."""
+    return None if value == "-" else [name.strip() for name in value.split(",") if name.strip()]
 
 
 def _styles(args: argparse.Namespace) -> list[Any]:
