@@ -32,9 +32,9 @@ from .losses import ContentLoss, LayerApply, Scale, SumLoss, TVLoss, guide_at
 from .memory import ScalePlan, available_memory, plan_scale, scale_allocator, tune_allocator
 from .options import StylizeOptions
 from .progress import Callback, Iterate, StylizeResult
-from .schedule import scale_iterations, total_iterations
 from .regions import RegionalBalance, RegionPlan, StyleControl, composite, content_strength_at
 from .regions import style_terms as style_terms_for
+from .schedule import scale_iterations, total_iterations
 from .targets import TargetCache
 from .vgg import FEATURE_LAYERS, VGGFeatures, layer_names
 from .weights import LoadedWeights, load_vgg_weights

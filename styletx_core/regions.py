@@ -30,12 +30,12 @@ from .targets import TargetCache, blend_statistics, energy_factors, style_loss, 
 from .vgg import VGGFeatures
 
 __all__ = [
+    "FEATHER",
     "MIN_COVERAGE",
     "RegionPlan",
     "RegionalBalance",
     "StyleControl",
     "StyleGroup",
-    "FEATHER",
     "composite",
     "content_strength_at",
     "load_mask",
@@ -178,7 +178,8 @@ def _groups(masks: Mapping[int, torch.Tensor], style_count: int) -> list[StyleGr
         return groups
     if not masks:
         return [StyleGroup(SHARED, shared, None)]
-    rest = (1 - sum(masks.values())).clamp(0, 1)  # type: ignore[operator]
+    covered = torch.stack(list(masks.values())).sum(0)
+    rest = (1 - covered).clamp(0, 1)
     if float(rest.sum()) >= MIN_COVERAGE:
         groups.append(StyleGroup(SHARED, shared, rest))
     return groups
@@ -243,10 +244,10 @@ def style_terms(
     terms = []
     for group in plan.groups:
         stats = [style_statistics(cache, net, styles[i], opts, style_size, plan.layers[i]) for i in group.styles]
-        targets_stats = blend_statistics(stats, [plan.blend_weights[i] for i in group.styles])
+        blended = blend_statistics(stats, [plan.blend_weights[i] for i in group.styles])
         layer_weights = plan.group_layers(group)
         guides = _layer_guides(group.mask, content_features, layer_weights)
-        targets = {layer: style_loss(opts.style_loss, targets_stats[layer], guides.get(layer)) for layer in layer_weights}
+        targets = {layer: style_loss(opts.style_loss, blended[layer], guides.get(layer)) for layer in layer_weights}
         energy = energy_factors(targets, content_features, list(layer_weights), opts.style_energy_power, guides)
         for layer, weight in layer_weights.items():
             share = 1.0 if layer not in guides else float(guides[layer].mean())
@@ -306,12 +307,13 @@ def regional_composite(
     the unmasked ones (the base; the content where every style is masked), composited with feathered edges."""
     shared = [i for i in range(len(styles)) if i not in masks]
     images = {i: pil_to_tensor(picture([styles[i]], None)) for i in masks}
-    size = next(iter(images.values())).shape[-2:][::-1]
+    height, width = next(iter(images.values())).shape[-2:]
+    size = (int(width), int(height))
     if shared:
         chosen = [weights[i] for i in shared] if weights is not None else None
-        base = pil_to_tensor(picture([styles[i] for i in shared], chosen).resize(tuple(size)))
+        base = pil_to_tensor(picture([styles[i] for i in shared], chosen).resize(size))
     else:
-        base = pil_to_tensor(content.resize(tuple(size), Image.Resampling.LANCZOS))
-    tensors = [pil_to_tensor(masks[i].convert("L").resize(tuple(size), Image.Resampling.BILINEAR))[:, :1] for i in masks]
-    result = composite(base, [images[i] for i in masks], tensors, feather=FEATHER * max(size))
+        base = pil_to_tensor(content.resize(size, Image.Resampling.LANCZOS))
+    grey = [pil_to_tensor(masks[i].convert("L").resize(size, Image.Resampling.BILINEAR))[:, :1] for i in masks]
+    result = composite(base, [images[i] for i in masks], grey, feather=FEATHER * max(size))
     return tensor_to_pil(result)

@@ -18,9 +18,8 @@ from PIL import Image
 from styletx_proto.v1 import styletx_pb2 as pb
 
 from styletx_core.errors import ImageError, OptionError
-from styletx_core.geometry import check_geometry
+from styletx_core.geometry import check_geometry, fit_long_side
 from styletx_core.imageio import load_image
-from styletx_core.geometry import fit_long_side
 from styletx_core.options import LIMITS, StylizeOptions
 from styletx_core.regions import RegionPlan, StyleControl
 
