@@ -180,3 +180,16 @@ def test_composite_feathers_and_blends_overlaps() -> None:
     assert 0.0 < float(soft[0, 0, 4, 4]) < 1.0  # the edge is blended
     both = composite(base, [red, blue], [torch.ones(1, 1, 8, 8), torch.ones(1, 1, 8, 8)])
     torch.testing.assert_close(both, torch.full((1, 3, 8, 8), 0.75))
+
+
+def test_masks_combine_with_colour_blends_w2_and_variations(engine, content_image, style_image, second_style_image):
+    sky = _halves(content_image.size, True)
+    styles = [style_image, second_style_image, style_image.rotate(180)]
+    controls = [StyleControl(mask=sky)]  # the other two are blended below the sky
+    opts = StylizeOptions(**{**SMALL, "iterations": 3, "coarse_iterations": 2, "preserve_color": "luminance",
+                             "style_blend_weights": (1.0, 2.0, 1.0), "style_loss": "w2", "style_layers": MEASURED})
+    result = engine.stylize(content_image, styles, opts, controls=controls)
+    assert result.image.size == (64, 48)
+    assert set(result.style_errors) == {*MEASURED, *(f"styles[0]/{layer}" for layer in MEASURED)}
+    varied = engine.variations(content_image, styles, 2, opts, controls=controls)
+    assert len(varied) == 2 and not np.array_equal(np.asarray(varied[0].image), np.asarray(varied[1].image))
