@@ -496,7 +496,9 @@ class Style(_message.Message):
     """Where this style applies: an encoded greyscale image of any size, resized to the output (white: here,
     black: not, grey: partly; overlapping masks blend by their values). Empty: wherever no mask is — pixels
     that no style covers keep the content. A blank mask, or one that covers nothing at the output size, is
-    INVALID_ARGUMENT naming styles[i].mask. Guided Gram matrices (Gatys et al. 2017).
+    INVALID_ARGUMENT naming styles[i].mask. Guided Gram matrices (Gatys et al. 2017); MODE_FAST composites each
+    style's result in its region with feathered edges, MODE_HYBRID refines that composite with the masked
+    losses; MODE_PRESET and MODE_CYCLEGAN refuse masks.
     """
     @_builtins.property
     def layers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
