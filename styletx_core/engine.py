@@ -28,11 +28,11 @@ from . import color
 from .errors import EngineError, OptionError, ResourceLimitError
 from .geometry import MIN_SIDE, check_geometry, fit_long_side
 from .imageio import pil_to_tensor, tensor_to_pil
-from .losses import ContentLoss, LayerApply, Scale, SumLoss, TVLoss, guide_at
+from .losses import LayerApply, Scale, SumLoss, TVLoss
 from .memory import ScalePlan, available_memory, plan_scale, scale_allocator, tune_allocator
 from .options import StylizeOptions
 from .progress import Callback, Iterate, StylizeResult
-from .regions import RegionalBalance, RegionPlan, StyleControl, composite, content_strength_at
+from .regions import RegionalBalance, RegionPlan, StyleControl, content_loss, regional_start
 from .regions import style_terms as style_terms_for
 from .schedule import scale_iterations, total_iterations
 from .targets import TargetCache
@@ -324,10 +324,7 @@ class StyleTransfer:
         init = INITS[opts.init]
         if not plan.masked:
             return init(content_s.cpu(), styles[0].cpu(), generator).to(self.device)
-        regions = [(group.styles[0], group.mask) for group in plan.groups if group.mask is not None]
-        images = [init(content_s.cpu(), styles[i].cpu(), generator).to(self.device) for i, _ in regions]
-        masks = [guide_at(cast(torch.Tensor, mask), size[1], size[0]) for _, mask in regions]
-        return composite(content_s, images, masks).clamp(0, 1)
+        return regional_start(plan, content_s, lambda style: init(content_s.cpu(), style.cpu(), generator), styles)
 
     def _build_losses(
         self,
@@ -350,10 +347,10 @@ class StyleTransfer:
             content_features = net(_resize(content, size))
         content_terms = [
             Scale(
-                LayerApply(ContentLoss(features, strength=content_strength_at(plan, features)), layer),
+                LayerApply(content_loss(content_features[layer], plan), layer),
                 opts.content_weight / len(opts.content_layers),
             )
-            for layer, features in ((layer, content_features[layer]) for layer in opts.content_layers)
+            for layer in opts.content_layers
         ]
         style_size = max(16, round(max(size) * opts.style_scale))
         style_terms = style_terms_for(self.targets, net, styles, plan, opts, style_size, content_features, balance)

@@ -24,7 +24,7 @@ from PIL import Image, ImageFilter
 from .balance import StyleBalance
 from .errors import OptionError
 from .imageio import pil_to_tensor, tensor_to_pil
-from .losses import LayerApply, Scale, guide_at
+from .losses import ContentLoss, LayerApply, Scale, guide_at
 from .options import KNOWN_LAYERS, StylizeOptions
 from .targets import TargetCache, blend_statistics, energy_factors, style_loss, style_statistics
 from .vgg import VGGFeatures
@@ -37,9 +37,10 @@ __all__ = [
     "StyleControl",
     "StyleGroup",
     "composite",
-    "content_strength_at",
+    "content_loss",
     "load_mask",
     "regional_composite",
+    "regional_start",
     "style_terms",
 ]
 
@@ -265,11 +266,27 @@ def _layer_guides(
     return {layer: guide_at(mask, *features[layer].shape[-2:]) for layer in layers}
 
 
-def content_strength_at(plan: RegionPlan, features: torch.Tensor) -> torch.Tensor | None:
-    """The content-strength map at a content layer's resolution (``None``: 1 everywhere)."""
+def content_loss(target: torch.Tensor, plan: RegionPlan) -> ContentLoss:
+    """The content loss of one layer, weighted per position by the content-strength map at that layer's
+    resolution (none: the plain loss)."""
     if plan.content_strength is None:
-        return None
-    return guide_at(plan.content_strength, *features.shape[-2:])
+        return ContentLoss(target)
+    return ContentLoss(target, strength=guide_at(plan.content_strength, *target.shape[-2:]))
+
+
+def regional_start(
+    plan: RegionPlan,
+    content: torch.Tensor,
+    init: Callable[[torch.Tensor], torch.Tensor],
+    styles: Sequence[torch.Tensor],
+) -> torch.Tensor:
+    """The start image of a masked run at ``content``'s size: ``init(style)`` of each masked style in its region,
+    the content where no mask is (the unmasked styles then pull it their way)."""
+    height, width = content.shape[-2:]
+    regions = [(group.styles[0], group.mask) for group in plan.groups if group.mask is not None]
+    images = [init(styles[index]).to(content) for index, _ in regions]
+    masks = [guide_at(mask, height, width) for _, mask in regions if mask is not None]
+    return composite(content, images, masks).clamp(0, 1)
 
 
 def composite(
