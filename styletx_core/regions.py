@@ -14,7 +14,6 @@ with a :class:`RegionPlan` and a :class:`RegionalBalance`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -72,13 +71,9 @@ class StyleControl:
             unknown = [layer for layer in self.layers if layer not in known]
             if not self.layers or unknown:
                 raise OptionError(field_name, f"{opts.model} has no layer(s) {unknown or '(none given)'}")
-        if self.layer_weights is not None:
-            count = len(self.layers or opts.style_layers)
-            weights = self.layer_weights
-            if len(weights) != count:
-                raise OptionError(f"styles[{index}].layer_weights", f"needs {count} values, got {len(weights)}")
-            if any(not math.isfinite(w) or w < 0 for w in weights) or not any(w > 0 for w in weights):
-                raise OptionError(f"styles[{index}].layer_weights", "values must be finite, ≥ 0, not all zero")
+        count = len(self.layers or opts.style_layers)
+        # The options' own check, so that a style's weights obey the same rules as params.style_layer_weights.
+        StylizeOptions._validate_weights(f"styles[{index}].layer_weights", self.layer_weights, count)
 
 
 def load_mask(image: Image.Image, size: tuple[int, int], field_name: str) -> torch.Tensor:
