@@ -24,5 +24,5 @@ from styletx_client._progress import contact_sheet
 out = Path(sys.argv[1])
 paths = [Path("demo/golden_gate.jpg"), out / "sky.png", out / "regions.png", out / "two_scales.png"]
 labels = ["content", "sky mask (make_masks.py)", "Starry sky, Shipwreck below", "Starry deep + Shipwreck shallow"]
-print(contact_sheet(paths, Path("docs/images/regions.png"), labels=labels, cell=384))
+print(contact_sheet(paths, Path("docs/images/regions.jpg"), labels=labels, cell=384))
 PY
