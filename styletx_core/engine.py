@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 from PIL import Image
@@ -37,6 +37,9 @@ from .schedule import scale_iterations, total_iterations
 from .targets import TargetCache, energy_factors, style_targets
 from .vgg import FEATURE_LAYERS, VGGFeatures, layer_names
 from .weights import LoadedWeights, load_vgg_weights
+
+if TYPE_CHECKING:
+    from .batch import BatchJob
 
 __all__ = ["INITS", "MIN_SIDE", "OPTIMIZERS", "NumericalError", "StyleTransfer", "check_geometry", "native_bf16"]
 
@@ -131,6 +134,21 @@ class _Run:
         return sum(self.iterations_at(s) * w * h / final for s, (w, h) in enumerate(self.sizes))
 
 
+@dataclass
+class _Job:
+    """One job's request and run state, set up by :meth:`StyleTransfer.prepare_job` before any work."""
+
+    content: Image.Image
+    seed: int
+    generator: torch.Generator
+    content_t: torch.Tensor
+    style_ts: list[torch.Tensor]
+    run: _Run
+    balance: StyleBalance
+    init_image: Image.Image | None
+    extra_losses: Mapping[str, torch.nn.Module]
+
+
 class StyleTransfer:
     """Holds the networks, weights and style-target cache; stylises images on one device.
 
@@ -213,31 +231,50 @@ class StyleTransfer:
         previous video frame) replaces ``opts.init``. ``extra_losses`` adds named terms applied to the image
         itself at every scale (e.g. the temporal loss of Ruder et al. for video); each must accept any size.
         """
-        opts = opts or StylizeOptions()
+        job = self.prepare_job(content, styles, opts or StylizeOptions(), callback, init_image, extra_losses)
+        opts = job.run.opts
+        # A shallow copy shares the weights but has its own ``checkpoint`` switch: jobs running side by side in
+        # the server's workers each follow their own memory plan.
+        net = copy.copy(self.network(opts.model, opts.pooling, (*opts.content_layers, *opts.style_layers)))
+        image = None
+        for index, size in enumerate(job.run.sizes):
+            image = self._init_image(image, job.content_t, job.style_ts, job.init_image, size, job.generator, opts)
+            losses = self._build_losses(net, job.content_t, job.style_ts, size, opts, job.extra_losses, job.balance)
+            net.checkpoint = job.run.plans[index].checkpoint
+            with scale_allocator(job.run.plans[index]):
+                image = self._run_scale(net, image, losses, index, job.run)
+                job.balance.update(self._style_errors(net, image, losses, opts))
+        assert image is not None
+        return self.finish_job(job, image)
+
+    def prepare_job(
+        self,
+        content: Image.Image,
+        styles: Sequence[Image.Image],
+        opts: StylizeOptions,
+        callback: Callback | None = None,
+        init_image: Image.Image | None = None,
+        extra_losses: Mapping[str, torch.nn.Module] | None = None,
+    ) -> _Job:
+        """Check a request and set up its run (seed, device tensors, sizes, memory plan, balance): before any
+        optimisation, for :meth:`stylize` and for a batch (:mod:`styletx_core.batch`) alike."""
         self._check_request(content, styles, opts)
         seed = opts.seed if opts.seed is not None else random.SystemRandom().randrange(2**31)
         generator = torch.Generator().manual_seed(seed)  # per job: never reseed torch's global RNG
         content_t, style_ts = self._prepare_colors(content, styles, opts)
         sizes = [fit_long_side(content.size, s) for s in opts.scales()]
         run = _Run(opts, sizes, self.memory_plan(sizes, opts), callback)
-        # A shallow copy shares the weights but has its own ``checkpoint`` switch: jobs running side by side in
-        # the server's workers each follow their own memory plan.
-        net = copy.copy(self.network(opts.model, opts.pooling, (*opts.content_layers, *opts.style_layers)))
         balance = StyleBalance(opts.style_layers, tolerance=opts.style_tolerance)
-        image = None
-        for index, size in enumerate(sizes):
-            image = self._init_image(image, content_t, style_ts, init_image, size, generator, opts)
-            losses = self._build_losses(net, content_t, style_ts, size, opts, extra_losses or {}, balance)
-            net.checkpoint = run.plans[index].checkpoint
-            with scale_allocator(run.plans[index]):
-                image = self._run_scale(net, image, losses, index, run)
-                balance.update(self._style_errors(net, image, losses, opts))
-        assert image is not None
-        if opts.preserve_color == "luminance":
-            image = color.recombine_luminance(image, pil_to_tensor(content).to(self.device))
+        return _Job(content, seed, generator, content_t, style_ts, run, balance, init_image, extra_losses or {})
+
+    def finish_job(self, job: _Job, image: torch.Tensor) -> StylizeResult:
+        """The result of a job whose last scale ended at ``image`` (colour put back where asked)."""
+        run, balance = job.run, job.balance
+        if run.opts.preserve_color == "luminance":
+            image = color.recombine_luminance(image, pil_to_tensor(job.content).to(self.device))
         return StylizeResult(
             image=tensor_to_pil(image),
-            seed=seed,
+            seed=job.seed,
             iterations=run.done,
             equivalent_iterations=run.equivalent_iterations(),
             elapsed=time.perf_counter() - run.start,
@@ -247,6 +284,12 @@ class StyleTransfer:
             style_errors=balance.measured[-1] if balance.measured else {},
             style_multipliers=dict(balance.multipliers),
         )
+
+    def stylize_batch(self, jobs: Sequence[BatchJob]) -> list[StylizeResult | BaseException]:
+        """Optimise compatible jobs (:func:`styletx_core.batch.batch_key`) together; see :mod:`.batch`."""
+        from .batch import stylize_batch
+
+        return stylize_batch(self, jobs)
 
     def precision(self, opts: StylizeOptions) -> str:
         """The precision a job runs at: ``opts.precision``, with ``auto`` resolved for this device.
@@ -259,11 +302,17 @@ class StyleTransfer:
             return opts.precision
         return "bf16" if native_bf16(self.device) else "fp32"
 
-    def memory_plan(self, sizes: Sequence[tuple[int, int]], opts: StylizeOptions) -> list[ScalePlan]:
-        """One plan per scale; raises :class:`ResourceLimitError` (before any work) if a scale cannot fit."""
+    def memory_plan(
+        self, sizes: Sequence[tuple[int, int]], opts: StylizeOptions, batch: int = 1
+    ) -> list[ScalePlan]:
+        """One plan per scale (for ``batch`` such jobs optimised together); raises :class:`ResourceLimitError`
+        (before any work) if a scale cannot fit."""
         budget = self.memory_budget or int(MEMORY_HEADROOM * available_memory(self.device))
         precision = self.precision(opts)
-        return [plan_scale(opts.model, w, h, precision, opts.optimizer, LBFGS_HISTORY, budget) for w, h in sizes]
+        return [
+            plan_scale(opts.model, w, h, precision, opts.optimizer, LBFGS_HISTORY, budget, batch=batch)
+            for w, h in sizes
+        ]
 
     def _check_request(
         self, content: Image.Image, styles: Sequence[Image.Image], opts: StylizeOptions
@@ -391,9 +440,7 @@ class StyleTransfer:
     ) -> dict[str, float]:
         """Each style layer's relative error on ``image`` (unweighted; one forward pass)."""
         with torch.no_grad(), self._autocast(opts):
-            features = net(image)
-            terms = [cast(LayerApply, scale.module) for scale in cast(Iterable[Scale], losses["style"])]
-            return {str(term.layer): math.sqrt(max(float(term(features, image)), 0.0)) for term in terms}
+            return style_errors_of(net(image), image, losses)
 
     def _autocast(self, opts: StylizeOptions) -> contextlib.AbstractContextManager[object]:
         if self.precision(opts) == "bf16":
@@ -488,6 +535,14 @@ class StyleTransfer:
         content_t = pil_to_tensor(content)
         noisy = (content_t + 0.25 * strength * torch.randn(content_t.shape, generator=gen)).clamp(0, 1)
         return self.stylize(content, varied, opts, callback, init_image=tensor_to_pil(noisy))
+
+
+def style_errors_of(
+    features: Mapping[str, torch.Tensor], image: torch.Tensor, losses: SumLoss
+) -> dict[str, float]:
+    """Each style term's unweighted relative error on one job's ``features`` (call under ``no_grad``)."""
+    terms = [cast(LayerApply, scale.module) for scale in cast(Iterable[Scale], losses["style"])]
+    return {str(term.layer): math.sqrt(max(float(term(features, image)), 0.0)) for term in terms}
 
 
 @functools.cache

@@ -57,16 +57,15 @@ class BatchLBFGS(BatchOptimizer):
         self.tolerance_grad = tolerance_grad
         self.tolerance_change = tolerance_change
         batch, numel = param.shape[0], param[0].numel()
-        like = {"device": param.device, "dtype": param.dtype}
-        self.dirs = torch.zeros(batch, history_size, numel, **like)  # y: gradient differences
-        self.stps = torch.zeros(batch, history_size, numel, **like)  # s: steps taken
-        self.ro = torch.zeros(batch, history_size, **like)
+        self.dirs = param.new_zeros((batch, history_size, numel))  # y: gradient differences
+        self.stps = param.new_zeros((batch, history_size, numel))  # s: steps taken
+        self.ro = param.new_zeros((batch, history_size))
         self.head = torch.zeros(batch, dtype=torch.long, device=param.device)  # next slot to write
         self.count = torch.zeros(batch, dtype=torch.long, device=param.device)
-        self.h_diag = torch.ones(batch, **like)
-        self.direction = torch.zeros(batch, numel, **like)
-        self.t = torch.zeros(batch, **like)
-        self.prev_grad = torch.zeros(batch, numel, **like)
+        self.h_diag = param.new_ones(batch)
+        self.direction = param.new_zeros((batch, numel))
+        self.t = param.new_zeros((batch,))
+        self.prev_grad = param.new_zeros((batch, numel))
         self.n_iter = torch.zeros(batch, dtype=torch.long, device=param.device)
         self._max_count = 0  # host-side bound on count: the recursion loops no further
         self._stepped = False
