@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from .engine import StyleTransfer, _Best, _Job, style_errors_of
-from .errors import EngineError
+from .errors import EngineError, ResourceLimitError
 from .geometry import fit_long_side
 from .losses import SumLoss
 from .memory import ScalePlan, scale_allocator
@@ -34,7 +34,7 @@ from .options import StylizeOptions
 from .progress import Callback, StylizeResult
 from .schedule import scale_iterations
 
-__all__ = ["BatchJob", "batch_key", "stylize_batch"]
+__all__ = ["BatchJob", "batch_key", "fitting_batch", "stylize_batch"]
 
 
 @dataclass
@@ -55,6 +55,25 @@ def batch_key(opts: StylizeOptions, content_size: tuple[int, int]) -> tuple[obje
     sizes = tuple(fit_long_side(content_size, s) for s in opts.scales())
     layers = tuple(sorted({*opts.content_layers, *opts.style_layers}))
     return (opts.model, opts.pooling, layers, opts.precision, opts.optimizer, sizes, tuple(scale_iterations(opts)))
+
+
+def fitting_batch(engine: StyleTransfer, opts: StylizeOptions, content_size: tuple[int, int], count: int) -> int:
+    """How many of ``count`` jobs like this one fit one batch with each job's memory plan as it would be alone
+    (same L-BFGS history, no extra checkpointing, so that batching never changes a result); at least 1."""
+    sizes = [fit_long_side(content_size, s) for s in opts.scales()]
+    try:
+        alone = engine.memory_plan(sizes, opts)
+    except ResourceLimitError:
+        return 1
+    for batch in range(count, 1, -1):
+        try:
+            plans = engine.memory_plan(sizes, opts, batch=batch)
+        except ResourceLimitError:
+            continue
+        if all((p.history_size, p.checkpoint) == (a.history_size, a.checkpoint)
+               for p, a in zip(plans, alone, strict=True)):
+            return batch
+    return 1
 
 
 @dataclass
