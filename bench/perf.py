@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from quality import MEASURES, PAIRS, Pair, build_scorer  # noqa: E402
+from quality import MEASURES, PAIRS, Pair, build_scorers, independent_arch  # noqa: E402
 
 from styletx_core.batch import BatchJob  # noqa: E402
 from styletx_core.engine import StyleTransfer  # noqa: E402
@@ -74,6 +74,11 @@ LOG = logging.getLogger("perf")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+def build_scorer(cache_dir: str | None) -> QualityScorer:
+    """bench/quality.py's scorer on the network the engine (VGG19 by default) does not optimise."""
+    return build_scorers(cache_dir)[independent_arch("vgg19")]
+
+
 def device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)

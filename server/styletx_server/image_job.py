@@ -27,7 +27,7 @@ from styletx_core.batch import BatchJob, batch_key, fitting_batch
 from styletx_core.errors import Cancelled
 from styletx_core.imageio import encode_image
 from styletx_core.options import StylizeOptions
-from styletx_core.progress import Callback, Iterate, StylizeResult
+from styletx_core.progress import Iterate, StylizeResult
 
 from . import events
 from .job import Job, JobStats
@@ -36,7 +36,7 @@ from .modes.runners import MODE_RUNNERS
 from .validation import ValidatedRequest
 from .worker import BatchEngine, Worker
 
-__all__ = ["ImageJob", "batch_key_of", "progress_callback", "run_image_batch"]
+__all__ = ["ImageJob", "Progress", "batch_key_of", "run_image_batch"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -58,8 +58,9 @@ class ImageJob:
     def run(self, job: Job, worker: Worker) -> JobStats:
         """Run to the end; raises what the mode raises (``Cancelled`` when the job was cancelled)."""
         started, request = self.begin(job, worker)
-        result = MODE_RUNNERS[request.mode].run(worker, request, progress_callback(job, request))
-        return self.finish(job, worker, request, result, started, time.monotonic())
+        progress = Progress(job, request)
+        result = MODE_RUNNERS[request.mode].run(worker, request, progress)
+        return self.finish(job, worker, request, result, started, time.monotonic(), progress.seconds)
 
     def begin(self, job: Job, worker: Worker) -> tuple[float, ValidatedRequest]:
         """Decode the request, draw its seed and announce Started; returns when it started and the request."""
@@ -72,7 +73,7 @@ class ImageJob:
         return started, request
 
     def finish(self, job: Job, worker: Worker, request: ValidatedRequest, result: StylizeResult, started: float,
-               finished: float) -> JobStats:
+               finished: float, events_seconds: float = 0.0) -> JobStats:
         """Encode and send the image, score it, and send Completed with the timings of each phase."""
         encoding = time.monotonic()
         data = encode_image(result.image, request.output_format)
@@ -83,7 +84,8 @@ class ImageJob:
         quality = _quality(job, worker, request, result)
         timings = {"queue_seconds": started - job.queued, "decode_seconds": job.decode_seconds,
                    "run_seconds": finished - started, "encode_seconds": done - encoding,
-                   "total_seconds": done - job.received, "score_seconds": time.monotonic() - done}
+                   "total_seconds": done - job.received, "score_seconds": time.monotonic() - done,
+                   "events_seconds": events_seconds}
         job.emit(events.completed(job.id, result, data, timings, **quality.completed_fields()))
         _LOGGER.info("job %s done: %d iterations in %.2fs", job.id, result.iterations, finished - started,
                      extra={"job_id": job.id, "device": worker.device})
@@ -105,34 +107,35 @@ def run_image_batch(jobs: Sequence[Job], worker: Worker) -> list[JobStats | Base
     before any work; each job's outcome is its stats or the exception that ended it, alone.
     """
     outcomes: list[JobStats | BaseException | None] = [None] * len(jobs)
-    begun: list[tuple[int, float, ValidatedRequest]] = []
+    begun: list[tuple[int, float, Progress]] = []
     for index, job in enumerate(jobs):
         try:
             started, request = cast(ImageJob, job.work).begin(job, worker)
         except Exception as error:  # cancelled while queued, or no longer decodable: this job only
             outcomes[index] = error
             continue
-        begun.append((index, started, request))
+        begun.append((index, started, Progress(job, request)))
     while begun:
-        _, _, first = begun[0]
+        first = begun[0][2].request
         engine = cast(BatchEngine, worker.engine)
         count = fitting_batch(engine, first.options, first.content.size, len(begun))  # type: ignore[arg-type]
         chunk, begun = begun[:count], begun[count:]
-        results = engine.stylize_batch([
-            BatchJob(request.content, request.styles, request.options, progress_callback(jobs[index], request))
-            for index, _, request in chunk])
+        results = engine.stylize_batch([BatchJob(p.request.content, p.request.styles, p.request.options, p)
+                                        for _, _, p in chunk])
         finished = time.monotonic()
-        for (index, started, request), result in zip(chunk, results, strict=True):
+        for (index, started, progress), result in zip(chunk, results, strict=True):
             outcomes[index] = result if isinstance(result, BaseException) else _finish_safely(
-                jobs[index], worker, request, result, started, finished)
+                progress, worker, result, started, finished)
     return [outcome if outcome is not None else RuntimeError("job ended without an outcome")
             for outcome in outcomes]
 
 
-def _finish_safely(job: Job, worker: Worker, request: ValidatedRequest, result: StylizeResult, started: float,
+def _finish_safely(progress: Progress, worker: Worker, result: StylizeResult, started: float,
                    finished: float) -> JobStats | BaseException:
+    job = progress.job
     try:
-        return cast(ImageJob, job.work).finish(job, worker, request, result, started, finished)
+        return cast(ImageJob, job.work).finish(job, worker, progress.request, result, started, finished,
+                                               progress.seconds)
     except Exception as error:  # this job's encoding or cancellation: the batch's other jobs go on
         return error
 
@@ -169,15 +172,23 @@ def _started(job: Job, options: StylizeOptions, device: str, queue_seconds: floa
         queue_seconds=queue_seconds))
 
 
-def progress_callback(job: Job, request: ValidatedRequest) -> Callback:
-    """The engine's per-step callback: check for cancellation, then report the step (and a preview)."""
+@dataclass
+class Progress:
+    """The engine's per-step callback for one job: check for cancellation, report the step (and a preview),
+    and count what that costs (``Timings.events_seconds``: the service's own share of the run)."""
 
-    def callback(step: Iterate) -> None:
-        if job.cancel.is_set():
-            raise Cancelled()
-        job.emit(events.progress(job.id, step))
-        if step.preview is not None:
-            job.emit(events.preview(job.id, step.iteration, step.preview(), request.preview_format,
-                                    request.preview_max_side))
+    job: Job
+    request: ValidatedRequest
+    seconds: float = 0.0
 
-    return callback
+    def __call__(self, step: Iterate) -> None:
+        start = time.perf_counter()
+        try:
+            if self.job.cancel.is_set():
+                raise Cancelled()
+            self.job.emit(events.progress(self.job.id, step))
+            if step.preview is not None:
+                self.job.emit(events.preview(self.job.id, step.iteration, step.preview(),
+                                             self.request.preview_format, self.request.preview_max_side))
+        finally:
+            self.seconds += time.perf_counter() - start
