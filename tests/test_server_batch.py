@@ -139,6 +139,8 @@ def test_server_batches_jobs_each_streams_its_own_events(engine: Any) -> None:
         steps = [e.progress.iteration for e in outcomes[i] if kind(e) == "progress"]
         total = next(e.started.total_iterations for e in outcomes[i] if kind(e) == "started")
         assert steps == list(range(1, total + 1)) and {e.job_id for e in outcomes[i]} == {outcomes[i][0].job_id}
+        timings = outcomes[i][-1].completed.timings
+        assert 0 < timings.events_seconds < timings.run_seconds < timings.total_seconds
     assert "completed" not in [kind(e) for e in outcomes[1]], "the cancelled job stopped"
     assert np.abs(_image(outcomes[0]) - _image(alone)).mean() <= 3
     assert _image(outcomes[0]).tolist() != _image(outcomes[2]).tolist()

@@ -120,8 +120,11 @@ def run_image_batch(jobs: Sequence[Job], worker: Worker) -> list[JobStats | Base
         engine = cast(BatchEngine, worker.engine)
         count = fitting_batch(engine, first.options, first.content.size, len(begun))  # type: ignore[arg-type]
         chunk, begun = begun[:count], begun[count:]
-        results = engine.stylize_batch([BatchJob(p.request.content, p.request.styles, p.request.options, p)
-                                        for _, _, p in chunk])
+        try:
+            results = engine.stylize_batch([BatchJob(p.request.content, p.request.styles, p.request.options, p)
+                                            for _, _, p in chunk])
+        except Exception as error:  # the batch as a whole (e.g. its memory plan): its jobs, not earlier ones
+            results = [error] * len(chunk)
         finished = time.monotonic()
         for (index, started, progress), result in zip(chunk, results, strict=True):
             outcomes[index] = result if isinstance(result, BaseException) else _finish_safely(
