@@ -124,12 +124,12 @@ def _run(engine: StyleTransfer, members: list[_Member], outcomes: list[StylizeRe
     alive = members
     for index, size in enumerate(sizes):
         alive = [m for m in alive if _guard(m, outcomes, _start_scale, engine, net, m, index, size)]
+        if not alive:
+            return
         net.checkpoint = plans[index].checkpoint
         with scale_allocator(plans[index]):
             alive = _run_scale(engine, net, alive, index, plans[index], outcomes)
             _update_balances(engine, net, alive)
-        if not alive:
-            return
     for member in alive:
         _guard(member, outcomes, _finish, engine, member, outcomes)
 
