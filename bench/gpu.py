@@ -16,6 +16,11 @@ Writes ``bench/results/gpu_<device>.json``:
   ``bench/quality.py`` where its scorer is available (offline VGG16 + Magenta in the cache), else the
   engine's own (mean relative style error, content loss), and the mean pixel difference.
 
+Setup on a GPU machine: use the torch it ships (never pip-install torch there). The engine needs Pillow and
+numpy besides; a machine that cannot reach a package index gets them from wheels carried with the working tree
+(``pip download pillow numpy -d build/wheels`` here, then ``pip install --no-index build/wheels/*.whl`` there).
+Run from the repository root: ``PYTHONPATH=.:server:client python bench/gpu.py``.
+
 Weights: ``--weights auto`` (the offline cache) when present, else random He-initialised VGG weights, which
 time exactly the same; the JSON says which (``weights``) — quality measures on random weights compare batched
 against alone only. Every step is bounded by ``--budget-seconds``: batches that would start after it are
