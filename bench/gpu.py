@@ -19,7 +19,7 @@ Writes ``bench/results/gpu_<device>.json``:
 Setup on a GPU machine: use the torch it ships (never pip-install torch there). The engine needs Pillow and
 numpy besides; a machine that cannot reach a package index gets them from wheels carried with the working tree
 (``pip download pillow numpy -d build/wheels`` here, then ``pip install --no-index build/wheels/*.whl`` there).
-Run from the repository root: ``PYTHONPATH=.:server:client python bench/gpu.py``.
+It puts the repository root on ``sys.path`` itself: ``python bench/gpu.py`` needs no install.
 
 Weights: ``--weights auto`` (the offline cache) when present, else random He-initialised VGG weights, which
 time exactly the same; the JSON says which (``weights``) — quality measures on random weights compare batched
