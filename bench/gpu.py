@@ -5,7 +5,7 @@
 
 Writes ``bench/results/gpu_<device>.json``:
 
-* per batch size B: wall seconds for B default-quality jobs run together (:meth:`StyleTransfer.stylize_batch`),
+* per batch size B: wall seconds for B default-quality jobs run together (:func:`styletx_core.batch.stylize_batch`),
   ``jobs_per_s`` (B / wall), per-job latency (every job of a batch finishes with it), ms per iteration at the
   final scale against the bare network bound at the same batch (forward + input-gradient backward of the
   truncated VGG, channels-last, the job's precision, no losses or optimiser), model-FLOP utilisation (the
@@ -48,7 +48,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from styletx_core.batch import BatchJob  # noqa: E402
+from styletx_core.batch import BatchJob, stylize_batch  # noqa: E402
 from styletx_core.engine import StyleTransfer  # noqa: E402
 from styletx_core.options import StylizeOptions  # noqa: E402
 from styletx_core.progress import StylizeResult  # noqa: E402
@@ -142,7 +142,7 @@ def run_batch(engine: StyleTransfer, jobs: list[BatchJob]) -> tuple[float, list[
         torch.cuda.reset_peak_memory_stats(device)
     synchronize(device)
     start = time.perf_counter()
-    outcomes = engine.stylize_batch(jobs)
+    outcomes = stylize_batch(engine, jobs)
     synchronize(device)
     wall = time.perf_counter() - start
     failed = [o for o in outcomes if isinstance(o, BaseException)]
@@ -220,7 +220,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     LOG.info("device %s, weights %s", engine.device, weights)
     warm = jobs_for(args, 1)
     warm[0].opts = warm[0].opts.replace(iterations=2, coarse_iterations=1)
-    engine.stylize_batch(warm)  # networks built, kernels chosen, style targets cached
+    stylize_batch(engine, warm)  # networks built, kernels chosen, style targets cached
     rows, skipped, last_results, last_jobs = [], [], [], []
     for batch in sorted(args.batches):
         if time.perf_counter() - started > args.budget_seconds:

@@ -60,7 +60,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from quality import MEASURES, PAIRS, Pair, build_scorers, independent_arch  # noqa: E402
 
-from styletx_core.batch import BatchJob  # noqa: E402
+from styletx_core.batch import BatchJob, stylize_batch  # noqa: E402
 from styletx_core.engine import StyleTransfer  # noqa: E402
 from styletx_core.imageio import load_image  # noqa: E402
 from styletx_core.options import StylizeOptions  # noqa: E402
@@ -568,7 +568,7 @@ def batch_jobs(content: Image.Image, styles: list[Image.Image], count: int, **ch
 
 def batch_wall(engine: StyleTransfer, jobs: list[BatchJob]) -> tuple[float, list[Any]]:
     start = time.perf_counter()
-    results = engine.stylize_batch(jobs)
+    results = stylize_batch(engine, jobs)
     wall = time.perf_counter() - start
     assert not any(isinstance(r, BaseException) for r in results), results
     return wall, results
@@ -627,7 +627,7 @@ def batch_quality(engine: StyleTransfer, args: argparse.Namespace) -> dict[str, 
     scorer = build_scorer(None)
     pairs = [pair_images(name) for name in BATCH_QUALITY_PAIRS]
     opts = StylizeOptions(size=args.batch_quality_size, seed=0)
-    batched = engine.stylize_batch([BatchJob(content, [style], opts) for _, content, style, _ in pairs])
+    batched = stylize_batch(engine, [BatchJob(content, [style], opts) for _, content, style, _ in pairs])
     rows = {}
     for (pair, content, style, _), together in zip(pairs, batched, strict=True):
         assert not isinstance(together, BaseException), together

@@ -95,8 +95,8 @@ class _Member:
 
 
 def stylize_batch(engine: StyleTransfer, jobs: Sequence[BatchJob]) -> list[StylizeResult | BaseException]:
-    """Run ``jobs`` (equal :func:`batch_key`) as one batch; per job, its result or the exception that ended
-    it. A job that cannot start (invalid request) fails alone; a batch that does not fit the memory plan
+    """Run ``jobs`` (equal :func:`batch_key`) as one batch on ``engine``; per job, its result or the exception
+    that ended it. A job that cannot start (invalid request) fails alone; a batch that does not fit the memory plan
     raises :class:`~styletx_core.errors.ResourceLimitError` before any work (the caller splits it)."""
     if len({batch_key(j.opts, j.content.size) for j in jobs}) > 1:
         raise EngineError("jobs with different batch keys cannot share a batch")

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import torch
 from PIL import Image
@@ -37,9 +37,6 @@ from .schedule import scale_iterations, total_iterations
 from .targets import TargetCache, energy_factors, style_targets
 from .vgg import FEATURE_LAYERS, VGGFeatures, layer_names
 from .weights import LoadedWeights, load_vgg_weights
-
-if TYPE_CHECKING:
-    from .batch import BatchJob
 
 __all__ = ["INITS", "MIN_SIDE", "OPTIMIZERS", "NumericalError", "StyleTransfer", "check_geometry", "native_bf16"]
 
@@ -284,12 +281,6 @@ class StyleTransfer:
             style_errors=balance.measured[-1] if balance.measured else {},
             style_multipliers=dict(balance.multipliers),
         )
-
-    def stylize_batch(self, jobs: Sequence[BatchJob]) -> list[StylizeResult | BaseException]:
-        """Optimise compatible jobs (:func:`styletx_core.batch.batch_key`) together; see :mod:`.batch`."""
-        from .batch import stylize_batch
-
-        return stylize_batch(self, jobs)
 
     def precision(self, opts: StylizeOptions) -> str:
         """The precision a job runs at: ``opts.precision``, with ``auto`` resolved for this device.

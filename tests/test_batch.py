@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from support.faults import FaultLoss
 
-from styletx_core.batch import BatchJob, batch_key
+from styletx_core.batch import BatchJob, batch_key, stylize_batch
 from styletx_core.engine import NumericalError, StyleTransfer
 from styletx_core.errors import Cancelled, EngineError, ResourceLimitError
 from styletx_core.options import StylizeOptions
@@ -47,12 +47,12 @@ def test_each_job_gets_its_solo_image(engine, content_image, style_image, second
     options = _jobs(content_image, [style_image], optimizer)
     seen: list[list[Iterate]] = [[], [], []]
     jobs = [BatchJob(content_image, s, o, seen[i].append) for i, (s, o) in enumerate(zip(style_sets, options, strict=True))]
-    batched = engine.stylize_batch(jobs)
+    batched = stylize_batch(engine, jobs)
     for job, result, events in zip(jobs, batched, seen, strict=True):
         assert not isinstance(result, BaseException), result
         alone, alone_events = _solo(engine, content_image, job.styles, job.opts)
         assert np.abs(_pixels(result.image) - _pixels(alone.image)).mean() <= TOLERANCE
-        (own_batch,) = engine.stylize_batch([BatchJob(job.content, job.styles, job.opts)])
+        (own_batch,) = stylize_batch(engine, [BatchJob(job.content, job.styles, job.opts)])
         assert _pixels(result.image).tolist() == _pixels(own_batch.image).tolist()
         assert result.seed == alone.seed and result.iterations == alone.iterations == 12
         assert [e.iteration for e in events] == [e.iteration for e in alone_events]
@@ -63,14 +63,14 @@ def test_each_job_gets_its_solo_image(engine, content_image, style_image, second
 
 def test_cancelling_one_job_leaves_the_others_unchanged(engine, content_image, style_image) -> None:
     options = _jobs(content_image, [style_image])
-    together = engine.stylize_batch([BatchJob(content_image, [style_image], o) for o in options])
+    together = stylize_batch(engine, [BatchJob(content_image, [style_image], o) for o in options])
 
     def cancel_at_6(step: Iterate) -> None:
         if step.iteration == 6:
             raise Cancelled()
 
     callbacks = [None, cancel_at_6, None]
-    partial = engine.stylize_batch([BatchJob(content_image, [style_image], o, c)
+    partial = stylize_batch(engine, [BatchJob(content_image, [style_image], o, c)
                                     for o, c in zip(options, callbacks, strict=True)])
     assert isinstance(partial[1], Cancelled)
     for row in (0, 2):
@@ -80,20 +80,20 @@ def test_cancelling_one_job_leaves_the_others_unchanged(engine, content_image, s
 def test_a_nan_fails_only_its_job(engine, content_image, style_image) -> None:
     options = _jobs(content_image, [style_image])
     extras = [None, {"fault": FaultLoss("nan", 5)}, {"fault": FaultLoss("boom", 3)}]
-    outcomes = engine.stylize_batch([BatchJob(content_image, [style_image], o, extra_losses=e)
+    outcomes = stylize_batch(engine, [BatchJob(content_image, [style_image], o, extra_losses=e)
                                      for o, e in zip(options, extras, strict=True)])
     assert isinstance(outcomes[1], NumericalError)
     assert isinstance(outcomes[2], RuntimeError) and "boom" in str(outcomes[2])
-    (alone,) = engine.stylize_batch([BatchJob(content_image, [style_image], options[0])])
+    (alone,) = stylize_batch(engine, [BatchJob(content_image, [style_image], options[0])])
     assert _pixels(outcomes[0].image).tolist() == _pixels(alone.image).tolist()
 
 
 def test_invalid_job_fails_alone_and_keys_must_match(engine, content_image, style_image) -> None:
     good = StylizeOptions(**SMALL, seed=1)
-    outcomes = engine.stylize_batch([BatchJob(content_image, [], good), BatchJob(content_image, [style_image], good)])
+    outcomes = stylize_batch(engine, [BatchJob(content_image, [], good), BatchJob(content_image, [style_image], good)])
     assert isinstance(outcomes[0], EngineError) and not isinstance(outcomes[1], BaseException)
     with pytest.raises(EngineError, match="batch keys"):
-        engine.stylize_batch([BatchJob(content_image, [style_image], good),
+        stylize_batch(engine, [BatchJob(content_image, [style_image], good),
                               BatchJob(content_image, [style_image], good.replace(iterations=9))])
     assert batch_key(good, (128, 96)) == batch_key(good.replace(seed=5, style_weight=9.0), (256, 192))
     assert batch_key(good, (128, 96)) != batch_key(good, (96, 128))
@@ -107,5 +107,5 @@ def test_a_batch_over_the_memory_plan_is_refused_before_any_work(random_vgg_weig
     small = StyleTransfer(device="cpu", weights="file", weights_path=random_vgg_weights, memory_budget=budget)
     seen: list[Iterate] = []
     with pytest.raises(ResourceLimitError, match="8 jobs"):
-        small.stylize_batch([BatchJob(content_image, [style_image], opts, seen.append)] * 8)
+        stylize_batch(small, [BatchJob(content_image, [style_image], opts, seen.append)] * 8)
     assert not seen

@@ -23,7 +23,8 @@ from typing import cast
 
 from styletx_proto.v1 import styletx_pb2 as pb
 
-from styletx_core.batch import BatchJob, batch_key, fitting_batch
+from styletx_core.batch import BatchJob, batch_key, fitting_batch, stylize_batch
+from styletx_core.engine import StyleTransfer
 from styletx_core.errors import Cancelled
 from styletx_core.imageio import encode_image
 from styletx_core.options import StylizeOptions
@@ -34,7 +35,7 @@ from .job import Job, JobStats
 from .modes import QualityOutcome
 from .modes.runners import MODE_RUNNERS
 from .validation import ValidatedRequest
-from .worker import BatchEngine, Worker
+from .worker import Worker
 
 __all__ = ["ImageJob", "Progress", "batch_key_of", "run_image_batch"]
 
@@ -117,12 +118,13 @@ def run_image_batch(jobs: Sequence[Job], worker: Worker) -> list[JobStats | Base
         begun.append((index, started, Progress(job, request)))
     while begun:
         first = begun[0][2].request
-        engine = cast(BatchEngine, worker.engine)
-        count = fitting_batch(engine, first.options, first.content.size, len(begun))  # type: ignore[arg-type]
+        engine = worker.engine
+        assert isinstance(engine, StyleTransfer), "only the real engine batches (see the service)"
+        count = fitting_batch(engine, first.options, first.content.size, len(begun))
         chunk, begun = begun[:count], begun[count:]
         try:
-            results = engine.stylize_batch([BatchJob(p.request.content, p.request.styles, p.request.options, p)
-                                            for _, _, p in chunk])
+            results = stylize_batch(engine, [BatchJob(p.request.content, p.request.styles, p.request.options, p)
+                                             for _, _, p in chunk])
         except Exception as error:  # the batch as a whole (e.g. its memory plan): its jobs, not earlier ones
             results = [error] * len(chunk)
         finished = time.monotonic()

@@ -24,6 +24,8 @@ from google.rpc import error_details_pb2, status_pb2
 from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 
+from styletx_core.engine import StyleTransfer
+
 from .admission import MemoryBudget, Reservation, footprint, header_pixels
 from .errors import ServiceError, from_engine_error
 from .idempotency import CANCEL_METADATA, JobLog, Record, Records, caller_of, check_key, fingerprint
@@ -107,7 +109,7 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
         self._info = info
         self._channels: dict[str, EventChannel | JobLog] = {}
         self.modes = frozenset(MODE_RUNNERS)
-        batching = all(callable(getattr(engine, "stylize_batch", None)) for engine in self._engines)
+        batching = all(isinstance(engine, StyleTransfer) for engine in self._engines)  # fakes run jobs alone
         self.queue = JobQueue(self._run, self._job_done, workers=len(self._engines),
                               capacity=limits.queue_capacity, on_yield=self._job_yielded,
                               batch_runner=self._run_batch if batching else None,

@@ -8,14 +8,12 @@ from typing import Protocol
 
 from PIL import Image
 
-from styletx_core.batch import BatchJob
-from styletx_core.memory import ScalePlan
 from styletx_core.options import StylizeOptions
 from styletx_core.progress import Callback, StylizeResult
 
 from .modes.models import ModeModels
 
-__all__ = ["BatchEngine", "Engine", "Worker"]
+__all__ = ["Engine", "Worker"]
 
 
 class Engine(Protocol):
@@ -27,15 +25,6 @@ class Engine(Protocol):
     def variations(self, content: Image.Image, styles: Sequence[Image.Image], count: int,
                    opts: StylizeOptions | None = None,
                    callback: Callback | None = None) -> list[StylizeResult]: ...
-
-
-class BatchEngine(Engine, Protocol):
-    """An engine that also optimises compatible jobs together (:mod:`styletx_core.batch`)."""
-
-    def stylize_batch(self, jobs: Sequence[BatchJob]) -> list[StylizeResult | BaseException]: ...
-
-    def memory_plan(self, sizes: Sequence[tuple[int, int]], opts: StylizeOptions,
-                    batch: int = 1) -> list[ScalePlan]: ...
 
 
 @dataclass
