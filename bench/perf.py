@@ -22,6 +22,9 @@ whatever section files exist, so a section can be re-run alone):
 * ``scaling`` — seconds per iteration and peak RSS from 256 to 2048 px (one subprocess per size, so that the
   RSS is that size's own); plot ``perf_scaling.png``.
 * ``memory`` — a whole 4096 px job (few iterations per scale: the point is the memory plan and the peak RSS).
+* ``batch`` — jobs optimised together (issue 20): per-job ms per iteration at 64 px for batches of 1, 4, 8
+  (interleaved repeats), a batch of four against four jobs one after another at 512 px (a few iterations), and
+  ``bench/quality.py``'s four measures batched vs alone for three pairs on one content (256 px, defaults).
 * ``service`` — N concurrent clients through a real server against one job alone (throughput efficiency),
   queue positions as reported, and the style-target cache's saving on a repeated style.
 
@@ -57,6 +60,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from quality import MEASURES, PAIRS, Pair, build_scorers, independent_arch  # noqa: E402
 
+from styletx_core.batch import BatchJob, stylize_batch  # noqa: E402
 from styletx_core.engine import StyleTransfer  # noqa: E402
 from styletx_core.imageio import load_image  # noqa: E402
 from styletx_core.options import StylizeOptions  # noqa: E402
@@ -70,6 +74,11 @@ LOG = logging.getLogger("perf")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+def build_scorer(cache_dir: str | None) -> QualityScorer:
+    """bench/quality.py's scorer on the network the engine (VGG19 by default) does not optimise."""
+    return build_scorers(cache_dir)[independent_arch("vgg19")]
+
+
 def device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
@@ -549,6 +558,89 @@ def concurrent_jobs(target: str, clients: int, content: bytes, style: bytes,
             "positions_correct": accepted == expected and countdown, "fifo": starts == sorted(starts)}
 
 
+# ------------------------------------------------------------------------------------------------- batch
+BATCH_QUALITY_PAIRS = ("tubingen_starry", "tubingen_shipwreck", "tubingen_scream")  # one content: one batch key
+
+
+def batch_jobs(content: Image.Image, styles: list[Image.Image], count: int, **changes: Any) -> list[BatchJob]:
+    """``count`` jobs on one content, each with its own seed and (cycling) style."""
+    return [BatchJob(content, [styles[k % len(styles)]], StylizeOptions(seed=k, **changes)) for k in range(count)]
+
+
+def batch_wall(engine: StyleTransfer, jobs: list[BatchJob]) -> tuple[float, list[Any]]:
+    start = time.perf_counter()
+    results = stylize_batch(engine, jobs)
+    wall = time.perf_counter() - start
+    assert not any(isinstance(r, BaseException) for r in results), results
+    return wall, results
+
+
+def per_job_iteration_ms(engine: StyleTransfer, content: Image.Image, styles: list[Image.Image], batch: int,
+                         size: int, iterations: int) -> float:
+    """Milliseconds per iteration per job at one scale (the first two iterations dropped)."""
+    jobs = batch_jobs(content, styles, batch, size=size, min_size=size, iterations=iterations, coarse_iterations=0)
+    _, results = batch_wall(engine, jobs)
+    times = [step["elapsed"] for step in results[0].history][2:]
+    return 1000 * (times[-1] - times[0]) / (len(times) - 1) / batch
+
+
+def section_batch(args: argparse.Namespace) -> None:
+    """Issue 20's CPU figures: per-job iteration time at a small size by batch (the launch-bound regime),
+    throughput of a batch of 4 against four jobs one after another at 512 px, and quality batched vs alone."""
+    engine = StyleTransfer(device="cpu")
+    _, content, style, _ = pair_images(CURVE_PAIR)
+    styles = [style, load_image(IMAGES / "style" / "shipwreck.jpg")]
+    warm_up(engine, content, style, StylizeOptions(size=args.batch_small_size))
+    batches = args.batch_counts
+    samples: dict[int, list[float]] = {b: [] for b in batches}
+    for _ in range(args.batch_repeats):  # interleaved: every batch size sees the same drift in load
+        for batch in batches:
+            samples[batch].append(per_job_iteration_ms(engine, content, styles, batch, args.batch_small_size,
+                                                       args.batch_small_iterations))
+    small = {b: statistics.median(v) for b, v in samples.items()}
+    LOG.info("per-job ms/iteration at %d px: %s", args.batch_small_size, small)
+    large = batch_throughput(engine, content, styles, args)
+    quality = batch_quality(engine, args) if args.batch_quality_size else None
+    write("batch", {"small_size": args.batch_small_size, "per_job_ms_per_iteration": small,
+                    "samples_ms": samples, "per_job_speedup": {b: small[batches[0]] / small[b] for b in batches},
+                    "large": large, "quality": quality})
+
+
+def batch_throughput(engine: StyleTransfer, content: Image.Image, styles: list[Image.Image],
+                     args: argparse.Namespace) -> dict[str, Any]:
+    """Four jobs in one batch against the same four one after another (``stylize``), interleaved."""
+    size, iterations = args.batch_large_size, args.batch_large_iterations
+    jobs = batch_jobs(content, styles, 4, size=size, min_size=size, iterations=iterations, coarse_iterations=0)
+    sequential = time.perf_counter()
+    for job in jobs:
+        engine.stylize(job.content, job.styles, job.opts)
+    sequential = time.perf_counter() - sequential
+    batched, _ = batch_wall(engine, jobs)
+    LOG.info("%d px, 4 jobs × %d iterations: sequential %.1f s, batched %.1f s", size, iterations, sequential,
+             batched)
+    return {"size": size, "iterations": iterations, "sequential_s": sequential, "batched_s": batched,
+            "throughput_ratio": sequential / batched}
+
+
+def batch_quality(engine: StyleTransfer, args: argparse.Namespace) -> dict[str, Any]:
+    """bench/quality.py's four measures (independent scorer) for three pairs on one content, batched vs alone,
+    at default options (seed 0): the relative change of each measure."""
+    scorer = build_scorer(None)
+    pairs = [pair_images(name) for name in BATCH_QUALITY_PAIRS]
+    opts = StylizeOptions(size=args.batch_quality_size, seed=0)
+    batched = stylize_batch(engine, [BatchJob(content, [style], opts) for _, content, style, _ in pairs])
+    rows = {}
+    for (pair, content, style, _), together in zip(pairs, batched, strict=True):
+        assert not isinstance(together, BaseException), together
+        alone = engine.stylize(content, [style], opts)
+        scores = [scorer.score(content, [style], r.image).as_dict() for r in (together, alone)]
+        rows[pair.name] = {key: {"batched": scores[0][key], "alone": scores[1][key],
+                                 "relative_change": (scores[0][key] - scores[1][key]) / abs(scores[1][key])}
+                           for key, _, _ in MEASURES}
+    worst = max(abs(m["relative_change"]) for row in rows.values() for m in row.values())
+    return {"size": args.batch_quality_size, "pairs": rows, "largest_relative_change": worst}
+
+
 # ------------------------------------------------------------------------------------------------ summary
 def summary() -> dict[str, Any]:
     """summary.json: the issue's keys from the section files on disk (None where a section has not run)."""
@@ -587,6 +679,11 @@ def summary() -> dict[str, Any]:
     service = read("service")
     if service:
         out["service_concurrency_efficiency"] = service["efficiency"]
+    batch = read("batch")
+    if batch:
+        out["batch_per_job_speedup"] = batch["per_job_speedup"]
+        out["batch4_throughput_ratio_512"] = batch["large"]["throughput_ratio"]
+        out["batch_quality_largest_relative_change"] = batch["quality"] and batch["quality"]["largest_relative_change"]
     return out
 
 
@@ -638,6 +735,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
     "scaling": section_scaling,
     "memory": section_memory,
     "service": section_service,
+    "batch": section_batch,
 }
 
 
@@ -651,6 +749,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pastiche-steps", type=int, default=800)
     parser.add_argument("--pastiche-every", type=int, default=40, help="score every N pastiche steps")
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--batch-counts", nargs="+", type=int, default=[1, 4, 8])
+    parser.add_argument("--batch-small-size", type=int, default=64)
+    parser.add_argument("--batch-small-iterations", type=int, default=12)
+    parser.add_argument("--batch-repeats", type=int, default=3)
+    parser.add_argument("--batch-large-size", type=int, default=512)
+    parser.add_argument("--batch-large-iterations", type=int, default=4)
+    parser.add_argument("--batch-quality-size", type=int, default=256, help="0: skip the quality comparison")
     parser.add_argument("--summary-only", action="store_true", help="rebuild summary.json/perf.md from disk")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     return parser.parse_args(argv)

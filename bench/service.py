@@ -109,7 +109,7 @@ def main() -> None:
         server = Server(engine)
         content, style = load_image(content_bytes), load_image(style_bytes)
         engine.stylize(content, [style], opts)  # warm-up: networks built, targets cached, as on a live server
-        direct, remote = [], []
+        direct, remote, phases = [], [], []
         with Client(server.target, timeout=600) as client:
             client.stylize(content_bytes, [style_bytes], **params)
             for _ in range(args.repeats):  # alternate, so that drift in a shared machine's load hits both
@@ -117,8 +117,9 @@ def main() -> None:
                 engine.stylize(load_image(content_bytes), [load_image(style_bytes)], opts)
                 direct.append(time.perf_counter() - start)
                 start = time.perf_counter()
-                client.stylize(content_bytes, [style_bytes], **params)
+                output = client.stylize(content_bytes, [style_bytes], **params)
                 remote.append(time.perf_counter() - start)
+                phases.append(dict(output.timings))
             first = []
             for _ in range(args.first_event_calls):
                 start = time.perf_counter()
@@ -129,12 +130,18 @@ def main() -> None:
                 time.sleep(0.2)  # let the cancelled job leave the worker: the server is idle again
         server.stop()
     d, r = statistics.median(direct), statistics.median(remote)
+    # Completion-time quality scoring is a phase of its own: it runs after the client has the whole image.
+    to_image = [wall - phase["score_seconds"] for wall, phase in zip(remote, phases, strict=True)]
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared with other jobs (noisy)",
         "job": {**params, "device": "cpu", "weights": "random vgg19"},
         "in_process_s": direct,
         "through_server_s": remote,
         "overhead_ratio": (r - d) / d,
+        "through_server_to_image_s": to_image,
+        "overhead_ratio_to_image": (statistics.median(to_image) - d) / d,
+        "paired_overhead_ratios_to_image": [(t - x) / x for t, x in zip(to_image, direct, strict=True)],
+        "phases_median_s": {key: statistics.median(p[key] for p in phases) for key in phases[0]},
         "overhead_goal": 0.03,
         "first_event_ms_median": 1000 * statistics.median(first),
         "first_event_ms_p90": 1000 * sorted(first)[int(0.9 * (len(first) - 1))],

@@ -132,6 +132,27 @@ class _Run:
         return sum(self.iterations_at(s) * w * h / final for s, (w, h) in enumerate(self.sizes))
 
 
+@dataclass
+class _Job:
+    """One job's request and run state, set up by :meth:`StyleTransfer.prepare_job` before any work."""
+
+    content: Image.Image
+    seed: int
+    generator: torch.Generator
+    content_t: torch.Tensor
+    style_ts: list[torch.Tensor]
+    run: _Run
+    balance: RegionalBalance
+    init_image: Image.Image | None
+    extra_losses: Mapping[str, torch.nn.Module]
+    plan: RegionPlan
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """The network layers this job reads: content layers and every region's style layers."""
+        return (*self.run.opts.content_layers, *self.plan.all_layers)
+
+
 class StyleTransfer:
     """Holds the networks, weights and style-target cache; stylises images on one device.
 
@@ -218,7 +239,38 @@ class StyleTransfer:
         ``controls`` (one per style, or fewer) give styles a region mask and their own layers; ``content_strength``
         (greyscale, 0–1) scales the content loss per pixel — see :mod:`styletx_core.regions`.
         """
-        opts = opts or StylizeOptions()
+        job = self.prepare_job(content, styles, opts or StylizeOptions(), callback, init_image, extra_losses,
+                               controls, content_strength)
+        opts = job.run.opts
+        # A shallow copy shares the weights but has its own ``checkpoint`` switch: jobs running side by side in
+        # the server's workers each follow their own memory plan.
+        net = copy.copy(self.network(opts.model, opts.pooling, job.layers))
+        image = None
+        for index, size in enumerate(job.run.sizes):
+            image = self._init_image(image, job.content_t, job.style_ts, job.init_image, size, job.generator, opts,
+                                     job.plan)
+            losses = self._build_losses(net, job.content_t, job.style_ts, size, opts, job.extra_losses, job.balance,
+                                        job.plan)
+            net.checkpoint = job.run.plans[index].checkpoint
+            with scale_allocator(job.run.plans[index]):
+                image = self._run_scale(net, image, losses, index, job.run)
+                job.balance.update(self._style_errors(net, image, losses, opts))
+        assert image is not None
+        return self.finish_job(job, image)
+
+    def prepare_job(
+        self,
+        content: Image.Image,
+        styles: Sequence[Image.Image],
+        opts: StylizeOptions,
+        callback: Callback | None = None,
+        init_image: Image.Image | None = None,
+        extra_losses: Mapping[str, torch.nn.Module] | None = None,
+        controls: Sequence[StyleControl | None] | None = None,
+        content_strength: Image.Image | None = None,
+    ) -> _Job:
+        """Check a request and set up its run (seed, device tensors, sizes, memory plan, regions, balance): before
+        any optimisation, for :meth:`stylize` and for a batch (:mod:`styletx_core.batch`) alike."""
         self._check_request(content, styles, opts)
         final_size = fit_long_side(content.size, opts.size)
         plan = RegionPlan.build(controls, len(styles), final_size, opts, content_strength, self.device)
@@ -227,24 +279,17 @@ class StyleTransfer:
         content_t, style_ts = self._prepare_colors(content, styles, opts)
         sizes = [fit_long_side(content.size, s) for s in opts.scales()]
         run = _Run(opts, sizes, self.memory_plan(sizes, opts), callback)
-        # A shallow copy shares the weights but has its own ``checkpoint`` switch: jobs running side by side in
-        # the server's workers each follow their own memory plan.
-        net = copy.copy(self.network(opts.model, opts.pooling, (*opts.content_layers, *plan.all_layers)))
         balance = plan.balance(opts.style_tolerance)
-        image = None
-        for index, size in enumerate(sizes):
-            image = self._init_image(image, content_t, style_ts, init_image, size, generator, opts, plan)
-            losses = self._build_losses(net, content_t, style_ts, size, opts, extra_losses or {}, balance, plan)
-            net.checkpoint = run.plans[index].checkpoint
-            with scale_allocator(run.plans[index]):
-                image = self._run_scale(net, image, losses, index, run)
-                balance.update(self._style_errors(net, image, losses, opts))
-        assert image is not None
-        if opts.preserve_color == "luminance":
-            image = color.recombine_luminance(image, pil_to_tensor(content).to(self.device))
+        return _Job(content, seed, generator, content_t, style_ts, run, balance, init_image, extra_losses or {}, plan)
+
+    def finish_job(self, job: _Job, image: torch.Tensor) -> StylizeResult:
+        """The result of a job whose last scale ended at ``image`` (colour put back where asked)."""
+        run, balance = job.run, job.balance
+        if run.opts.preserve_color == "luminance":
+            image = color.recombine_luminance(image, pil_to_tensor(job.content).to(self.device))
         return StylizeResult(
             image=tensor_to_pil(image),
-            seed=seed,
+            seed=job.seed,
             iterations=run.done,
             equivalent_iterations=run.equivalent_iterations(),
             elapsed=time.perf_counter() - run.start,
@@ -266,11 +311,17 @@ class StyleTransfer:
             return opts.precision
         return "bf16" if native_bf16(self.device) else "fp32"
 
-    def memory_plan(self, sizes: Sequence[tuple[int, int]], opts: StylizeOptions) -> list[ScalePlan]:
-        """One plan per scale; raises :class:`ResourceLimitError` (before any work) if a scale cannot fit."""
+    def memory_plan(
+        self, sizes: Sequence[tuple[int, int]], opts: StylizeOptions, batch: int = 1
+    ) -> list[ScalePlan]:
+        """One plan per scale (for ``batch`` such jobs optimised together); raises :class:`ResourceLimitError`
+        (before any work) if a scale cannot fit."""
         budget = self.memory_budget or int(MEMORY_HEADROOM * available_memory(self.device))
         precision = self.precision(opts)
-        return [plan_scale(opts.model, w, h, precision, opts.optimizer, LBFGS_HISTORY, budget) for w, h in sizes]
+        return [
+            plan_scale(opts.model, w, h, precision, opts.optimizer, LBFGS_HISTORY, budget, batch=batch)
+            for w, h in sizes
+        ]
 
     def _check_request(
         self, content: Image.Image, styles: Sequence[Image.Image], opts: StylizeOptions
@@ -396,9 +447,7 @@ class StyleTransfer:
     ) -> dict[str, float]:
         """Each style layer's relative error on ``image`` (unweighted; one forward pass)."""
         with torch.no_grad(), self._autocast(opts):
-            features = net(image)
-            terms = [cast(LayerApply, scale.module) for scale in cast(Iterable[Scale], losses["style"])]
-            return {term.key: math.sqrt(max(float(term(features, image)), 0.0)) for term in terms}
+            return style_errors_of(net(image), image, losses)
 
     def _autocast(self, opts: StylizeOptions) -> contextlib.AbstractContextManager[object]:
         if self.precision(opts) == "bf16":
@@ -501,6 +550,14 @@ class StyleTransfer:
         noisy = (content_t + 0.25 * strength * torch.randn(content_t.shape, generator=gen)).clamp(0, 1)
         return self.stylize(content, varied, opts, callback, init_image=tensor_to_pil(noisy),
                             controls=controls, content_strength=content_strength)
+
+
+def style_errors_of(
+    features: Mapping[str, torch.Tensor], image: torch.Tensor, losses: SumLoss
+) -> dict[str, float]:
+    """Each style term's unweighted relative error on one job's ``features`` (call under ``no_grad``)."""
+    terms = [cast(LayerApply, scale.module) for scale in cast(Iterable[Scale], losses["style"])]
+    return {term.key: math.sqrt(max(float(term(features, image)), 0.0)) for term in terms}
 
 
 @functools.cache

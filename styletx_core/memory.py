@@ -199,9 +199,13 @@ def scale_allocator(plan: ScalePlan) -> Iterator[None]:
 
 
 def plan_scale(arch: str, width: int, height: int, precision: str, optimizer: str, history: int,
-               budget: int) -> ScalePlan:
-    """The cheapest plan for one scale that fits ``budget`` bytes; :class:`ResourceLimitError` if none does."""
-    pixels = width * height
+               budget: int, batch: int = 1) -> ScalePlan:
+    """The cheapest plan for one scale that fits ``budget`` bytes; :class:`ResourceLimitError` if none does.
+
+    ``batch`` jobs optimised together (:mod:`styletx_core.batch`) need ``batch`` times the activations and the
+    optimiser state (the weights and the base are shared); every job of the batch gets the same history.
+    """
+    pixels = width * height * batch
     image_bytes = 3 * pixels * 4
 
     def estimate(h: int, checkpoint: bool) -> int:
@@ -215,7 +219,8 @@ def plan_scale(arch: str, width: int, height: int, precision: str, optimizer: st
             fitting = history if optimizer != "lbfgs" else min(history, spare // (2 * image_bytes))
             return ScalePlan(width, height, int(fitting), checkpoint, estimate(int(fitting), checkpoint), budget)
     need = estimate(shortest, True)
+    jobs = f"{batch} jobs of " if batch > 1 else ""
     raise ResourceLimitError(
-        f"a {width}×{height} scale needs about {need / 2**30:.1f} GiB even with activation checkpointing and "
+        f"{jobs}a {width}×{height} scale needs about {need / 2**30:.1f} GiB even with activation checkpointing and "
         f"an L-BFGS history of {shortest}; {budget / 2**30:.1f} GiB is available (use a smaller size, bf16 "
         "precision, or a device with more memory)")

@@ -90,6 +90,11 @@ class ServerConfig:
     """Seconds of frames after which a video stream gives its worker to waiting work (then queues again)."""
     video_idle: float = _LIMIT_DEFAULTS.video_idle
     """Seconds a video stream may send no frame, or read no reply, before it is closed (DEADLINE_EXCEEDED)."""
+    max_batch: int = _LIMIT_DEFAULTS.max_batch
+    """Most compatible OPTIMIZE jobs optimised together in one batch (0: auto — up to 32 on a GPU, 1 on a CPU,
+    always within the memory plan; 1: never batch)."""
+    batch_wait_ms: float = _LIMIT_DEFAULTS.batch_wait * 1000
+    """Milliseconds a worker waits for compatible companions before starting a batchable job."""
     keepalive_seconds: float = 30.0
     """Seconds between the server's HTTP/2 pings on a connection; a peer that does not answer is dropped."""
     keepalive_timeout_seconds: float = 10.0
@@ -107,7 +112,8 @@ class ServerConfig:
                       decode_timeout=self.decode_timeout, result_ttl=self.result_ttl,
                       queue_capacity=self.queue_size, calls_per_connection=self.max_concurrent_streams,
                       video_slice=self.video_slice, video_idle=self.video_idle,
-                      max_receive_message_bytes=self.max_receive_mb * 1024 * 1024)
+                      max_receive_message_bytes=self.max_receive_mb * 1024 * 1024,
+                      max_batch=self.max_batch, batch_wait=self.batch_wait_ms / 1000)
 
     def replace(self, **changes: Any) -> ServerConfig:
         return dataclasses.replace(self, **changes)

@@ -61,6 +61,8 @@ class Job:
     received: float = field(default_factory=time.monotonic)
     """When the request arrived (before decoding)."""
     queued: float = field(default_factory=time.monotonic)
+    batch_key: tuple[object, ...] | None = None
+    """Jobs with equal keys may run in one batch (:func:`styletx_core.batch.batch_key`); None: always alone."""
 
     def announce(self, position: int) -> None:
         """Tell the caller its place in the queue (in the message its kind of work speaks)."""

@@ -44,3 +44,8 @@ class Limits:
     """Seconds of frames after which a video session gives its worker to waiting work (docs: fairness)."""
     video_buffer_frames: int = 4
     """Frames one StylizeVideo stream may have on the server (received, not yet sent back)."""
+    max_batch: int = 0
+    """Most compatible OPTIMIZE jobs a worker optimises together (0: auto — 32 on a GPU, 1 on a CPU, and on
+    either as many as the memory plan fits without changing any job's plan)."""
+    batch_wait: float = 0.005
+    """Seconds a worker with a batchable job waits for compatible companions before it starts."""

@@ -42,6 +42,11 @@ class Metrics:
                             "does not start it again)", registry=self.registry)
         self.attached = Counter("styletx_request_id_attached", "Calls that attached to an existing job by its "
                                 "request_id", ["state"], registry=self.registry)
+        self.batch_size = Histogram("styletx_batch_size", "Image jobs a worker ran together (1: alone)",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
+        self.job_run_seconds = Histogram("styletx_job_run_seconds", "Start to result of each successful job, "
+                                         "on its worker (a batched job's own latency)",
+                                         buckets=_LATENCY_BUCKETS, registry=self.registry)
         self._cache_seen: dict[int, tuple[int, int]] = {}
         self._lock = threading.Lock()
 
@@ -53,6 +58,7 @@ class Metrics:
         self.jobs.labels(code=code).inc()
         if code == "OK":
             self.job_seconds.observe(total_seconds)
+            self.job_run_seconds.observe(run_seconds)
         self.iterations.inc(iterations)
         if run_seconds > 0 and iterations:
             self.iterations_per_second.set(iterations / run_seconds)

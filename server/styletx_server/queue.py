@@ -1,4 +1,9 @@
-"""A bounded FIFO of jobs with one worker per device.
+"""A bounded FIFO of jobs with one worker per device, which runs compatible jobs together as a batch.
+
+A worker takes the job at the head of the queue; if it is batchable (``Job.batch_key``), the worker also takes
+the queued jobs with the same key, oldest first, up to ``max_batch``, waiting up to ``batch_wait`` seconds for
+companions when it has fewer. The head job is always served, so a job is passed over only by jobs that run
+together with an older one: every dispatch moves every waiting job forward, and no job waits indefinitely.
 
 All bookkeeping happens on the event loop; only the engine runs in the worker threads. A full queue refuses
 at once with RESOURCE_EXHAUSTED and a retry hint (how long the jobs ahead should take), rather than letting
@@ -33,20 +38,27 @@ DoneCallback = Callable[[Job, BaseException | None], None]
 YieldCallback = Callable[[Job], None]
 #: What a runner returns for a job that gave its worker up without finishing.
 YIELDED = object()
+#: ``batch_runner(jobs, worker_index)`` runs several jobs together in a worker thread; per job, its error
+#: (None: success).
+BatchRunner = Callable[[list[Job], int], list[BaseException | None]]
 
 
 class JobQueue:
     """FIFO of at most ``capacity`` waiting jobs, run by ``workers`` threads (one running job per device)."""
 
     def __init__(self, runner: Runner, on_done: DoneCallback, *, workers: int, capacity: int,
-                 on_yield: YieldCallback | None = None) -> None:
+                 on_yield: YieldCallback | None = None, batch_runner: BatchRunner | None = None,
+                 max_batch: int = 1, batch_wait: float = 0.0) -> None:
         self._runner = runner
+        self._batch_runner = batch_runner
+        self.max_batch = max_batch if batch_runner is not None else 1
+        self.batch_wait = batch_wait
         self._on_done = on_done
         self._on_yield = on_yield
         self.workers = workers
         self.capacity = capacity
         self._waiting: collections.deque[Job] = collections.deque()
-        self._running: dict[int, Job] = {}
+        self._running: dict[int, list[Job]] = {}
         self._wakeup = asyncio.Event()
         self._closed = False
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="styletx-worker")
@@ -60,7 +72,7 @@ class JobQueue:
 
     @property
     def running(self) -> int:
-        return len(self._running)
+        return sum(len(jobs) for jobs in self._running.values())
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._work(i), name=f"styletx-worker-{i}")
@@ -117,8 +129,9 @@ class JobQueue:
         self._wakeup.set()
 
     def cancel_running(self) -> None:
-        for job in self._running.values():
-            job.cancel.set()
+        for jobs in self._running.values():
+            for job in jobs:
+                job.cancel.set()
 
     async def join(self) -> None:
         """Wait for the workers to exit (after :meth:`close`, once the running jobs end)."""
@@ -126,36 +139,82 @@ class JobQueue:
         self._executor.shutdown(wait=False)
 
     async def _work(self, index: int) -> None:
-        loop = asyncio.get_running_loop()
-        while (job := await self._next()) is not None:
-            self._running[index] = job
-            error: BaseException | None = None
-            outcome: object = None
-            started = time.monotonic()
+        while (jobs := await self._next()) is not None:
+            self._running[index] = jobs
             try:
-                outcome = await loop.run_in_executor(self._executor, self._runner, job, index)
-            except BaseException as exc:  # reported to the job's caller, never lost
-                error = exc
+                if len(jobs) == 1:
+                    await self._run_one(jobs[0], index)
+                else:
+                    await self._run_batch(jobs, index)
             finally:
                 del self._running[index]
-            if outcome is YIELDED and self._on_yield is not None:
-                self._on_yield(job)
-                continue
-            if error is None:
-                self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * (time.monotonic() - started)
-            self._on_done(job, error)
-            if isinstance(error, asyncio.CancelledError):
-                raise error
 
-    async def _next(self) -> Job | None:
+    async def _run_one(self, job: Job, index: int) -> None:
+        error: BaseException | None = None
+        outcome: object = None
+        started = time.monotonic()
+        try:
+            outcome = await asyncio.get_running_loop().run_in_executor(self._executor, self._runner, job, index)
+        except BaseException as exc:  # reported to the job's caller, never lost
+            error = exc
+        if outcome is YIELDED and self._on_yield is not None:
+            self._on_yield(job)
+            return
+        if error is None:
+            self._learn_duration(time.monotonic() - started)
+        self._on_done(job, error)
+        if isinstance(error, asyncio.CancelledError):
+            raise error
+
+    async def _run_batch(self, jobs: list[Job], index: int) -> None:
+        assert self._batch_runner is not None
+        started = time.monotonic()
+        try:
+            errors = await asyncio.get_running_loop().run_in_executor(self._executor, self._batch_runner, jobs,
+                                                                      index)
+        except BaseException as exc:  # the batch itself failed (not one job): every job hears of it
+            errors = [exc] * len(jobs)
+        if not any(errors):
+            self._learn_duration((time.monotonic() - started) / len(jobs))
+        for job, error in zip(jobs, errors, strict=True):
+            self._on_done(job, error)
+        cancelled = next((e for e in errors if isinstance(e, asyncio.CancelledError)), None)
+        if cancelled is not None:
+            raise cancelled
+
+    def _learn_duration(self, seconds: float) -> None:
+        """Seconds of worker time per job (a batch's shared by its jobs), for the retry hint."""
+        self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * seconds
+
+    async def _next(self) -> list[Job] | None:
+        """The head job and, if it is batchable, its compatible companions (FIFO among them)."""
         while not self._waiting:
             if self._closed:
                 return None
             self._wakeup.clear()
             await self._wakeup.wait()
-        job = self._waiting.popleft()
+        batch = [self._waiting.popleft()]
+        if batch[0].batch_key is not None and self.max_batch > 1:
+            await self._gather_companions(batch)
         self._announce_positions()
-        return job
+        return batch
+
+    async def _gather_companions(self, batch: list[Job]) -> None:
+        """Add queued jobs with the head's key, and those arriving within ``batch_wait``, up to ``max_batch``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.batch_wait
+        self._take_companions(batch)
+        while len(batch) < self.max_batch and not self._closed and (left := deadline - loop.time()) > 0:
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), left)
+            self._take_companions(batch)
+
+    def _take_companions(self, batch: list[Job]) -> None:
+        key = batch[0].batch_key
+        for job in [j for j in self._waiting if j.batch_key == key][: self.max_batch - len(batch)]:
+            self._waiting.remove(job)
+            batch.append(job)
 
     def _announce_positions(self) -> None:
         for position, job in enumerate(self._waiting):

@@ -24,10 +24,12 @@ from google.rpc import error_details_pb2, status_pb2
 from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 
+from styletx_core.engine import StyleTransfer
+
 from .admission import MemoryBudget, Reservation, footprint, header_pixels
 from .errors import ServiceError, from_engine_error
 from .idempotency import CANCEL_METADATA, JobLog, Record, Records, caller_of, check_key, fingerprint
-from .image_job import ImageJob
+from .image_job import ImageJob, batch_key_of, run_image_batch
 from .job import Job
 from .limits import Limits
 from .metrics import Metrics
@@ -50,6 +52,8 @@ T = TypeVar("T")
 #: Failures a retry with the same request_id is answered with again (they would recur); other outcomes
 #: (cancelled, shutting down, out of memory) let the retry run the job anew.
 _TIMED_OUT = object()
+#: Auto ``--max-batch`` on a GPU: the memory plan may allow fewer (:func:`styletx_core.batch.fitting_batch`).
+AUTO_GPU_BATCH = 32
 _KEPT_FAILURES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
                             grpc.StatusCode.INTERNAL})
 
@@ -105,8 +109,11 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
         self._info = info
         self._channels: dict[str, EventChannel | JobLog] = {}
         self.modes = frozenset(MODE_RUNNERS)
+        batching = all(isinstance(engine, StyleTransfer) for engine in self._engines)  # fakes run jobs alone
         self.queue = JobQueue(self._run, self._job_done, workers=len(self._engines),
-                              capacity=limits.queue_capacity, on_yield=self._job_yielded)
+                              capacity=limits.queue_capacity, on_yield=self._job_yielded,
+                              batch_runner=self._run_batch if batching else None,
+                              max_batch=max_batch(limits, devices), batch_wait=limits.batch_wait)
         self.metrics.queue_depth.set_function(lambda: self.queue.depth)
         self.metrics.jobs_running.set_function(lambda: self.queue.running)
         self.peers = PeerGate(limits.calls_per_connection)
@@ -252,13 +259,14 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
                                                       for i, s in enumerate(request.styles))]
             pixels = header_pixels(images, self.limits.max_request_pixels)
             reservation = self._reserve(footprint(pixels, request.ByteSize()))
-            await self._decode(reservation, validate_request, request, self.limits, self.modes,
-                               self.models.cyclegan_names)
+            validated = await self._decode(reservation, validate_request, request, self.limits, self.modes,
+                                           self.models.cyclegan_names)
             channel: EventChannel | JobLog = JobLog(asyncio.get_running_loop()) if request.request_id \
                 else EventChannel(asyncio.get_running_loop())
             job = Job(ImageJob(functools.partial(validate_request, request, self.limits, self.modes,
                                                  self.models.cyclegan_names), self.limits.max_chunk_bytes),
-                      channel.emit, decode_seconds=time.monotonic() - received, received=received)
+                      channel.emit, decode_seconds=time.monotonic() - received, received=received,
+                      batch_key=batch_key_of(validated) if self.queue.max_batch > 1 else None)
             position = self.queue.submit(job)
         except ServiceError as error:
             if reservation is not None and not reservation.deferred:
@@ -315,8 +323,23 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
             self.metrics.observe_cache(worker, self._engines[worker])
         if stats is None:  # a video session gave its worker up; it comes back with its next frame
             return YIELDED
+        if isinstance(job.work, ImageJob):
+            self.metrics.batch_size.observe(1)
         self.metrics.job_finished("OK", stats.iterations, stats.run_seconds, stats.total_seconds)
         return None
+
+    def _run_batch(self, jobs: list[Job], worker: int) -> list[BaseException | None]:
+        """Worker thread: compatible image jobs optimised together (:func:`.image_job.run_image_batch`)."""
+        self.metrics.runs.inc(len(jobs))
+        self.metrics.batch_size.observe(len(jobs))
+        try:
+            outcomes = run_image_batch(jobs, self.workers[worker])
+        finally:
+            self.metrics.observe_cache(worker, self._engines[worker])
+        for outcome in outcomes:
+            if not isinstance(outcome, BaseException):
+                self.metrics.job_finished("OK", outcome.iterations, outcome.run_seconds, outcome.total_seconds)
+        return [outcome if isinstance(outcome, BaseException) else None for outcome in outcomes]
 
     def _job_yielded(self, job: Job) -> None:
         """Loop thread: a session whose time slice ended with frames left goes to the end of the queue."""
@@ -467,6 +490,14 @@ class StyleTransferService(pb_grpc.StyleTransferServicer):
         else:
             self.records.forget(job.id)
             self._release(job)
+
+
+def max_batch(limits: Limits, devices: Sequence[str]) -> int:
+    """``Limits.max_batch``, with 0 (auto) resolved: batching pays where an iteration is bound by kernel
+    launches (a GPU at service sizes), not on a CPU, where one job already keeps the cores busy."""
+    if limits.max_batch:
+        return limits.max_batch
+    return AUTO_GPU_BATCH if any(device.startswith("cuda") for device in devices) else 1
 
 
 async def _within(awaitable: Awaitable[Any], seconds: float) -> Any:

@@ -988,6 +988,7 @@ class Timings(_message.Message):
     ENCODE_SECONDS_FIELD_NUMBER: _builtins.int
     TOTAL_SECONDS_FIELD_NUMBER: _builtins.int
     SCORE_SECONDS_FIELD_NUMBER: _builtins.int
+    EVENTS_SECONDS_FIELD_NUMBER: _builtins.int
     queue_seconds: _builtins.float
     """Waiting in the queue."""
     decode_seconds: _builtins.float
@@ -1000,6 +1001,8 @@ class Timings(_message.Message):
     """From the request's arrival to the last chunk."""
     score_seconds: _builtins.float
     """Computing the quality scores (after the last chunk, before Completed)."""
+    events_seconds: _builtins.float
+    """Building and queueing this job's progress and preview events, within run_seconds."""
     def __init__(
         self,
         *,
@@ -1009,10 +1012,11 @@ class Timings(_message.Message):
         encode_seconds: _builtins.float = ...,
         total_seconds: _builtins.float = ...,
         score_seconds: _builtins.float = ...,
+        events_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode_seconds", b"decode_seconds", "encode_seconds", b"encode_seconds", "queue_seconds", b"queue_seconds", "run_seconds", b"run_seconds", "score_seconds", b"score_seconds", "total_seconds", b"total_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode_seconds", b"decode_seconds", "encode_seconds", b"encode_seconds", "events_seconds", b"events_seconds", "queue_seconds", b"queue_seconds", "run_seconds", b"run_seconds", "score_seconds", b"score_seconds", "total_seconds", b"total_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

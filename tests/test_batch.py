@@ -1,0 +1,135 @@
+"""Jobs optimised together in one batch (styletx_core.batch): each behaves as if it ran alone (64 px, CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from support.faults import FaultLoss
+
+from styletx_core.batch import BatchJob, batch_key, stylize_batch
+from styletx_core.engine import NumericalError, StyleTransfer
+from styletx_core.errors import Cancelled, EngineError, ResourceLimitError
+from styletx_core.options import StylizeOptions
+from styletx_core.progress import Iterate
+
+SMALL = {"size": 64, "min_size": 45, "iterations": 8, "coarse_iterations": 4}
+#: Mean per-pixel difference (0–255) between a job's batched image and what ``stylize`` (torch.optim.LBFGS)
+#: gives it alone. Not 0: the batched L-BFGS sums its dot products in another order than torch's (the two agree
+#: to 1e-9 in float64, tests/test_optim.py), and L-BFGS without a line search amplifies fp32 rounding over 12
+#: steps: measured 0, 2.0 and 1.1 for the three jobs below (max 16 on a single pixel of the noise start).
+#: Against the same job run as a batch of one, the difference is 0 on the CPU: companions change nothing.
+TOLERANCE = 3
+
+
+def _jobs(content: Image.Image, styles: list[Image.Image], optimizer: str = "lbfgs") -> list[StylizeOptions]:
+    # Different seeds, inits, weights and styles: only what batch_key compares is shared.
+    return [
+        StylizeOptions(**SMALL, seed=1, optimizer=optimizer),
+        StylizeOptions(**SMALL, seed=2, optimizer=optimizer, init="noise", style_weight=3.0),
+        StylizeOptions(**SMALL, seed=3, optimizer=optimizer, content_weight=0.5, tv_weight=0.01),
+    ]
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+def _solo(engine: StyleTransfer, content, styles, opts: StylizeOptions):
+    seen: list[Iterate] = []
+    return engine.stylize(content, styles, opts, seen.append), seen
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_each_job_gets_its_solo_image(engine, content_image, style_image, second_style_image,
+                                      optimizer: str) -> None:
+    style_sets = [[style_image], [second_style_image], [style_image, second_style_image]]
+    options = _jobs(content_image, [style_image], optimizer)
+    seen: list[list[Iterate]] = [[], [], []]
+    jobs = [BatchJob(content_image, s, o, seen[i].append) for i, (s, o) in enumerate(zip(style_sets, options, strict=True))]
+    batched = stylize_batch(engine, jobs)
+    for job, result, events in zip(jobs, batched, seen, strict=True):
+        assert not isinstance(result, BaseException), result
+        alone, alone_events = _solo(engine, content_image, job.styles, job.opts)
+        assert np.abs(_pixels(result.image) - _pixels(alone.image)).mean() <= TOLERANCE
+        (own_batch,) = stylize_batch(engine, [BatchJob(job.content, job.styles, job.opts)])
+        assert _pixels(result.image).tolist() == _pixels(own_batch.image).tolist()
+        assert result.seed == alone.seed and result.iterations == alone.iterations == 12
+        assert [e.iteration for e in events] == [e.iteration for e in alone_events]
+        assert result.losses["loss"] == pytest.approx(alone.losses["loss"], rel=0.02)
+        assert result.style_multipliers == pytest.approx(alone.style_multipliers, rel=0.02)
+    assert _pixels(batched[0].image).tolist() != _pixels(batched[1].image).tolist()
+
+
+def test_cancelling_one_job_leaves_the_others_unchanged(engine, content_image, style_image) -> None:
+    options = _jobs(content_image, [style_image])
+    together = stylize_batch(engine, [BatchJob(content_image, [style_image], o) for o in options])
+
+    def cancel_at_6(step: Iterate) -> None:
+        if step.iteration == 6:
+            raise Cancelled()
+
+    callbacks = [None, cancel_at_6, None]
+    partial = stylize_batch(engine, [BatchJob(content_image, [style_image], o, c)
+                                    for o, c in zip(options, callbacks, strict=True)])
+    assert isinstance(partial[1], Cancelled)
+    for row in (0, 2):
+        assert _pixels(partial[row].image).tolist() == _pixels(together[row].image).tolist()
+
+
+def test_a_nan_fails_only_its_job(engine, content_image, style_image) -> None:
+    options = _jobs(content_image, [style_image])
+    extras = [None, {"fault": FaultLoss("nan", 5)}, {"fault": FaultLoss("boom", 3)}]
+    outcomes = stylize_batch(engine, [BatchJob(content_image, [style_image], o, extra_losses=e)
+                                     for o, e in zip(options, extras, strict=True)])
+    assert isinstance(outcomes[1], NumericalError)
+    assert isinstance(outcomes[2], RuntimeError) and "boom" in str(outcomes[2])
+    (alone,) = stylize_batch(engine, [BatchJob(content_image, [style_image], options[0])])
+    assert _pixels(outcomes[0].image).tolist() == _pixels(alone.image).tolist()
+
+
+def test_invalid_job_fails_alone_and_keys_must_match(engine, content_image, style_image) -> None:
+    good = StylizeOptions(**SMALL, seed=1)
+    outcomes = stylize_batch(engine, [BatchJob(content_image, [], good), BatchJob(content_image, [style_image], good)])
+    assert isinstance(outcomes[0], EngineError) and not isinstance(outcomes[1], BaseException)
+    with pytest.raises(EngineError, match="batch keys"):
+        stylize_batch(engine, [BatchJob(content_image, [style_image], good),
+                              BatchJob(content_image, [style_image], good.replace(iterations=9))])
+    assert batch_key(good, (128, 96)) == batch_key(good.replace(seed=5, style_weight=9.0), (256, 192))
+    assert batch_key(good, (128, 96)) != batch_key(good, (96, 128))
+
+
+def test_a_batch_over_the_memory_plan_is_refused_before_any_work(random_vgg_weights, content_image,
+                                                                 style_image) -> None:
+    opts = StylizeOptions(**SMALL, seed=1)
+    sizes = [(64, 48)]
+    budget = StyleTransfer(device="cpu").memory_plan(sizes, opts)[0].estimate_bytes
+    small = StyleTransfer(device="cpu", weights="file", weights_path=random_vgg_weights, memory_budget=budget)
+    seen: list[Iterate] = []
+    with pytest.raises(ResourceLimitError, match="8 jobs"):
+        stylize_batch(small, [BatchJob(content_image, [style_image], opts, seen.append)] * 8)
+    assert not seen
+
+
+def test_regional_jobs_batch_like_any_other(engine, content_image, style_image, second_style_image) -> None:
+    """Masks, own layers and a content-strength map travel with their job into a batch (issue 21 × 20): the
+    masked job gets its solo image, and its plain companion is the same as in a batch of its own."""
+    from styletx_core.regions import StyleControl
+
+    sky = Image.new("L", (8, 8), 0)
+    sky.paste(255, (0, 0, 8, 4))
+    controls = [StyleControl(mask=sky), StyleControl(layers=("relu1_1", "relu2_1"))]
+    strength = Image.new("L", (8, 8), 128)
+    opts = StylizeOptions(**SMALL, seed=5)
+    styles = [style_image, second_style_image]
+    masked = BatchJob(content_image, styles, opts, controls=controls, content_strength=strength)
+    plain = BatchJob(content_image, [style_image], StylizeOptions(**SMALL, seed=6))
+    regional, companion = stylize_batch(engine, [masked, plain])
+    assert not isinstance(regional, BaseException) and not isinstance(companion, BaseException)
+    alone = engine.stylize(content_image, styles, opts, controls=controls, content_strength=strength)
+    assert np.abs(_pixels(regional.image) - _pixels(alone.image)).mean() <= TOLERANCE
+    assert set(regional.style_multipliers) == set(alone.style_multipliers)  # per-region keys, as alone
+    (own,) = stylize_batch(engine, [plain])
+    assert _pixels(companion.image).tolist() == _pixels(own.image).tolist()
+    unmasked = engine.stylize(content_image, styles, opts)
+    assert np.abs(_pixels(regional.image) - _pixels(unmasked.image)).mean() > TOLERANCE  # the mask mattered
