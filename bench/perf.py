@@ -97,7 +97,7 @@ def pair_images(name: str) -> tuple[Pair, Image.Image, Image.Image, Image.Image]
 def quality_inputs() -> tuple[QualityScorer, Pair, Image.Image, Image.Image, dict[str, Any]]:
     """The independent scorer (the network the engine's default does not optimise), the curve pair's images,
     and the reference output's scores (the bar)."""
-    scorer = build_scorers(None)[independent_arch(StylizeOptions().model)]
+    scorer = build_scorer(None)
     pair, content, style, reference = pair_images(CURVE_PAIR)
     return scorer, pair, content, style, scorer.score(content, [style], reference).as_dict()
 
