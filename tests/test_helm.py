@@ -222,12 +222,11 @@ def test_services_regular_and_headless(rendered: dict[str, list[dict[str, Any]]]
 
 
 def test_configmap_sets_only_settings_the_server_reads(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    """Every STYLETX_* key is a styletx-server flag's variable (server/styletx_server/config.py) or the weights cache."""
+    """Every STYLETX_* key is a styletx-server setting's variable (server/styletx_server/config.py)."""
     config = pytest.importorskip("styletx_server.config", reason="server/styletx_server/config.py not importable")
     import dataclasses
 
-    known = {f"STYLETX_{field.name.upper()}" for field in dataclasses.fields(config.ServerConfig)}
-    known.add("STYLETX_CACHE")  # read by styletx_core.weights, the server's default cache
+    known = {config.env_name(field.name) for field in dataclasses.fields(config.ServerConfig)}
     for profile in PROFILES:
         unknown = sorted(set(config_env(rendered[profile])) - known)
         assert not unknown, f"{profile}: the server ignores {unknown}"
