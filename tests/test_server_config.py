@@ -65,6 +65,7 @@ def busy_port() -> Iterator[int]:
     ({"STYLETX_GRACE": "soon", "STYLETX_LOG_FORMAT": "xml", "STYLETX_PARITY_GATE": "maybe"},
      ["STYLETX_GRACE='soon'", "STYLETX_LOG_FORMAT='xml'", "STYLETX_PARITY_GATE='maybe'"]),
     ({"STYLETX_VGG_WEIGHTS": "file"}, ["--vgg-weights / STYLETX_VGG_WEIGHTS=file needs --vgg-weights-path"]),
+    ({"OTEL_TRACES_EXPORTER": "zipkin"}, ["OTEL_TRACES_EXPORTER: 'zipkin' is not an installed exporter"]),
     ({"STYLETX_TLS_CERT": "/nonexistent/tls.crt", "STYLETX_TLS_KEY": "/nonexistent/tls.key"},
      ["STYLETX_TLS_CERT='/nonexistent/tls.crt': no such file", "STYLETX_TLS_KEY='/nonexistent/tls.key'"]),
 ])

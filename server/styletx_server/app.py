@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import socket
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 
+from . import tracing
 from .auth import BearerTokenInterceptor, TokenStore, parse_tokens
 from .config import ConfigError, ServerConfig, setting_name
 from .drain import InFlightCalls
@@ -52,6 +54,7 @@ class StyletxServer:
         self.port = 0
         self.metrics_port = 0
         self._metrics_http: Any = None
+        self.tracing = "off"
         self.health = health_aio.HealthServicer()
         self.service: StyleTransferService | None = None
         self._server: grpc.aio.Server | None = None
@@ -103,7 +106,9 @@ class StyletxServer:
             config.tls_cert, config.tls_key, config.tls_client_ca or None) if tls else None)
         interceptors = attempt(f"{setting_name('auth_token_file')}, {setting_name('auth_tokens')}",
                                lambda: _interceptors(config))
-        self._server = self._grpc_server(config.limits, interceptors or [])
+        exporter = attempt("OTEL_TRACES_EXPORTER", lambda: tracing.configure_from_env(os.environ))
+        self.tracing = exporter or ("on" if tracing.enabled() else "off")
+        self._server = self._grpc_server(config.limits, [*tracing.server_interceptors(), *(interceptors or [])])
         port = attempt(setting_name("port"), lambda: _listen(self._server, config.host, config.port, credentials))
         self.port = port or 0
         if config.metrics_port:
@@ -172,6 +177,7 @@ class StyletxServer:
         await self._server.stop(0)
         self.service.queue.cancel_running()
         await self.service.queue.join()
+        await asyncio.to_thread(tracing.flush)
         _LOGGER.info("stopped")
 
     async def wait(self) -> None:
@@ -199,7 +205,7 @@ def startup_summary(server: StyletxServer, devices: list[str], limits: Limits, s
         "grpc": f"{config.host}:{server.port}", "port": server.port, "metrics": metrics,
         "metrics_port": server.metrics_port, "security": security, "devices": devices, "weights": weights,
         "cache": config.cache_dir or "default", "parity_gate": config.parity_gate,
-        "health": "SERVING" if serving else "NOT_SERVING",
+        "health": "SERVING" if serving else "NOT_SERVING", "tracing": server.tracing,
         "limits": {"max_size": limits.max_size, "max_pixels": limits.max_pixels, "max_styles": limits.max_styles,
                    "queue": limits.queue_capacity, "workers": limits.workers,
                    "max_receive_mb": config.max_receive_mb, "admission_memory_mb": config.admission_memory_mb},
@@ -208,7 +214,7 @@ def startup_summary(server: StyletxServer, devices: list[str], limits: Limits, s
     fields["message"] = (
         f"serving {SERVICE_NAME} on {fields['grpc']} ({security}), health {fields['health']}; metrics {metrics}; "
         f"devices {','.join(devices)}; VGG weights {weights} (cache {fields['cache']}, parity gate "
-        f"{config.parity_gate}); limits: {limit_text}")
+        f"{config.parity_gate}); tracing {server.tracing}; limits: {limit_text}")
     return fields
 
 

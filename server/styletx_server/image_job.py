@@ -27,7 +27,7 @@ from styletx_core.imageio import encode_image
 from styletx_core.options import StylizeOptions
 from styletx_core.progress import Callback, Iterate, StylizeResult
 
-from . import events
+from . import events, tracing
 from .job import Job, JobStats
 from .modes import QualityOutcome
 from .modes.runners import MODE_RUNNERS
@@ -55,21 +55,32 @@ class ImageJob:
 
     def run(self, job: Job, worker: Worker) -> JobStats:
         """Run to the end; raises what the mode raises (``Cancelled`` when the job was cancelled)."""
+        with tracing.job_span(job.trace_context, job.id, job.queued):
+            return self._run(job, worker)
+
+    def _run(self, job: Job, worker: Worker) -> JobStats:
         started = time.monotonic()
         if job.cancel.is_set():
             raise Cancelled()
-        request = _with_seed(self.request() if callable(self.request) else self.request)
+        with tracing.phase("decode"):
+            request = _with_seed(self.request() if callable(self.request) else self.request)
         runner = MODE_RUNNERS[request.mode]
         scales, total = runner.schedule(worker, request)
         job.emit(_started(job, request.options, worker.device, started - job.queued, scales, total))
-        result = runner.run(worker, request, _callback(job, request))
+        scale_spans = tracing.ScaleSpans()
+        try:
+            result = runner.run(worker, request, _callback(job, request, scale_spans))
+        finally:
+            scale_spans.close()
         finished = time.monotonic()
-        data = encode_image(result.image, request.output_format)
-        for event in events.result_chunks(job.id, data, request.output_format, result.image.size,
-                                          self.chunk_bytes):
-            job.emit(event)
+        with tracing.phase("encode", format=request.output_format):
+            data = encode_image(result.image, request.output_format)
+            for event in events.result_chunks(job.id, data, request.output_format, result.image.size,
+                                              self.chunk_bytes):
+                job.emit(event)
         done = time.monotonic()
-        quality = _quality(job, worker, request, result)
+        with tracing.phase("score"):
+            quality = _quality(job, worker, request, result)
         timings = {"queue_seconds": started - job.queued, "decode_seconds": job.decode_seconds,
                    "run_seconds": finished - started, "encode_seconds": done - finished,
                    "total_seconds": done - job.received, "score_seconds": time.monotonic() - done}
@@ -111,12 +122,13 @@ def _started(job: Job, options: StylizeOptions, device: str, queue_seconds: floa
         queue_seconds=queue_seconds))
 
 
-def _callback(job: Job, request: ValidatedRequest) -> Callback:
+def _callback(job: Job, request: ValidatedRequest, scale_spans: tracing.ScaleSpans) -> Callback:
     """The engine's per-step callback: check for cancellation, then report the step (and a preview)."""
 
     def callback(step: Iterate) -> None:
         if job.cancel.is_set():
             raise Cancelled()
+        scale_spans.step(step.scale_index, step.scale_count, step.width, step.height)
         job.emit(events.progress(job.id, step))
         if step.preview is not None:
             job.emit(events.preview(job.id, step.iteration, step.preview(), request.preview_format,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from google.protobuf.message import Message
+from opentelemetry import context as otel_context
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -61,6 +62,8 @@ class Job:
     received: float = field(default_factory=time.monotonic)
     """When the request arrived (before decoding)."""
     queued: float = field(default_factory=time.monotonic)
+    trace_context: otel_context.Context = field(default_factory=otel_context.get_current)
+    """The submitting call's trace (its RPC span), which the job's spans continue in a worker thread."""
 
     def announce(self, position: int) -> None:
         """Tell the caller its place in the queue (in the message its kind of work speaks)."""
