@@ -141,3 +141,18 @@ def test_weight_sources_match_the_engine() -> None:
     from styletx_core.weights import SOURCES
 
     assert WEIGHT_SOURCES == SOURCES
+
+
+def failing_engine(device: str) -> Any:
+    """``--engine-factory test_server_config:failing_engine``: what a host without the weights sees."""
+    from styletx_core.errors import WeightsUnavailableError
+
+    raise WeightsUnavailableError("offline vgg19 weights are not cached; run `styletx weights fetch`")
+
+
+def test_engine_that_cannot_load_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    result = run_server(tmp_path, "--engine-factory", "test_server_config:failing_engine", "--log-format", "text")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "cannot serve: offline vgg19 weights are not cached; run `styletx weights fetch`")

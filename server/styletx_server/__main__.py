@@ -57,13 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from styletx_core.memory import tune_allocator
 
     tune_allocator()  # before any thread exists: every thread then allocates from the one heap
+    from styletx_core.errors import EngineError
+
     from .app import serve  # after logging, so that import-time messages are formatted too
 
     try:
         asyncio.run(serve(config))
     except ConfigError as error:
         return _refuse(error)
-    except OSError as error:  # one line, not a traceback
+    except (OSError, EngineError) as error:  # weights missing, a device failing: one line, not a traceback
         logging.getLogger("styletx_server").error("cannot serve: %s", error)
         return 1
     return 0

@@ -69,9 +69,26 @@ class StyletxServer:
             ConfigError: every problem found before the slow work (ports, devices, TLS, tokens, the engine
                 factory), one line each.
         """
-        config = self.config
         metrics = Metrics()
         devices, factory = self._bind(metrics)
+        try:
+            serving, limits = await self._build(devices, factory, metrics)
+        except BaseException:  # release the ports: nothing may be left for the closing loop to trip over
+            self._close_metrics()
+            assert self._server is not None
+            await self._server.stop(None)
+            raise
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set("", status)
+        await self.health.set(SERVICE_NAME, status)
+        summary = startup_summary(self, devices, limits, serving)
+        _LOGGER.info("%s", summary.pop("message"), extra=summary)
+        return self.port
+
+    async def _build(self, devices: list[str], factory: EngineFactory, metrics: Metrics) -> tuple[bool, Limits]:
+        """The slow part: one engine per worker (in threads: loading weights blocks), the servicer, the modes'
+        settings and the ONNX parity gate; then the gRPC server starts. Returns whether it serves, and the limits."""
+        config = self.config
         engines = await asyncio.gather(*(asyncio.to_thread(factory, d) for d in devices))
         limits = dataclasses.replace(config.limits, workers=len(devices))
         service = StyleTransferService(engines, devices, limits, pb.GetServerInfoResponse(), metrics)
@@ -82,12 +99,7 @@ class StyletxServer:
         service.start()
         assert self._server is not None
         await self._server.start()
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        await self.health.set("", status)
-        await self.health.set(SERVICE_NAME, status)
-        summary = startup_summary(self, devices, limits, serving)
-        _LOGGER.info("%s", summary.pop("message"), extra=summary)
-        return self.port
+        return serving, limits
 
     def _bind(self, metrics: Metrics) -> tuple[list[str], EngineFactory]:
         """Every check that needs no engine, and every port bound, before the slow start-up work; all problems
