@@ -59,6 +59,7 @@ def busy_port() -> Iterator[int]:
         yield holder.getsockname()[1]
 
 
+@pytest.mark.slow  # a server subprocess
 @pytest.mark.parametrize(("env", "names"), [
     ({"STYLETX_QUEUE_SIZE": "abc"}, ["--queue-size / STYLETX_QUEUE_SIZE='abc': not an integer"]),
     ({"STYLETX_WORKERS": "-1"}, ["--workers / STYLETX_WORKERS=-1: must be 0 (one per device) or more"]),
@@ -76,17 +77,20 @@ def test_bad_settings_are_one_line_each(tmp_path: Path, env: dict[str, str], nam
         assert [line for line in lines if name in line], f"{name} not named in {lines}"
 
 
+@pytest.mark.slow  # a server subprocess
 def test_flag_is_named_when_the_flag_was_given(tmp_path: Path) -> None:
     lines = refused_lines(tmp_path, run_server(tmp_path, "--port", "abc", STYLETX_PORT="70000"))
     assert lines == ["styletx-server: error: --port='abc': not an integer"]  # the flag wins over the variable
 
 
+@pytest.mark.slow  # a server subprocess
 def test_port_out_of_range(tmp_path: Path) -> None:
     lines = refused_lines(tmp_path, run_server(tmp_path, "--metrics-port", "70000"))
     assert lines == ["styletx-server: error: --metrics-port / STYLETX_METRICS_PORT=70000: must be a port number, "
                      "0-65535 (0: no metrics endpoint)"]
 
 
+@pytest.mark.slow  # a server subprocess
 def test_device_this_host_lacks(tmp_path: Path) -> None:
     import torch
 
@@ -95,6 +99,7 @@ def test_device_this_host_lacks(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith(f"styletx-server: error: --devices / STYLETX_DEVICES: cuda:{count}")
 
 
+@pytest.mark.slow  # a server subprocess
 def test_busy_ports_are_named_before_any_engine_is_built(tmp_path: Path, busy_port: int) -> None:
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
@@ -109,6 +114,7 @@ def test_busy_ports_are_named_before_any_engine_is_built(tmp_path: Path, busy_po
                                f"127.0.0.1:{busy_port}")
 
 
+@pytest.mark.slow  # a server subprocess
 def test_startup_line_lists_endpoints_devices_weights_and_limits() -> None:
     process, port, log = start_server("--workers", "2")
     try:
@@ -150,6 +156,7 @@ def failing_engine(device: str) -> Any:
     raise WeightsUnavailableError("offline vgg19 weights are not cached; run `styletx weights fetch`")
 
 
+@pytest.mark.slow  # a server subprocess
 def test_engine_that_cannot_load_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     result = run_server(tmp_path, "--engine-factory", "test_server_config:failing_engine", "--log-format", "text")
     assert result.returncode == 1, result.stderr
