@@ -129,7 +129,8 @@ def hybrid_vs_optimize(images: Path, size: int, max_iterations: int, every: int,
     The default pair is one whose bar OPTIMIZE meets at its defaults (bench/results/quality.md), so that both
     sides have a finite count to compare."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from quality import build_scorer  # the quality benchmark's scorer: same measures, same network
+    # The quality benchmark's independent scorer (the network the engine does not optimise): same measures.
+    from quality import build_scorers, independent_arch
 
     from styletx_core.engine import StyleTransfer
     from styletx_core.fast import stylize_hybrid
@@ -142,7 +143,7 @@ def hybrid_vs_optimize(images: Path, size: int, max_iterations: int, every: int,
     content = Image.open(images / "content" / content_name).convert("RGB")
     style = Image.open(images / "style" / style_name).convert("RGB")
     reference = _resized(Image.open(images / "reference" / f"{pair}.png").convert("RGB"), size)
-    scorer = build_scorer(None)
+    scorer = build_scorers(None)[independent_arch(StylizeOptions().model)]
     bar = scorer.score(content, [style], reference)
     engine, fast = StyleTransfer(device="cpu"), FastStylizer("cpu")
     opts = StylizeOptions(size=size, seed=0, iterations=max_iterations, preview_every=every)

@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from quality import MEASURES, PAIRS, Pair, build_scorer  # noqa: E402
+from quality import MEASURES, PAIRS, Pair, build_scorers, independent_arch  # noqa: E402
 
 from styletx_core.engine import StyleTransfer  # noqa: E402
 from styletx_core.imageio import load_image  # noqa: E402
@@ -86,8 +86,9 @@ def pair_images(name: str) -> tuple[Pair, Image.Image, Image.Image, Image.Image]
 
 
 def quality_inputs() -> tuple[QualityScorer, Pair, Image.Image, Image.Image, dict[str, Any]]:
-    """Scorer, the curve pair's images, and the reference output's scores (the bar)."""
-    scorer = build_scorer(None)
+    """The independent scorer (the network the engine's default does not optimise), the curve pair's images,
+    and the reference output's scores (the bar)."""
+    scorer = build_scorers(None)[independent_arch(StylizeOptions().model)]
     pair, content, style, reference = pair_images(CURVE_PAIR)
     return scorer, pair, content, style, scorer.score(content, [style], reference).as_dict()
 

@@ -120,7 +120,7 @@ def sdk_job(target: str, request: pb.StylizeRequest, cut_after: int | None, tall
         with tally.lock:
             tally.delivered += 1
             if len(jobs) != 1 or counts[Completed.__name__] != 1 or counts[ResultChunk.__name__] != \
-                    -(-len(output.image) // (1024 * 1024)):
+                    -(-len(output.data) // (1024 * 1024)):
                 tally.duplicated.append(f"{request.request_id}: jobs {sorted(jobs)}, events {dict(counts)}")
     except StyletxError as error:
         tally.add(f"{label}:{error.code.name}")

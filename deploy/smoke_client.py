@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except StyletxError as err:
         print(f"styletx-smoke: job failed: {err}", file=sys.stderr)
         return 1
-    image = result.to_pil()
+    image = result.image
     if max(image.size) != args.size or (result.width, result.height) != image.size:
         print(f"styletx-smoke: result is {image.size} (reported {result.width}x{result.height}), "
               f"expected long side {args.size}", file=sys.stderr)

@@ -5,6 +5,8 @@
 # of each other rewritten to match, so no generic top-level `styletx` package is installed. One command, reproducible: the same grpcio-tools/mypy-protobuf give the same bytes,
 # and tests/test_proto.py fails when the checked-in stubs drift from proto/.
 #
+# It also writes client/styletx_client/_params.py (scripts/gen_params.py): the SDK's typed keyword options.
+#
 # Usage: scripts/gen_proto.sh [--out DIR] [--lint]
 #   --out DIR  write into DIR instead of the repository (the drift test uses a temp dir)
 #   --lint     also run `buf lint` (needs npx or buf on PATH)
@@ -44,6 +46,9 @@ for pkg in "$PKG" "$PKG/v1"; do
   [ -f "$pkg/__init__.py" ] || echo '"""Generated gRPC stubs of the styletx API (scripts/gen_proto.sh)."""' > "$pkg/__init__.py"
 done
 touch "$PKG/py.typed"
+
+# The SDK's typed job options and the CLI's help texts, from the same proto (and the engine's defaults).
+"$PYTHON" "$ROOT/scripts/gen_params.py" --out "$OUT"
 
 if [ "$LINT" = 1 ]; then
   cd "$ROOT"

@@ -14,6 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from styletx_client import StyletxError
+from styletx_client.commandline import EXIT_USAGE, print_error
+from styletx_client.imagefile import check_output, save_image
+
 from styletx_core.errors import EngineError
 
 __all__ = ["main", "register", "resolve_generator"]
@@ -43,7 +47,8 @@ def _add_run(actions: Any) -> None:
     run = actions.add_parser("run", help="translate an image with a generator (tiled when large)")
     run.add_argument("model", help="a model name (see `list`) or a .pth/.pt/.safetensors/.onnx file")
     run.add_argument("input", type=Path, metavar="INPUT", help="image to translate")
-    run.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help="PNG or JPEG to write")
+    run.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
+                     help="image to write: .png, .jpg/.jpeg, .webp or .tif/.tiff (missing folders are created)")
     run.add_argument("--models-dir", type=Path, help="directory of named generator files")
     run.add_argument("--tile", type=int, default=512, help="tile side in px, multiple of 4 (default 512)")
     run.add_argument("--overlap", type=int, default=64, help="tile overlap in px, multiple of 4 (default 64)")
@@ -100,7 +105,7 @@ def _add_export(actions: Any) -> None:
 
 
 def _fail(exc: BaseException) -> int:
-    print(f"error: {exc}", file=sys.stderr)
+    print_error(exc)
     return 1
 
 
@@ -121,7 +126,9 @@ def resolve_generator(spec: str, models_dir: Path | None, device: str, select: s
 
 
 def _tile_progress(done: int, total: int) -> None:
-    print(f"\r  tile {done}/{total}", end="", file=sys.stderr, flush=True)
+    """Tiles done, redrawn in place on a terminal; nothing on a pipe or a log (no carriage returns there)."""
+    if sys.stderr.isatty():
+        print(f"\r  tile {done}/{total}", end="", file=sys.stderr, flush=True)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -129,17 +136,22 @@ def _run(args: argparse.Namespace) -> int:
     from styletx_core.imageio import load_image
 
     try:
+        check_output(args.output, "--output")
         gen = resolve_generator(args.model, args.models_dir, args.device, args.select)
         image = load_image(args.input, field="input")
         total = tile_count(image.width, image.height, args.tile, args.overlap)
         start = time.perf_counter()
         out = run_tiled(gen, image, args.tile, args.overlap, stats_side=args.stats_side,
                         callback=_tile_progress if total > 1 else None)
-        out.save(args.output)
+        save_image(out, args.output)
+    except StyletxError as exc:
+        print_error(exc.message)
+        return EXIT_USAGE
     except (EngineError, OSError, ValueError) as exc:
         return _fail(exc)
-    print(f"{'' if total == 1 else chr(10)}{args.output} ({out.width}×{out.height}, {total} tile(s), "
-          f"{time.perf_counter() - start:.2f} s)", file=sys.stderr)
+    if total > 1 and sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(f"{args.output} ({out.width}×{out.height}, {total} tile(s), {time.perf_counter() - start:.2f} s)")
     return 0
 
 

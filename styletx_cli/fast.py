@@ -14,6 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from styletx_client import StyletxError
+from styletx_client.commandline import EXIT_FAILED, EXIT_USAGE, add_style_weights, print_error, print_json
+from styletx_client.imagefile import check_output, save_image
+
 from styletx_core.errors import EngineError, OptionError
 
 __all__ = ["main", "register"]
@@ -31,9 +35,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("content", type=Path, metavar="CONTENT", help="the photo to stylise")
     parser.add_argument("styles", type=Path, nargs="*", metavar="STYLE", help="style image(s) to blend")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
-                        help="PNG or JPEG to write")
-    parser.add_argument("--weights", type=float, nargs="+", metavar="W",
-                        help="relative weight per style (or per preset); default equal")
+                        help="image to write: .png, .jpg/.jpeg, .webp or .tif/.tiff (missing folders are created)")
+    add_style_weights(parser, "style (or preset)")
     parser.add_argument("--strength", type=float, default=1.0,
                         help="0–1: from the content's own style (0) to the given style (1); default 1")
     parser.add_argument("--preserve-color", choices=("none", "luminance", "histogram"), default="none",
@@ -43,25 +46,32 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         help="long side the network runs at (e.g. 384: faster, softer on big images)")
     parser.add_argument("--preset", nargs="+", metavar="NAME",
                         help="built-in style(s) style00 … style25 instead of STYLE images")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where the network runs (default: auto, CUDA when present)")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.set_defaults(func=_run)
     return parser
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Stylise and write; the result line (stdout) gives the time from the image's loading to its writing, the
+    networks' loading included (the process's start-up, torch's import, is not)."""
     try:
+        check_output(args.output, "--output")
         start = time.perf_counter()
         image = _stylize(args)
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        image.save(args.output)
-    except OptionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        save_image(image, args.output)
+    except (OptionError, StyletxError) as exc:
+        print_error(exc.message if isinstance(exc, StyletxError) else exc)
+        return EXIT_USAGE
     except (EngineError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    elapsed = time.perf_counter() - start
-    print(f"{args.output} ({image.width}×{image.height}, {elapsed:.2f} s)", file=sys.stderr)
+        print_error(exc)
+        return EXIT_FAILED
+    seconds = time.perf_counter() - start
+    if args.json:
+        print_json("result", None, output=args.output, width=image.width, height=image.height, seconds=seconds)
+    else:
+        print(f"{args.output} ({image.width}×{image.height}, {seconds:.2f} s with model loading)")
     return 0
 
 
@@ -72,7 +82,7 @@ def _stylize(args: argparse.Namespace) -> Any:
     if bool(args.preset) == bool(args.styles):
         raise OptionError("styles", "give STYLE image(s) or --preset NAME, not both and not neither")
     content = load_image(args.content, field="content")
-    common = {"weights": args.weights, "strength": args.strength, "preserve_color": args.preserve_color,
+    common = {"weights": args.style_weights, "strength": args.strength, "preserve_color": args.preserve_color,
               "size": args.size, "processing_size": args.processing_size}
     if args.preset:
         return PresetStylizer(args.device).stylize(content, args.preset, **common)

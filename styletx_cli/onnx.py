@@ -15,6 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from styletx_client.commandline import EXIT_FAILED, DeprecatedAlias, print_error
+from styletx_client.imagefile import check_writable
+
 from styletx_core.errors import EngineError
 from styletx_core.layers import SCORING_LAYERS
 
@@ -26,9 +29,10 @@ _SOURCES = ("auto", "offline", "torchvision")
 
 def _add_network_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", choices=_ARCHS, default="vgg19", help="network (default: vgg19)")
-    parser.add_argument("--weights", default="auto", metavar="SOURCE|FILE",
-                        help=f"weights source ({', '.join(_SOURCES)}) or a .safetensors/.pth file "
+    parser.add_argument("--vgg-weights", default="auto", metavar="SOURCE|FILE",
+                        help=f"VGG weights source ({', '.join(_SOURCES)}) or a .safetensors/.pth file "
                              "(default: auto)")
+    parser.add_argument("--weights", dest="vgg_weights", action=DeprecatedAlias, new="--vgg-weights")
     parser.add_argument("--pooling", choices=("max", "avg"), default="max")
     parser.add_argument("--cache-dir", default=None,
                         help="cache directory (default: $STYLETX_CACHE or ~/.cache/styletx)")
@@ -68,7 +72,7 @@ def register_score(subparsers: Any) -> argparse.ArgumentParser:
                         help="style long side relative to the image's (default: 1.0, as neural-style)")
     _add_network_options(parser)
     parser.add_argument("--onnx", type=Path, default=None, metavar="FILE",
-                        help="score with this export instead of the cached export of --arch/--weights")
+                        help="score with this export instead of the cached export of --arch/--vgg-weights")
     parser.add_argument("--no-magenta", action="store_true",
                         help="skip the Magenta style-embedding cosine (its model is fetched on first use)")
     parser.set_defaults(func=_score)
@@ -79,9 +83,9 @@ def _load_features(args: argparse.Namespace, layers: Sequence[str]) -> Any:
     from styletx_core.vgg import VGGFeatures
     from styletx_core.weights import load_vgg_weights
 
-    is_source = args.weights in _SOURCES
-    weights = load_vgg_weights(args.arch, source=args.weights if is_source else "file",
-                               path=None if is_source else args.weights, cache_dir=args.cache_dir)
+    is_source = args.vgg_weights in _SOURCES
+    weights = load_vgg_weights(args.arch, source=args.vgg_weights if is_source else "file",
+                               path=None if is_source else args.vgg_weights, cache_dir=args.cache_dir)
     try:
         features = VGGFeatures(args.arch, weights.state_dict, weights.preprocessing, layers, args.pooling)
     except ValueError as exc:
@@ -95,6 +99,7 @@ def _export(args: argparse.Namespace) -> int:
     from styletx_core.onnx_export import check_parity, export_vgg_onnx
 
     try:
+        check_writable(args.output, "--output")
         features, weights = _load_features(args, args.layers)
         meta = export_vgg_onnx(features, args.output, opset=args.opset, weights_sha256=weights.sha256)
         result: dict[str, Any] = {"path": str(args.output), "metadata": meta.as_dict(),
@@ -103,8 +108,8 @@ def _export(args: argparse.Namespace) -> int:
         if report is not None:
             result["parity"] = report.as_dict()
     except (EngineError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        print_error(exc)
+        return EXIT_FAILED
     print(json.dumps(result, indent=2))
     return 0 if report is None or report.ok else 1
 
@@ -125,8 +130,8 @@ def _score(args: argparse.Namespace) -> int:
             scorer = QualityScorer.from_features(features, cache_dir=args.cache_dir, magenta=magenta)
         scores = scorer.score_many(content, styles, images, style_scale=args.style_scale)
     except (EngineError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        print_error(exc)
+        return EXIT_FAILED
     result = {
         "content": str(args.content),
         "styles": [str(p) for p in (args.style, *args.extra_style)],

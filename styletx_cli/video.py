@@ -15,6 +15,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from styletx_client.commandline import print_error, print_json
+
 from styletx_core.errors import Cancelled, EngineError, OptionError
 
 __all__ = ["LocalVideo", "main"]
@@ -29,7 +31,8 @@ class LocalVideo:
         from styletx_core.video import stylize_video
         from styletx_core.video.frames import pipeline_mode
 
-        bar = tqdm(unit="frame", dynamic_ncols=True, desc=args.output.name, disable=args.quiet)
+        bar = tqdm(unit="frame", dynamic_ncols=True, desc=args.output.name,
+                   disable=args.quiet or args.json or not sys.stderr.isatty())
 
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -42,21 +45,27 @@ class LocalVideo:
                                    progress, resume, size=args.size, alpha=_alpha(args),
                                    max_frames=args.max_frames)
         except OptionError as exc:
-            return _fail(bar, f"error: {exc}", 2)
+            return _fail(bar, exc, 2)
         except (Cancelled, KeyboardInterrupt):
-            return _fail(bar, "interrupted; run the same command again to resume", 130)
+            bar.close()
+            print("styletx: cancelled; run the same command again to resume", file=sys.stderr)
+            return 130
         except (EngineError, OSError, ValueError) as exc:
-            return _fail(bar, f"error: {exc}", 1)
+            return _fail(bar, exc, 1)
         bar.close()
-        print(f"{args.output}: {report.frames} frames {report.size[0]}×{report.size[1]} at {report.fps:g} fps, "
-              f"{report.frames / max(report.elapsed, 1e-9):.2f} frames/s"
-              f"{', audio copied' if report.audio else ''}", file=sys.stderr)
+        if args.json:
+            print_json("result", None, output=args.output, frames=report.frames, width=report.size[0],
+                       height=report.size[1], fps=report.fps, seconds=report.elapsed, audio=bool(report.audio))
+        else:
+            print(f"{args.output}: {report.frames} frames {report.size[0]}×{report.size[1]} at {report.fps:g} "
+                  f"fps, {report.frames / max(report.elapsed, 1e-9):.2f} frames/s"
+                  f"{', audio copied' if report.audio else ''}")
         return 0
 
 
-def _fail(bar: Any, message: str, status: int) -> int:
+def _fail(bar: Any, error: BaseException, status: int) -> int:
     bar.close()
-    print(message, file=sys.stderr)
+    print_error(error)
     return status
 
 
@@ -77,8 +86,8 @@ def _frame_stylizer(args: argparse.Namespace) -> Any:
     changes: dict[str, Any] = {}
     if args.iterations is not None:
         changes["iterations"] = args.iterations
-    if args.weights is not None:
-        changes["style_blend_weights"] = tuple(args.weights)
+    if args.style_weights is not None:
+        changes["style_blend_weights"] = tuple(args.style_weights)
     styles = [load_image(path, field="style") for path in args.style]
     return frame_stylizer(args.mode, _networks(args.device), styles, StylizeOptions(**changes),
                           presets=args.preset or (), model_name=args.model_name,

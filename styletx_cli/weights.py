@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from styletx_client.commandline import print_error
+
 from styletx_core.errors import EngineError
 from styletx_core.layers import ARCHS
 
@@ -62,7 +64,7 @@ def _fetch(args: argparse.Namespace) -> int:
         if not args.vgg_only:
             paths += _fetch_other_models(args.cache_dir, args.force)
     except EngineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 1
     for path in paths:
         print(path)

@@ -50,7 +50,10 @@ def load_image(
             image = _normalise(image)
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except UnidentifiedImageError:  # its message names the BytesIO object, which tells a user nothing
+        raise ImageError("not a readable image (not a format Pillow decodes: PNG, JPEG, WebP, TIFF, ...)",
+                         field) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(f"not a readable image ({error})", field) from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError, TypeError) as error:
         raise ImageError(

@@ -65,7 +65,7 @@ def test_stylize_returns_image_and_metrics(sdk: Client) -> None:
     )
     assert seen[0] == "Accepted" and seen[-1] == "Completed" and "Progress" in seen
     expected = FakeEngine.expected(Image.open(io.BytesIO(png())), StylizeOptions(size=64))
-    assert out.to_pil().convert("RGB").tobytes() == expected.tobytes()
+    assert out.image.convert("RGB").tobytes() == expected.tobytes()
     assert out.seed == 3 and out.format == "png" and (out.width, out.height) == expected.size
     assert out.metrics["equivalent_iterations"] > 0 and out.timings["total_seconds"] > 0
     assert [p.iteration for p in out.history] == list(range(1, out.iterations + 1))
@@ -74,7 +74,7 @@ def test_stylize_returns_image_and_metrics(sdk: Client) -> None:
 def test_style_weights_and_pil_inputs(sdk: Client) -> None:
     content = Image.open(io.BytesIO(png()))
     out = sdk.stylize(content, [(png((32, 32)), 2.0), (content, 1.0)], output_format="jpeg", **SMALL)
-    assert out.format == "jpeg" and out.to_pil().format == "JPEG"
+    assert out.format == "jpeg" and out.image.format == "JPEG"
 
 
 def test_stream_cancel_stops_the_job(sdk: Client, engine: FakeEngine) -> None:
@@ -96,7 +96,7 @@ def test_errors_are_one_type_naming_the_field(sdk: Client) -> None:
     with pytest.raises(StyletxError) as caught:
         sdk.stylize(png(), [png()], optimizer="sgd")
     assert caught.value.field == "params.optimizer"
-    with pytest.raises(TypeError, match="unknown parameter 'sizee'"):
+    with pytest.raises(TypeError, match="unknown option 'sizee'; did you mean 'size'"):
         sdk.stylize(png(), [png()], sizee=64)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from styletx_client import LocalClient, cli
-from styletx_client._request import PARAMS
+from styletx_client._request import OPTIONS
 from styletx_server.local import LocalBackend
 from support.fake import FakeEngine, ServerThread
 from support.requests import png
@@ -39,7 +39,7 @@ def test_every_engine_option_has_a_flag() -> None:
     parser = cli.build_parser(plugins=False)
     stylize = parser._subparsers._group_actions[0].choices["stylize"]  # type: ignore[union-attr,index]
     flags = {option for action in stylize._actions for option in action.option_strings}
-    assert {"--" + f.name.replace("_", "-") for f in PARAMS.fields} <= flags
+    assert {"--" + name.replace("_", "-") for name in OPTIONS if name not in cli._NOT_FLAGS} <= flags
 
 
 def test_remote_stylize_with_previews_and_loss_plot(
@@ -147,4 +147,4 @@ def test_local_mode_without_the_server_extra_says_what_to_install(
 
     monkeypatch.setattr(impl.importlib.metadata, "entry_points", lambda group: [])
     code = cli.main(["stylize", *map(str, images), "-o", str(tmp_path / "y.png"), *FLAGS])
-    assert code == 1 and "server + engine distribution" in capsys.readouterr().err
+    assert code == 2 and "server + engine distribution" in capsys.readouterr().err  # a configuration error

@@ -131,7 +131,7 @@ def test_cli_remote_and_local_without_engine(client_venv: Path, server: ServerTh
     assert (tmp_path / "out.png").read_bytes().startswith(b"\x89PNG")
     for local_args in (args, [str(styletx), "video", "in.mp4", "out.mp4", "--style", "c.png"]):
         local = subprocess.run(local_args, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-        assert local.returncode == 1 and "server + engine distribution" in local.stderr, local.stderr
+        assert local.returncode == 2 and "server + engine distribution" in local.stderr, local.stderr  # configuration
         assert "Traceback" not in local.stderr
 
 

@@ -8,7 +8,7 @@ The convention (also in docs/architecture.md, "Documentation is tested"):
   Docker, a benchmark that takes an hour), and the reason is in the Markdown for readers to see.
 * ``<!-- doctest: server -->`` before a one-line block ``... styletx-server ... &`` runs that command as the server
   the following blocks of the file talk to: in the background, until it answers health checks, stopped after the
-  file's last block.
+  file's last block; ``STYLETX_SERVER`` points at it for those blocks (as if the reader had exported it).
 * The blocks run in a scratch directory that mirrors the checkout (symlinks), so their outputs never land in it;
   bash with ``set -euo pipefail``, python with this interpreter. ``STYLETX_HOST=127.0.0.1`` and
   ``STYLETX_METRICS_PORT=0`` are set for them.
@@ -175,6 +175,7 @@ class Session:
             while time.monotonic() < deadline and self.server.poll() is None:
                 try:
                     if client.health(timeout=2) == "SERVING":
+                        self.env["STYLETX_SERVER"] = f"127.0.0.1:{self.port}"  # as if the reader exported it
                         return ""
                 except Exception:  # not listening yet
                     time.sleep(0.5)

@@ -274,7 +274,7 @@ def test_cli_fast_and_preset(tmp_path: Path, content_image: Image.Image, style_i
     assert main([str(content), "--preset", "style05", "-o", str(tmp_path / "p.jpg"), "--device", "cpu"]) == 0
     assert Image.open(tmp_path / "p.jpg").size == content_image.size
     assert main([str(content), "--preset", "style99", "-o", str(tmp_path / "x.png")]) == 2
-    assert main([str(content), str(style), "--weights", "1", "2", "-o", str(tmp_path / "x.png")]) == 2
+    assert main([str(content), str(style), "--style-weights", "1", "2", "-o", str(tmp_path / "x.png")]) == 2
     assert main([str(tmp_path / "missing.png"), str(style), "-o", str(tmp_path / "x.png")]) == 1
 
 

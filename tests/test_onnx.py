@@ -239,11 +239,11 @@ def test_cli_export_with_a_weights_file(tmp_path: Path, capsys: pytest.CaptureFi
     torch.manual_seed(3)
     torch.save(make_layers("vgg16", "relu5_3").state_dict(), tmp_path / "w.pth")
     status = main(["export-onnx", "-o", str(tmp_path / "cli.onnx"), "--arch", "vgg16",
-                   "--weights", str(tmp_path / "w.pth"), "--layers", "relu1_1", "relu2_1"])
+                   "--vgg-weights", str(tmp_path / "w.pth"), "--layers", "relu1_1", "relu2_1"])
     out = json.loads(capsys.readouterr().out)
     assert status == 0 and out["parity"]["ok"] and out["metadata"]["layers"] == ["relu1_1", "relu2_1"]
     assert len(out["metadata"]["weights_sha256"]) == 64
-    assert main(["export-onnx", "-o", str(tmp_path / "x.onnx"), "--weights", str(tmp_path / "none.pth")]) == 1
+    assert main(["export-onnx", "-o", str(tmp_path / "x.onnx"), "--vgg-weights", str(tmp_path / "none.pth")]) == 1
     assert "error:" in capsys.readouterr().err
 
 

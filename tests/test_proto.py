@@ -16,6 +16,7 @@ from styletx_core.options import CHOICES, StylizeOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 STUBS = "client/styletx_proto/v1"
+PARAMS_MODULE = "client/styletx_client/_params.py"  # scripts/gen_params.py: the SDK's typed options
 GENERATED = ("styletx_pb2.py", "styletx_pb2.pyi", "styletx_pb2_grpc.py", "styletx_pb2_grpc.pyi")
 
 
@@ -24,10 +25,25 @@ def test_generated_stubs_match_proto(tmp_path: Path) -> None:
     subprocess.run(
         ["bash", str(ROOT / "scripts/gen_proto.sh"), "--out", str(tmp_path)], check=True, capture_output=True
     )
-    for name in GENERATED:
-        fresh, checked_in = tmp_path / STUBS / name, ROOT / STUBS / name
+    for path in [f"{STUBS}/{name}" for name in GENERATED] + [PARAMS_MODULE]:
+        fresh, checked_in = tmp_path / path, ROOT / path
         assert checked_in.exists(), f"{checked_in} missing: run scripts/gen_proto.sh"
-        assert filecmp.cmp(fresh, checked_in, shallow=False), f"{name} drifted: run scripts/gen_proto.sh"
+        assert filecmp.cmp(fresh, checked_in, shallow=False), f"{path} drifted: run scripts/gen_proto.sh"
+
+
+def test_sdk_options_follow_the_proto() -> None:
+    """The generated JobOptions hold every StylizeRequest option (sub-messages flattened) with its comment."""
+    from styletx_client import JobOptions
+    from styletx_client._params import OPTIONS
+
+    request = pb.StylizeRequest.DESCRIPTOR
+    expected = {f.name for f in request.fields if f.message_type is None and f.name != "content"}
+    for holder in ("params", "fast", "cyclegan", "preview"):
+        prefix = "preview_" if holder == "preview" else ""
+        expected |= {prefix + f.name for f in request.fields_by_name[holder].message_type.fields}
+    assert set(OPTIONS) == expected == set(JobOptions.__annotations__)
+    assert all(spec.help for spec in OPTIONS.values()), "every option needs a proto comment"
+    assert OPTIONS["size"].default == StylizeOptions().size
 
 
 def test_params_mirror_every_engine_option() -> None:

@@ -388,7 +388,7 @@ def test_a_cut_connection_is_resumed_and_the_job_runs_once(counted: tuple[Server
     assert engine.runs == 1 and _runs(thread) == 1  # the server ran the job once
     with Client(thread.target) as direct:
         reference = direct.stylize(content, [style], **params)
-    assert engine.runs == 2 and resumed.image == reference.image and resumed.seed == reference.seed == 7
+    assert engine.runs == 2 and resumed.data == reference.data and resumed.seed == reference.seed == 7
 
 
 def test_the_async_client_resumes_a_cut_stream_too(counted: tuple[ServerThread, FakeEngine]) -> None:
@@ -404,7 +404,7 @@ def test_the_async_client_resumes_a_cut_stream_too(counted: tuple[ServerThread, 
             async for event in stream:
                 if (output := assembler.add(event)) is not None:
                     assert stream._resume is not None
-                    return output.image, stream._resume.resumed
+                    return output.data, stream._resume.resumed
         raise AssertionError("no result")
 
     try:
@@ -413,12 +413,12 @@ def test_the_async_client_resumes_a_cut_stream_too(counted: tuple[ServerThread, 
         proxy.close()
     assert proxy.cuts == 1 and resumed >= 1 and engine.runs == 1
     with Client(thread.target) as direct:
-        assert direct.stylize(content, [style], **params).image == image
+        assert direct.stylize(content, [style], **params).data == image
 
 
 def _collect(target: str, content: bytes, style: bytes, params: dict[str, Any], stream_id: str | None) -> bytes:
     with Client(target) as client:
-        return client.stylize(content, [style], request_id=stream_id or "", **params).image
+        return client.stylize(content, [style], request_id=stream_id or "", **params).data
 
 
 def test_a_retry_after_the_end_gets_the_kept_result_and_a_reused_key_is_refused(

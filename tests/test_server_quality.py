@@ -86,7 +86,7 @@ def test_completed_carries_quality_scores_that_the_sdk_types(
     assert list(quality.style_distance) == ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
     assert quality.style_distance_mean == pytest.approx(sum(quality.style_distance.values()) / 5)
     assert quality.scorer.startswith("vgg19") and output.timings["score_seconds"] > 0
-    local = QualityScorer(OnnxFeatures(parity.onnx_path)).score(content, [style], output.to_pil(), layout=False)
+    local = QualityScorer(OnnxFeatures(parity.onnx_path)).score(content, [style], output.image, layout=False)
     assert quality.content_distance == pytest.approx(local.content_distance, rel=1e-5)
     assert quality.color_distance == pytest.approx(local.color_distance, rel=1e-5)
     assert quality.style_distance == pytest.approx(local.style_distance, rel=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,6 +141,14 @@ def test_cli_remote_video_round_trips_a_file(server: ServerThread, clip: list[np
     reader = imageio_ffmpeg.read_frames(str(output))
     meta = next(reader)
     assert meta["size"] == (64, 48) and meta["fps"] == pytest.approx(12) and len(list(reader)) == len(clip)
+    # Scripts (issue 18): --json lines end with the result; without a terminal, plain progress lines, no \r.
+    assert cli_main(["video", str(source), str(output), "--style", str(style), "--server", server.target,
+                     "--json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[-1]["event"] == "result" and events[-1]["frames"] == len(clip) and events[0]["event"] == "frame"
+    assert cli_main(["video", str(source), str(output), "--style", str(style), "--server", server.target]) == 0
+    err = capsys.readouterr().err
+    assert f"frame {len(clip)}/" in err and "\r" not in err
 
 
 def test_cancelling_a_stream_frees_the_worker(

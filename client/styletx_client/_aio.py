@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import wrappers_pb2
@@ -24,8 +24,12 @@ from ._options import (
     TLSOptions,
     auth_metadata,
     channel_options,
+    connection,
 )
-from ._request import ImageInput, StyleInput, build_request
+from ._request import ImageInput, JobOptions, Styles, build_request
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["AsyncClient"]
 
@@ -33,21 +37,22 @@ __all__ = ["AsyncClient"]
 class AsyncClient:
     """asyncio twin of :class:`client.Client` (same parameters, same method names)."""
 
-    def __init__(self, target: str = "localhost:50051", *, tls: TLSOptions | None = None,
+    def __init__(self, target: str | None = None, *, tls: TLSOptions | None = None,
                  keepalive: KeepAliveOptions | None = DEFAULT_KEEPALIVE,
                  retry: RetryPolicy | None = DEFAULT_RETRY,
                  load_balancing: str | None = None, timeout: float = DEFAULT_TIMEOUT,
                  max_receive_bytes: int = 4 * 1024 * 1024, token: str | None = None) -> None:
+        address, tls = connection(target, tls)
         options = channel_options(keepalive, retry, load_balancing, tls, max_receive_bytes)
         self._metadata = auth_metadata(token)
-        self._channel = grpc.aio.secure_channel(target, tls.credentials(), options) if tls else \
-            grpc.aio.insecure_channel(target, options)
+        self._channel = grpc.aio.secure_channel(address, tls.credentials(), options) if tls else \
+            grpc.aio.insecure_channel(address, options)
         self._stub = pb_grpc.StyleTransferStub(self._channel)
         self._health = self._channel.unary_unary(
             "/grpc.health.v1.Health/Check",
             request_serializer=wrappers_pb2.StringValue.SerializeToString,
             response_deserializer=wrappers_pb2.Int32Value.FromString)
-        self.target = target
+        self.target = address
         self.timeout = timeout
         self._background: set[asyncio.Future[None]] = set()
 
@@ -71,18 +76,18 @@ class AsyncClient:
             self._background.add(task := asyncio.ensure_future(cancel_job()))
             task.add_done_callback(self._background.discard)
 
-        return AsyncEventStream(call(), Resumption(call, deadline, cancel_job=cancel))
+        return AsyncEventStream(call(), Resumption(call, deadline, cancel_job=cancel), self.target)
 
-    def stylize_stream(self, content: ImageInput, styles: Sequence[StyleInput], *,
-                       timeout: float | None = None, **params: Any) -> AsyncEventStream:
+    def stylize_stream(self, content: ImageInput, styles: Styles, *,
+                       timeout: float | None = None, **options: Unpack[JobOptions]) -> AsyncEventStream:
         """Start a job; ``async for`` the stream's events, ``.cancel()`` it to stop the job."""
-        return self.stream_request(build_request(content, styles, **params), timeout=timeout)
+        return self.stream_request(build_request(content, styles, **options), timeout=timeout)
 
-    async def stylize(self, content: ImageInput, styles: Sequence[StyleInput], *,
+    async def stylize(self, content: ImageInput, styles: Styles, *,
                       timeout: float | None = None, on_event: Callable[[Event], None] | None = None,
-                      **params: Any) -> StylizeOutput:
+                      **options: Unpack[JobOptions]) -> StylizeOutput:
         """Run a job to the end; returns the image and its metrics."""
-        stream = self.stylize_stream(content, styles, timeout=timeout, **params)
+        stream = self.stylize_stream(content, styles, timeout=timeout, **options)
         assembler = ResultAssembler()
         try:
             async for event in stream:
@@ -101,14 +106,14 @@ class AsyncClient:
             response: pb.GetServerInfoResponse = await self._stub.GetServerInfo(
                 pb.GetServerInfoRequest(), metadata=self._metadata, timeout=timeout)
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise from_rpc_error(error, self.target) from None
         return response
 
     async def health(self, service: str = "", *, timeout: float | None = 10.0) -> str:
         try:
             reply = await self._health(wrappers_pb2.StringValue(value=service), timeout=timeout)
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise from_rpc_error(error, self.target) from None
         return _HEALTH[reply.value] if 0 <= reply.value < len(_HEALTH) else str(reply.value)
 
     async def close(self) -> None:

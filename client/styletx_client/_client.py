@@ -7,8 +7,8 @@ import importlib.metadata
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import wrappers_pb2
@@ -25,8 +25,12 @@ from ._options import (
     TLSOptions,
     auth_metadata,
     channel_options,
+    connection,
 )
-from ._request import ImageInput, StyleInput, build_request
+from ._request import ImageInput, JobOptions, Styles, build_request
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["DEFAULT_TIMEOUT", "Client", "LocalClient", "stylize"]
 
@@ -46,20 +50,20 @@ class _Stylizer:
     def stream_request(self, request: pb.StylizeRequest, *, timeout: float | None = None) -> EventStream:
         raise NotImplementedError
 
-    def stylize_stream(self, content: ImageInput, styles: Sequence[StyleInput], *,
-                       timeout: float | None = None, **params: Any) -> EventStream:
+    def stylize_stream(self, content: ImageInput, styles: Styles, *,
+                       timeout: float | None = None, **options: Unpack[JobOptions]) -> EventStream:
         """Start a job; iterate the returned stream for typed events, ``.cancel()`` it to stop the job.
 
-        ``params`` are the engine's options by name (``size=512, optimizer="adam", seed=1``) plus
-        ``output_format``, ``preview_format``, ``preview_max_side``, ``mode``, ``model_name``, ``preset``,
-        ``variation``.
+        ``styles`` is one style or a sequence (``(image, weight)`` for a blend weight); ``options`` are
+        :class:`JobOptions` (``size=512, optimizer="adam", seed=1``), typed and documented from the proto.
+        Calling ``.cancel()`` inside ``for event in stream`` stops the job and ends the iteration cleanly.
         """
-        return self.stream_request(build_request(content, styles, **params), timeout=timeout)
+        return self.stream_request(build_request(content, styles, **options), timeout=timeout)
 
-    def stylize(self, content: ImageInput, styles: Sequence[StyleInput], *, timeout: float | None = None,
-                on_event: Callable[[Event], None] | None = None, **params: Any) -> StylizeOutput:
+    def stylize(self, content: ImageInput, styles: Styles, *, timeout: float | None = None,
+                on_event: Callable[[Event], None] | None = None, **options: Unpack[JobOptions]) -> StylizeOutput:
         """Run a job to the end and return the image and its metrics; ``on_event`` sees every event."""
-        stream = self.stylize_stream(content, styles, timeout=timeout, **params)
+        stream = self.stylize_stream(content, styles, timeout=timeout, **options)
         try:
             return collect(stream, on_event)
         except BaseException:
@@ -72,8 +76,10 @@ class Client(_Stylizer):
 
     Parameters
     ----------
-    target : str
-        ``host:port``; ``dns:///host:port`` with ``load_balancing="round_robin"`` spreads jobs over replicas.
+    target : str, optional
+        ``host[:port]`` (port default 50051; ``grpc://``/``http://`` are stripped, ``https://`` turns on TLS);
+        ``dns:///host:port`` with ``load_balancing="round_robin"`` spreads jobs over replicas. Default: the
+        environment's ``STYLETX_SERVER``, else ``localhost``.
     tls : TLSOptions, optional
         Use TLS (else plaintext).
     keepalive, retry : KeepAliveOptions, RetryPolicy, optional
@@ -86,15 +92,16 @@ class Client(_Stylizer):
         Bearer token for a server that requires one (sent as ``authorization`` metadata; use with TLS).
     """
 
-    def __init__(self, target: str = "localhost:50051", *, tls: TLSOptions | None = None,
+    def __init__(self, target: str | None = None, *, tls: TLSOptions | None = None,
                  keepalive: KeepAliveOptions | None = DEFAULT_KEEPALIVE,
                  retry: RetryPolicy | None = DEFAULT_RETRY,
                  load_balancing: str | None = None, timeout: float = DEFAULT_TIMEOUT,
                  max_receive_bytes: int = 4 * 1024 * 1024, token: str | None = None) -> None:
+        address, tls = connection(target, tls)
         options = channel_options(keepalive, retry, load_balancing, tls, max_receive_bytes)
         self._metadata = auth_metadata(token)
-        self._channel = grpc.secure_channel(target, tls.credentials(), options) if tls else \
-            grpc.insecure_channel(target, options)
+        self._channel = grpc.secure_channel(address, tls.credentials(), options) if tls else \
+            grpc.insecure_channel(address, options)
         self._stub = pb_grpc.StyleTransferStub(self._channel)
         self._health = self._channel.unary_unary(
             "/grpc.health.v1.Health/Check",
@@ -102,7 +109,7 @@ class Client(_Stylizer):
             # format of these wrappers, so the SDK needs no grpcio-health-checking.
             request_serializer=wrappers_pb2.StringValue.SerializeToString,
             response_deserializer=wrappers_pb2.Int32Value.FromString)
-        self.target = target
+        self.target = address
         self.timeout = timeout
 
     def stream_request(self, request: pb.StylizeRequest, *, timeout: float | None = None) -> EventStream:
@@ -126,7 +133,7 @@ class Client(_Stylizer):
                                             metadata=metadata):
                     pass
 
-        return EventStream(call(), Resumption(call, deadline, cancel_job=cancel_job))
+        return EventStream(call(), Resumption(call, deadline, cancel_job=cancel_job), self.target)
 
     def server_info(self, *, timeout: float | None = 30.0) -> pb.GetServerInfoResponse:
         """Version, models, devices, limits and default parameters of the server."""
@@ -134,7 +141,7 @@ class Client(_Stylizer):
             response: pb.GetServerInfoResponse = self._stub.GetServerInfo(
                 pb.GetServerInfoRequest(), metadata=self._metadata, timeout=timeout)
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise from_rpc_error(error, self.target) from None
         return response
 
     def health(self, service: str = "", *, timeout: float | None = 10.0) -> str:
@@ -142,7 +149,7 @@ class Client(_Stylizer):
         try:
             reply = self._health(wrappers_pb2.StringValue(value=service), timeout=timeout)
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise from_rpc_error(error, self.target) from None
         return _HEALTH[reply.value] if 0 <= reply.value < len(_HEALTH) else str(reply.value)
 
     def close(self) -> None:
@@ -211,12 +218,12 @@ def load_backend(name: str) -> Any:
     raise StyletxError(grpc.StatusCode.FAILED_PRECONDITION, f"no local engine installed: {hint}")
 
 
-def stylize(content: ImageInput, styles: Sequence[StyleInput], *, server: str = "localhost:50051",
-            timeout: float | None = None, **params: Any) -> StylizeOutput:
-    """One call: stylise ``content`` with ``styles`` on ``server``; returns the image bytes and metrics.
+def stylize(content: ImageInput, styles: Styles, *, server: str | None = None, token: str | None = None,
+            timeout: float | None = None, **options: Unpack[JobOptions]) -> StylizeOutput:
+    """One call: stylise ``content`` with ``styles`` on ``server`` (see :class:`Client`); returns the result.
 
-    >>> out = stylize("photo.jpg", ["starry.jpg"], size=512, seed=1)   # doctest: +SKIP
-    >>> out.save("out.png"); out.metrics["loss_style"]                  # doctest: +SKIP
+    >>> out = stylize("photo.jpg", "starry.jpg", size=512, seed=1)     # doctest: +SKIP
+    >>> out.save("out.jpg"); out.metrics["loss_style"]                  # doctest: +SKIP
     """
-    with Client(server) as client:
-        return client.stylize(content, styles, timeout=timeout, **params)
+    with Client(server, token=token) as client:
+        return client.stylize(content, styles, timeout=timeout, **options)

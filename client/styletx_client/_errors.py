@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-__all__ = ["StyletxError", "from_rpc_error"]
+__all__ = ["StyletxError", "from_rpc_error", "unreachable"]
 
 
 class StyletxError(Exception):
@@ -42,16 +42,36 @@ class StyletxError(Exception):
         return int(value) / 1000 if value else None
 
 
-def from_rpc_error(error: Any) -> StyletxError:
-    """A gRPC error, or an error with a gRPC ``code`` (the in-process backend's), as StyletxError."""
+#: Failures of the connection itself (no answer from a styletx server), as gRPC reports them.
+_UNREACHABLE = ("failed to connect", "connection refused", "dns", "resolution", "resolve", "settings frame",
+                "socket closed", "handshake", "ssl", "tls", "connection reset", "connections to all backends")
+
+
+def from_rpc_error(error: Any, target: str | None = None) -> StyletxError:
+    """A gRPC error, or an error with a gRPC ``code`` (the in-process backend's), as StyletxError.
+
+    A call that never reached a styletx server at ``target`` (refused, unresolvable, TLS mismatch, a port that
+    speaks HTTP/1 such as the metrics port) becomes one line naming the address and what to check.
+    """
     if isinstance(error, StyletxError):
         return error
     if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
         code = error.code()
         metadata = error.trailing_metadata() or () if hasattr(error, "trailing_metadata") else ()
         details = {k: v for k, v in metadata if isinstance(v, str)}
-        return StyletxError(code, error.details() or code.name, details)
+        message = error.details() or code.name
+        if target and code == grpc.StatusCode.UNAVAILABLE and any(m in message.lower() for m in _UNREACHABLE):
+            message = unreachable(target, message)
+        return StyletxError(code, message, details)
     code = getattr(error, "code", None)
     if isinstance(code, grpc.StatusCode):  # server.errors.ServiceError from the local backend
         return StyletxError(code, str(getattr(error, "message", error)), getattr(error, "details", {}))
     return StyletxError(grpc.StatusCode.UNKNOWN, f"{type(error).__name__}: {error}")
+
+
+def unreachable(target: str, detail: str) -> str:
+    """``cannot reach HOST:PORT (...) — is styletx-server running there? ...``: what to check, in one line."""
+    reason = " ".join(detail.split())
+    reason = reason if len(reason) <= 160 else reason[:157] + "..."
+    return (f"cannot reach {target} ({reason}) — is styletx-server running there, on this port (the gRPC port, "
+            "not the metrics port)? TLS on the server but not here (--tls), or the reverse?")

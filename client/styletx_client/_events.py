@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -15,6 +17,8 @@ import grpc
 from styletx_proto.v1 import styletx_pb2 as pb
 
 from ._errors import StyletxError, from_rpc_error
+from ._request import FORMAT_NAMES
+from .imagefile import save_encoded
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -25,7 +29,6 @@ __all__ = [
     "from_proto",
 ]
 
-_FORMATS = {pb.OUTPUT_FORMAT_PNG: "png", pb.OUTPUT_FORMAT_JPEG: "jpeg", pb.OUTPUT_FORMAT_TIFF16: "tiff16"}
 
 
 @dataclass(frozen=True)
@@ -39,12 +42,17 @@ class Accepted:
 
 @dataclass(frozen=True)
 class QueueUpdate:
+    """The job moved up the queue: ``queue_position`` jobs still wait ahead of it."""
+
     job_id: str
     queue_position: int
 
 
 @dataclass(frozen=True)
 class Started:
+    """A worker on ``device`` picked the job up: ``total_iterations`` over the long sides ``scales``; ``seed``
+    repeats the result; ``queue_seconds`` were spent waiting."""
+
     job_id: str
     device: str
     seed: int
@@ -55,6 +63,10 @@ class Started:
 
 @dataclass(frozen=True)
 class Progress:
+    """One optimisation step: ``iteration`` of ``total_iterations`` (1-based, over all scales), the working
+    size at scale ``scale_index`` of ``scale_count``, the total and per-term ``losses``, seconds ``elapsed``
+    and ``eta``, peak device memory."""
+
     job_id: str
     iteration: int
     total_iterations: int
@@ -71,6 +83,8 @@ class Progress:
 
 @dataclass(frozen=True)
 class Preview:
+    """The current image at ``iteration`` (every ``preview_every`` iterations), encoded as ``format``."""
+
     job_id: str
     iteration: int
     image: bytes
@@ -86,6 +100,9 @@ class Preview:
 
 @dataclass(frozen=True)
 class ResultChunk:
+    """A piece of the encoded result (``data`` at ``offset`` of ``total_size`` bytes); the stream's
+    :class:`StylizeOutput` assembles and checks them."""
+
     job_id: str
     data: bytes
     offset: int
@@ -126,6 +143,9 @@ class Quality:
 
 @dataclass(frozen=True)
 class Completed:
+    """The job finished (always the last event): where the time went (``timings``), the final losses and rates
+    (``metrics``), the ``seed`` and ``iterations`` used, the result's SHA-256 and its quality scores."""
+
     job_id: str
     timings: dict[str, float]
     metrics: dict[str, float]
@@ -158,10 +178,10 @@ def from_proto(event: pb.StylizeEvent) -> Event:
                         p.loss, dict(p.losses), p.elapsed_seconds, p.eta_seconds, p.peak_memory_bytes)
     if which == "preview":
         v = event.preview
-        return Preview(job, v.iteration, v.image, _FORMATS.get(v.format, "png"), v.width, v.height)
+        return Preview(job, v.iteration, v.image, FORMAT_NAMES.get(v.format, "png"), v.width, v.height)
     if which == "result_chunk":
         r = event.result_chunk
-        return ResultChunk(job, r.data, r.offset, r.total_size, _FORMATS.get(r.format, "png"), r.width,
+        return ResultChunk(job, r.data, r.offset, r.total_size, FORMAT_NAMES.get(r.format, "png"), r.width,
                            r.height)
     if which == "completed":
         c = event.completed
@@ -174,9 +194,10 @@ def from_proto(event: pb.StylizeEvent) -> Event:
 
 @dataclass
 class StylizeOutput:
-    """The result of a job: encoded image bytes plus what it cost."""
+    """The result of a job: the image (``.image``, a PIL image decoded on first use; ``.data``, the encoded
+    bytes as the server sent them, in ``format``) plus what it cost. ``save(path)`` encodes by extension."""
 
-    image: bytes
+    data: bytes
     format: str
     width: int
     height: int
@@ -191,18 +212,20 @@ class StylizeOutput:
     """The server's quality scores of the image (None: see ``quality_unavailable``)."""
     quality_unavailable: str = ""
 
-    def to_pil(self) -> Image.Image:
+    @functools.cached_property
+    def image(self) -> Image.Image:
+        """The result as a PIL image (decoded from ``data`` once, on first use)."""
         from PIL import Image
 
-        image = Image.open(io.BytesIO(self.image))
+        image = Image.open(io.BytesIO(self.data))
         image.load()
         return image
 
-    def save(self, path: str | Path) -> Path:
-        """Write the bytes as received (no re-encoding)."""
-        target = Path(path)
-        target.write_bytes(self.image)
-        return target
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the image in the format of ``path``'s extension (.png, .jpg, .webp, .tif): the received bytes
+        as they are when the format matches (a 16-bit TIFF stays 16-bit), else re-encoded. Missing folders are
+        created; an unknown extension raises StyletxError (INVALID_ARGUMENT)."""
+        return save_encoded(self.data, self.format, path)
 
 
 class ResultAssembler:
@@ -326,13 +349,15 @@ class EventStream:
     up where it was (:class:`Resumption`).
     """
 
-    def __init__(self, call: Any, resume: Resumption | None = None) -> None:
+    def __init__(self, call: Any, resume: Resumption | None = None, target: str | None = None) -> None:
         self._call = call
         self._resume = resume
         self._cancelled = False
+        self._target = target
         self.job_id: str | None = None
 
     def cancel(self) -> None:
+        """Stop the job; an iteration in progress ends cleanly after the current event."""
         self._cancelled = True
         self._call.cancel()
         if self._resume is not None and self._resume.cancel_job is not None:
@@ -347,11 +372,17 @@ class EventStream:
                     event = from_proto(proto)
                     self.job_id = event.job_id
                     yield event
+                    if self._cancelled:
+                        return
                 return
             except Exception as error:
-                call = None if self._cancelled or self._resume is None else self._resume.reopen(error)
+                if self._cancelled:  # cancel() inside the loop: the iteration ends, no CANCELLED error
+                    return
+                # Only a stream that reached its job resumes; a server never reached is reported at once (the
+                # channel's retry policy has already retried the connection).
+                call = None if self._resume is None or self.job_id is None else self._resume.reopen(error)
                 if call is None:
-                    raise from_rpc_error(error) from None
+                    raise from_rpc_error(error, self._target) from None
                 self._call = call
 
     def __enter__(self) -> EventStream:
@@ -364,13 +395,15 @@ class EventStream:
 class AsyncEventStream:
     """The asyncio twin of :class:`EventStream` (``async for``), resumed the same way."""
 
-    def __init__(self, call: Any, resume: Resumption | None = None) -> None:
+    def __init__(self, call: Any, resume: Resumption | None = None, target: str | None = None) -> None:
         self._call = call
         self._resume = resume
         self._cancelled = False
+        self._target = target
         self.job_id: str | None = None
 
     def cancel(self) -> None:
+        """Stop the job; an iteration in progress ends cleanly after the current event."""
         self._cancelled = True
         self._call.cancel()
         if self._resume is not None and self._resume.cancel_job is not None:
@@ -385,9 +418,13 @@ class AsyncEventStream:
                     event = from_proto(proto)
                     self.job_id = event.job_id
                     yield event
+                    if self._cancelled:
+                        return
                 return
             except Exception as error:
-                call = None if self._cancelled or self._resume is None else await self._resume.areopen(error)
+                if self._cancelled:
+                    return
+                call = None if self._resume is None or self.job_id is None else await self._resume.areopen(error)
                 if call is None:
-                    raise from_rpc_error(error) from None
+                    raise from_rpc_error(error, self._target) from None
                 self._call = call

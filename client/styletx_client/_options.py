@@ -8,15 +8,26 @@ server's ``grpc-retry-pushback-ms`` hint. A stream that has started is never rep
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
+from ._errors import StyletxError
+
 __all__ = [
-    "DEFAULT_KEEPALIVE", "DEFAULT_RETRY", "KeepAliveOptions", "RetryPolicy", "TLSOptions", "auth_metadata",
-    "channel_options", "service_config",
+    "DEFAULT_KEEPALIVE", "DEFAULT_PORT", "DEFAULT_RETRY", "KeepAliveOptions", "RetryPolicy", "TLSOptions",
+    "auth_metadata", "channel_options", "connection", "parse_target", "service_config",
 ]
+
+DEFAULT_PORT = 50051
+"""The port of a target given without one (the server's default gRPC port)."""
+#: URL schemes people paste: plaintext, or TLS.
+_PLAIN_SCHEMES = ("grpc://", "http://")
+_TLS_SCHEMES = ("grpcs://", "https://")
+#: gRPC's own name-resolver targets, passed through untouched (``dns:///host:port`` for round robin).
+_RESOLVERS = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "xds:")
 
 SERVICE = "styletx.v1.StyleTransfer"
 
@@ -43,6 +54,40 @@ class TLSOptions:
     def credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(
             _read(self.root_certificates), _read(self.private_key), _read(self.certificate_chain))
+
+
+def parse_target(target: str) -> tuple[str, bool]:
+    """``(host:port, wants_tls)`` from what a user types.
+
+    ``localhost`` → ``localhost:50051``; ``grpc://`` and ``http://`` are stripped (plaintext), ``https://``
+    and ``grpcs://`` are stripped and mean TLS; a trailing ``/`` is dropped; gRPC resolver targets
+    (``dns:///host:port``, ``unix:/path``) pass through. Anything else with ``://`` is refused.
+    """
+    text = target.strip()
+    if text.startswith(_RESOLVERS):
+        return text, False
+    lowered = text.lower()
+    scheme = next((s for s in (*_PLAIN_SCHEMES, *_TLS_SCHEMES) if lowered.startswith(s)), "")
+    if not scheme and "://" in text:
+        raise _bad_target(f"unknown scheme in {target!r}: use HOST:PORT (or grpc://, http://, https://)")
+    host = text[len(scheme):].rstrip("/")
+    if not host or "/" in host:
+        raise _bad_target(f"not a server address: {target!r} (expected HOST:PORT)")
+    has_port = host.rsplit("]", 1)[-1].count(":") == 1 if host.startswith("[") else host.count(":") == 1
+    if host.count(":") > 1 and not host.startswith("["):  # a bare IPv6 address
+        host = f"[{host}]"
+    return (host if has_port else f"{host}:{DEFAULT_PORT}"), scheme in _TLS_SCHEMES
+
+
+def _bad_target(message: str) -> StyletxError:
+    return StyletxError(grpc.StatusCode.INVALID_ARGUMENT, message, {"styletx-field": "server"})
+
+
+def connection(target: str | None, tls: TLSOptions | None) -> tuple[str, TLSOptions | None]:
+    """The channel address and TLS settings for a user's ``target`` (``https://`` turns TLS on); None: the
+    environment's ``STYLETX_SERVER``, else ``localhost``."""
+    address, wants_tls = parse_target(target or os.environ.get("STYLETX_SERVER") or "localhost")
+    return address, tls if tls is not None or not wants_tls else TLSOptions()
 
 
 def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:

@@ -1,110 +1,124 @@
-"""Python values → ``StylizeRequest``. Parameter names and kinds come from the proto descriptor, so the SDK,
-the CLI flags and the server cannot disagree about what a parameter is called or accepts."""
+"""Python values → ``StylizeRequest``. Option names, types, help texts and choices come from the generated
+``_params`` (scripts/gen_params.py, from the proto), so the SDK, the CLI flags and the server cannot disagree
+about what an option is called or accepts."""
 
 from __future__ import annotations
 
+import difflib
 import io
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 import grpc
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from styletx_proto.v1 import styletx_pb2 as pb
 
 from ._errors import StyletxError
+from ._params import OPTIONS, JobOptions, OptionSpec
 
 if TYPE_CHECKING:
     from PIL import Image
+    from typing_extensions import Unpack
 
-__all__ = ["PARAMS", "ImageInput", "StyleInput", "build_request", "enum_choices", "param_kind"]
+__all__ = ["FORMAT_NAMES", "OPTIONS", "ImageInput", "JobOptions", "StyleInput", "Styles", "build_request", "set_option",
+           "style_list"]
 
-PARAMS = pb.StylizeParams.DESCRIPTOR
 ImageInput = Union[bytes, str, "os.PathLike[str]", "Image.Image"]
 #: A style image, or ``(image, weight)``.
 StyleInput = Union[ImageInput, tuple[ImageInput, float]]  # noqa: UP007
-_FORMATS: dict[str, Any] = {"png": pb.OUTPUT_FORMAT_PNG, "jpeg": pb.OUTPUT_FORMAT_JPEG,
-                            "jpg": pb.OUTPUT_FORMAT_JPEG, "tiff16": pb.OUTPUT_FORMAT_TIFF16}
-_MODES: dict[str, Any] = {v.name.removeprefix("MODE_").lower(): v.number
-                          for v in pb.Mode.DESCRIPTOR.values if v.number}
+#: One style, or a sequence of them.
+Styles = Union[StyleInput, Sequence[StyleInput]]  # noqa: UP007
+#: OutputFormat number → name (``png``, ``jpeg``, ``tiff16``; UNSPECIFIED means PNG).
+FORMAT_NAMES = {v.number: v.name.removeprefix("OUTPUT_FORMAT_").lower() for v in pb.OutputFormat.DESCRIPTOR.values
+                if v.number} | {0: "png"}
+#: Short names accepted beside the enum's own (``output_format="jpg"``).
+_ALIASES = {"jpg": "jpeg", "tiff": "tiff16"}
 
 
-def enum_choices(field: FieldDescriptor) -> dict[str, int]:
-    """``{"lbfgs": 1, "adam": 2}`` for ``optimizer`` (the UNSPECIFIED value means 'server default')."""
-    enum = field.enum_type
-    assert enum is not None
-    prefix = enum.values[0].name.removesuffix("UNSPECIFIED")
-    return {v.name.removeprefix(prefix).lower(): v.number for v in enum.values if v.number}
-
-
-def param_kind(field: FieldDescriptor) -> type:
-    """The Python type of one value of ``field`` (``str`` for enums)."""
-    if field.enum_type is not None or field.type == FieldDescriptor.TYPE_STRING:
-        return str
-    if field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
-        return float
-    return int
-
-
-def image_bytes(image: ImageInput) -> bytes:
+def image_bytes(image: ImageInput, field: str) -> bytes:
     """Encoded bytes as given (never re-encoded), a file's bytes, or a PIL image as PNG."""
     if isinstance(image, bytes | bytearray | memoryview):
         return bytes(image)
     if isinstance(image, str | os.PathLike):
-        return Path(image).read_bytes()
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+        try:
+            return Path(image).read_bytes()
+        except OSError as error:
+            raise StyletxError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: cannot read {image}: {error.strerror}",
+                               {"styletx-field": field}) from None
+    if hasattr(image, "save"):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+    raise StyletxError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"{field}: expected bytes, a path or a PIL image; got {type(image).__name__}",
+                       {"styletx-field": field})
 
 
-def _params(values: Mapping[str, Any]) -> pb.StylizeParams:
-    params = pb.StylizeParams()
-    for name, value in values.items():
-        field = PARAMS.fields_by_name.get(name)
-        if field is None:
-            raise TypeError(f"unknown parameter {name!r}; known: {', '.join(sorted(PARAMS.fields_by_name))}")
-        if value is None:
-            continue
-        if field.enum_type is not None:
-            choices = enum_choices(field)
-            if value not in choices:
-                raise StyletxError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"params.{name}: must be one of {', '.join(choices)}; got {value!r}",
-                                   {"styletx-field": f"params.{name}"})
-            setattr(params, name, choices[value])
-        elif field.is_repeated:
-            getattr(params, name).extend(value)
-        else:
-            setattr(params, name, value)
-    return params
+def _is_one_style(styles: Any) -> bool:
+    """A single image (a path string, bytes, a PIL image) or one ``(image, weight)`` pair."""
+    if isinstance(styles, str | bytes | bytearray | memoryview | os.PathLike) or hasattr(styles, "save"):
+        return True
+    return isinstance(styles, tuple) and len(styles) == 2 and isinstance(styles[1], int | float)
 
 
-def build_request(content: ImageInput, styles: Sequence[StyleInput], *, output_format: str = "png",
-                  preview_format: str | None = None, preview_max_side: int | None = None,
-                  mode: str = "optimize",
-                  model_name: str = "", preset: str = "", variation: bool = False,
-                  strength: float | None = None, processing_size: int | None = None,
-                  tile: int | None = None, overlap: int | None = None, skip_quality: bool = False,
-                  request_id: str = "", **params: Any) -> pb.StylizeRequest:
-    """The request for ``content`` and ``styles``; ``params`` are StylizeParams fields by name.
-
-    ``strength`` and ``processing_size`` are the feed-forward modes' options (FastParams), ``tile`` and
-    ``overlap`` CYCLEGAN's; ``skip_quality`` saves the server its scoring pass; ``request_id`` is the
-    idempotency key (the client draws one when empty).
-    """
-    wire_styles = []
-    for style in styles:
+def style_list(styles: Styles) -> list[pb.Style]:
+    """Wire styles from one style or a sequence (``"a.jpg"``, ``["a.jpg", ("b.jpg", 0.5)]``)."""
+    items: list[Any] = [styles] if _is_one_style(styles) else list(styles)  # type: ignore[arg-type]
+    wire = []
+    for index, style in enumerate(items):
         image, weight = style if isinstance(style, tuple) else (style, None)
-        wire_styles.append(pb.Style(image=image_bytes(image), weight=weight))
-    preview_enum = _FORMATS[preview_format] if preview_format else pb.OUTPUT_FORMAT_UNSPECIFIED
-    preview = pb.PreviewSettings(max_side=preview_max_side, format=preview_enum)
-    if output_format not in _FORMATS or mode not in _MODES:
-        bad = "output_format" if output_format not in _FORMATS else "mode"
-        raise StyletxError(grpc.StatusCode.INVALID_ARGUMENT, f"{bad}: unknown value", {"styletx-field": bad})
-    return pb.StylizeRequest(content=image_bytes(content), styles=wire_styles, params=_params(params),
-                             output_format=_FORMATS[output_format], preview=preview, mode=_MODES[mode],
-                             model_name=model_name, preset=preset, variation=variation,
-                             fast=pb.FastParams(strength=strength, processing_size=processing_size),
-                             cyclegan=pb.CycleGANParams(tile=tile, overlap=overlap), skip_quality=skip_quality,
-                             request_id=request_id)
+        wire.append(pb.Style(image=image_bytes(image, f"styles[{index}].image"), weight=weight))
+    return wire
+
+
+def _value(name: str, spec: OptionSpec, field: Any, value: Any) -> Any:
+    """The wire value of one option (an enum's number for its name); wrong kinds name the option."""
+    if not spec.choices:
+        return value
+    value = _ALIASES.get(value, value) if isinstance(value, str) else value
+    if value not in spec.choices:
+        raise StyletxError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"{name}: must be one of {', '.join(spec.choices)}; got {value!r}",
+                           {"styletx-field": ".".join(spec.path)})
+    enum = field.enum_type
+    number: int = enum.values_by_name[enum.values[0].name.removesuffix("UNSPECIFIED") + value.upper()].number
+    return number
+
+
+def set_option(request: Message, name: str, value: Any) -> None:
+    """Set the option ``name`` (a key of :class:`JobOptions`) on ``request`` (a StylizeRequest, or a
+    VideoConfig, which has the same fields but fewer); None leaves the server default."""
+    spec = OPTIONS.get(name)
+    if spec is None or spec.path[0] not in request.DESCRIPTOR.fields_by_name:
+        known = [n for n, s in OPTIONS.items() if s.path[0] in request.DESCRIPTOR.fields_by_name]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+        raise TypeError(f"unknown option {name!r}; {hint}")
+    if value is None:
+        return
+    message = request
+    for part in spec.path[:-1]:
+        message = getattr(message, part)
+    field = message.DESCRIPTOR.fields_by_name[spec.path[-1]]
+    try:
+        if spec.repeated:
+            getattr(message, field.name).extend(_value(name, spec, field, v) for v in value)
+        else:
+            setattr(message, field.name, _value(name, spec, field, value))
+    except (TypeError, ValueError) as error:
+        raise StyletxError(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: {error}",
+                           {"styletx-field": ".".join(spec.path)}) from None
+
+
+def build_request(content: ImageInput, styles: Styles = (), **options: Unpack[JobOptions]) -> pb.StylizeRequest:
+    """The request for ``content`` and ``styles`` (one, or a sequence; ``(image, weight)`` for a blend weight).
+
+    ``options`` are :class:`JobOptions` (typed, documented from the proto); an unknown name raises TypeError
+    before anything is sent.
+    """
+    request = pb.StylizeRequest(content=image_bytes(content, "content"), styles=style_list(styles))
+    for name, value in options.items():
+        set_option(request, name, value)
+    return request

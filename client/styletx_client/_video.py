@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +20,7 @@ from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 
 from ._errors import StyletxError, from_rpc_error
-from ._request import _FORMATS, _MODES, ImageInput, StyleInput, _params, image_bytes
+from ._request import FORMAT_NAMES, ImageInput, Styles, image_bytes, set_option, style_list
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -29,7 +29,6 @@ __all__ = ["VideoDone", "VideoFrame", "VideoStream", "stylize_frames", "stylize_
 
 #: Frames larger than this go as JPEG: a frame message must stay under gRPC's default 4 MiB.
 MAX_FRAME_BYTES = 4 * 1024 * 1024 - 64 * 1024
-_NAMES = {v: k for k, v in _FORMATS.items() if k != "jpg"}
 
 
 @dataclass(frozen=True)
@@ -61,30 +60,22 @@ class VideoDone:
     max_buffered_frames: int
 
 
-def video_config(styles: Sequence[StyleInput], *, mode: str = "fast", model_name: str = "", preset: str = "",
-                 strength: float | None = None, processing_size: int | None = None, tile: int | None = None,
-                 overlap: int | None = None, consistency: bool | None = None, alpha: float | None = None,
-                 output_format: str = "png", **params: Any) -> pb.VideoConfig:
-    """The stream's VideoConfig; ``params`` are StylizeParams fields by name (OPTIMIZE/HYBRID)."""
-    if mode not in _MODES or output_format not in _FORMATS:
-        bad = "mode" if mode not in _MODES else "output_format"
-        raise StyletxError(grpc.StatusCode.INVALID_ARGUMENT, f"{bad}: unknown value", {"styletx-field": bad})
-    wire = []
-    for style in styles:
-        image, weight = style if isinstance(style, tuple) else (style, None)
-        wire.append(pb.Style(image=image_bytes(image), weight=weight))
-    return pb.VideoConfig(styles=wire, mode=_MODES[mode], model_name=model_name, preset=preset,
-                          params=_params(params), fast=pb.FastParams(strength=strength,
-                                                                     processing_size=processing_size),
-                          cyclegan=pb.CycleGANParams(tile=tile, overlap=overlap), consistency=consistency,
-                          alpha=alpha, output_format=_FORMATS[output_format])
+def video_config(styles: Styles, *, mode: str = "fast", consistency: bool | None = None,
+                 alpha: float | None = None, **options: Any) -> pb.VideoConfig:
+    """The stream's VideoConfig; ``options`` are the :class:`JobOptions` a VideoConfig has (``params`` fields
+    for OPTIMIZE/HYBRID, ``strength``, ``processing_size``, ``tile``, ``overlap``, ``model_name``, ``preset``,
+    ``output_format``)."""
+    config = pb.VideoConfig(styles=style_list(styles), consistency=consistency, alpha=alpha)
+    for name, value in {"mode": mode, **options}.items():
+        set_option(config, name, value)
+    return config
 
 
 def video_requests(config: pb.VideoConfig, frames: Iterable[ImageInput]) -> Iterator[pb.StylizeVideoRequest]:
     """The config, then each frame as PNG (JPEG when PNG would not fit in one message)."""
     yield pb.StylizeVideoRequest(config=config)
     for index, frame in enumerate(frames):
-        data = image_bytes(frame)
+        data = image_bytes(frame, f"frames[{index}]")
         if len(data) > MAX_FRAME_BYTES and not isinstance(frame, bytes | str | os.PathLike):
             buffer = io.BytesIO()
             frame.convert("RGB").save(buffer, "JPEG", quality=95)
@@ -121,7 +112,7 @@ class VideoStream:
         which = response.WhichOneof("event")
         if which == "frame":
             f = response.frame
-            return VideoFrame(f.index, f.image, _NAMES.get(f.format, "png"), f.width, f.height)
+            return VideoFrame(f.index, f.image, FORMAT_NAMES.get(f.format, "png"), f.width, f.height)
         if which in ("accepted", "queue_update"):
             self.queue_position = getattr(response, which).queue_position
         elif which == "completed":
@@ -131,7 +122,7 @@ class VideoStream:
         return None
 
 
-def stylize_frames(client: Any, frames: Iterable[ImageInput], styles: Sequence[StyleInput], *,
+def stylize_frames(client: Any, frames: Iterable[ImageInput], styles: Styles, *,
                    timeout: float | None = None, **options: Any) -> VideoStream:
     """Stylise ``frames`` (all one size) on a server; iterate the returned stream for them, in order.
 
@@ -175,7 +166,7 @@ def _decode(source: Path, size: int | None) -> tuple[Iterator[Image.Image], dict
 
 
 def stylize_video_file(client: Any, source: str | os.PathLike[str], output: str | os.PathLike[str],
-                       styles: Sequence[StyleInput], *, size: int | None = None, timeout: float | None = None,
+                       styles: Styles, *, size: int | None = None, timeout: float | None = None,
                        progress: Callable[[int, int], None] | None = None, **options: Any) -> VideoDone:
     """Decode ``source``, stylise it through the server and write H.264 to ``output`` with the source's frame
     rate and audio. ``progress(done, expected)`` is called per frame."""

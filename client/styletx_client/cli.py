@@ -1,99 +1,144 @@
 """``styletx``: stylise images on a server (``--server HOST:PORT``) or in this process, and more.
 
 Subcommands: ``stylize``, ``video``, ``info``, ``health`` (each on ``--server`` or, without it, in this process
-through the ``styletx.backends`` entry points), plus any registered in the ``styletx.commands`` entry-point
-group (each a ``register(subparsers)`` that adds a parser with ``set_defaults(func=...)``; ``func(args)``
-returns the exit code). Engine flags are generated from the ``StylizeParams`` proto descriptor, so they cannot
-drift from the API. This module never imports torch: commands that need it live in ``styletx_cli`` (the server
-+ engine distribution).
+through the ``styletx.backends`` entry points), ``completion``, plus any registered in the ``styletx.commands``
+entry-point group (each a ``register(subparsers)`` that adds a parser with ``set_defaults(func=...)``;
+``func(args)`` returns the exit code). Job flags and their help come from the generated ``_params`` (the proto's
+fields and comments, the engine's defaults), so they cannot drift from the API. Errors, exit codes and
+``--json`` follow :mod:`styletx_client.commandline`. This module never imports torch (``styletx --help`` stays
+fast): commands that need it live in ``styletx_cli`` (the server + engine distribution) and import it lazily.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import logging
 import os
 import random
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
-
+from . import __version__
 from ._client import Client, LocalClient, load_backend
 from ._errors import StyletxError
-from ._options import TLSOptions
+from ._events import EventStream, StylizeOutput, collect
+from ._options import DEFAULT_PORT, TLSOptions
 from ._progress import ProgressReporter, contact_sheet, plot_losses, progress_bar
-from ._request import PARAMS, build_request, enum_choices, param_kind
+from ._request import OPTIONS, build_request
+from .commandline import (
+    EXIT_CANCELLED,
+    EXIT_USAGE,
+    CommandError,
+    add_style_weights,
+    exit_code,
+    print_error,
+    print_json,
+    to_json,
+)
+from .imagefile import check_output, check_writable, wire_format
 
 __all__ = ["build_parser", "main"]
 
 _LOGGER = logging.getLogger("styletx.cli")
-BUILTIN = ("stylize", "video", "info", "health")
+BUILTIN = ("stylize", "video", "info", "health", "completion")
 #: ``styletx video --mode``: the names of styletx_core.video.frames.FRAME_MODES and the proto's video modes.
 VIDEO_MODES = ("fast", "preset", "cyclegan", "optimize", "hybrid")
-_SUFFIX_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff16", ".tiff": "tiff16", ".png": "png"}
+#: Options set from other flags (``-o``'s extension, ``--variations``), not flags of their own.
+_NOT_FLAGS = ("output_format", "variation", "request_id")
+#: ``--preview-dir`` without ``--preview-every``: a preview every this many iterations.
+DEFAULT_PREVIEW_EVERY = 10
 
 
 def _add_connection(parser: argparse.ArgumentParser, required: bool = False) -> None:
     group = parser.add_argument_group("connection")
     env = os.environ.get("STYLETX_SERVER")
-    group.add_argument("--server", default=env, required=required and not env,
-                       help="HOST:PORT of a server (env STYLETX_SERVER); without: run in this process")
-    group.add_argument("--timeout", type=float, default=3600.0, help="deadline of the call in seconds")
+    where = "required" if required else "without it, the job runs in this process (needs the engine)"
+    group.add_argument("--server", default=env, required=required and not env, metavar="HOST[:PORT]",
+                       help=f"address of a styletx server (env STYLETX_SERVER; port default {DEFAULT_PORT}; "
+                            f"grpc:// and http:// are stripped, https:// turns on TLS); {where}")
+    group.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
+                       help="deadline of the call, queueing included (default: %(default)s)")
+    group.add_argument("--token", default=os.environ.get("STYLETX_TOKEN"),
+                       help="bearer token for a server that checks tokens (env STYLETX_TOKEN; prefer --token-file)")
+    group.add_argument("--token-file", type=Path, metavar="FILE",
+                       help="read the bearer token from FILE (env STYLETX_TOKEN_FILE)",
+                       default=os.environ.get("STYLETX_TOKEN_FILE"))
     group.add_argument("--tls", action="store_true", help="connect with TLS (system roots unless --tls-ca)")
-    group.add_argument("--tls-ca", help="PEM file of the CA that signed the server's certificate")
-    group.add_argument("--tls-cert", help="client certificate (PEM) for mutual TLS")
-    group.add_argument("--tls-key", help="client private key (PEM) for mutual TLS")
-    group.add_argument("--tls-server-name", help="expected name in the server's certificate")
+    group.add_argument("--tls-ca", metavar="PEM", help="CA that signed the server's certificate")
+    group.add_argument("--tls-cert", metavar="PEM", help="client certificate, for mutual TLS")
+    group.add_argument("--tls-key", metavar="PEM", help="client private key, for mutual TLS")
+    group.add_argument("--tls-server-name", metavar="NAME", help="expected name in the server's certificate")
 
 
-def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per StylizeParams field; unset flags leave the server's default."""
-    group = parser.add_argument_group("engine options (default: the server's; see `styletx info`)")
-    for field in PARAMS.fields:
-        flag = "--" + field.name.replace("_", "-")
-        kwargs: dict[str, Any] = {"dest": f"param_{field.name}", "default": None}
-        if field.enum_type is not None:
-            kwargs["choices"] = list(enum_choices(field))
+def _option_help(name: str) -> str:
+    """The proto comment of option ``name`` with the engine's default (argparse shows the choices)."""
+    spec = OPTIONS[name]
+    text = spec.help.replace("%", "%%")
+    if spec.default is not None:
+        default = " ".join(map(str, spec.default)) if isinstance(spec.default, list) else spec.default
+        text += f" (default: {default})"
+    return text
+
+
+def _metavar(name: str, kind: type) -> str:
+    """``PX`` for sizes, ``LAYER`` for layer lists, ``NAME`` for other strings, else the type (``INT``)."""
+    if name.endswith(("size", "side", "tile", "overlap")):
+        return "PX"
+    if kind is str:
+        return "LAYER" if name.endswith("layers") else "NAME"
+    return kind.__name__.upper()
+
+
+def _add_option_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per job option (StylizeRequest's fields, flattened); unset flags leave the server's default."""
+    group = parser.add_argument_group("job options (unset: the server's default; see `styletx info`)")
+    for name, spec in OPTIONS.items():
+        if name in _NOT_FLAGS:
+            continue
+        kwargs: dict[str, Any] = {"dest": f"option_{name}", "default": None, "help": _option_help(name)}
+        if spec.kind is bool:
+            kwargs["action"] = "store_true"
+        elif spec.choices:
+            kwargs["choices"] = list(spec.choices)
         else:
-            kwargs["type"] = param_kind(field)
-            kwargs["metavar"] = param_kind(field).__name__.upper()
-        if field.is_repeated:
+            kwargs["type"] = spec.kind
+            kwargs["metavar"] = _metavar(name, spec.kind)
+        if spec.repeated:
             kwargs["nargs"] = "+"
-        group.add_argument(flag, help=field.name.replace("_", " "), **kwargs)
+        group.add_argument("--" + name.replace("_", "-"), **kwargs)
+
+
+def _add_output_style(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help="machine-readable: one JSON object per line on stdout per event, then the result")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress (errors still go to stderr)")
 
 
 def _add_stylize(subparsers: Any) -> None:
-    parser = subparsers.add_parser("stylize", help="stylise an image",
-                                   description="Stylise CONTENT with STYLEs.")
+    parser = subparsers.add_parser(
+        "stylize", help="stylise an image", description="Stylise CONTENT with STYLEs. The output's extension "
+        "picks its encoding (.png, .jpg, .webp, .tif — 16-bit); the result line (or --json object) goes to "
+        "stdout, progress to stderr.")
     parser.add_argument("content", type=Path, help="content image")
     parser.add_argument("styles", type=Path, nargs="*", metavar="style",
                         help="style image(s) (none for preset and cyclegan modes)")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="output file")
-    parser.add_argument("--style-weights", type=float, nargs="+", help="blend weight per style image")
-    parser.add_argument("--format", choices=["png", "jpeg", "tiff16"],
-                        help="output encoding (default: from the output suffix)")
-    parser.add_argument("--mode", default="optimize",
-                        choices=["optimize", "fast", "preset", "hybrid", "cyclegan"])
-    parser.add_argument("--model-name", default="", help="network for fast/hybrid/cyclegan modes")
-    parser.add_argument("--preset", default="", help="pre-trained style for preset mode (`styletx info`)")
-    parser.add_argument("--strength", type=float, help="fast/preset/hybrid: style strength 0–1 (default 1)")
-    parser.add_argument("--processing-size", type=int, metavar="PX",
-                        help="fast/preset/hybrid: long side the network runs at (default: the output's)")
-    parser.add_argument("--tile", type=int, metavar="PX", help="cyclegan: tile side (default 512)")
-    parser.add_argument("--overlap", type=int, metavar="PX", help="cyclegan: tile overlap (default 64)")
-    parser.add_argument("--skip-quality", action="store_true", help="do not compute quality scores")
-    parser.add_argument("--preview-dir", type=Path, help="write previews here (with --preview-every N)")
-    parser.add_argument("--preview-format", choices=["png", "jpeg"], default="jpeg")
-    parser.add_argument("--preview-max-side", type=int, default=0, help="long side of previews (0: as is)")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="output file: .png, .jpg/.jpeg, .webp or .tif/.tiff (missing folders are created)")
+    add_style_weights(parser)
+    parser.add_argument("--preview-dir", type=Path,
+                        help=f"write previews here (every --preview-every iterations; default "
+                             f"{DEFAULT_PREVIEW_EVERY} with this flag)")
     parser.add_argument("--loss-plot", type=Path, help="plot the loss curve to this file (needs matplotlib)")
     parser.add_argument("--variations", type=int, default=0, metavar="N",
                         help="make N variations (seeds s, s+1, …) and a contact sheet")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    _add_engine_flags(parser)
+    _add_output_style(parser)
+    _add_option_flags(parser)
     _add_connection(parser)
     parser.set_defaults(func=cmd_stylize)
 
@@ -108,7 +153,7 @@ def _add_video(subparsers: Any) -> None:
     parser.add_argument("input", type=Path, metavar="IN", help="source video")
     parser.add_argument("output", type=Path, metavar="OUT", help=".mp4, .mkv or .mov to write")
     parser.add_argument("--style", type=Path, nargs="+", default=[], metavar="S", help="style image(s)")
-    parser.add_argument("--weights", type=float, nargs="+", metavar="W", help="relative weight per style (preset)")
+    add_style_weights(parser)
     parser.add_argument("--mode", choices=VIDEO_MODES, default="fast",
                         help="fast: feed-forward network; preset: a built-in style; cyclegan: a generator; "
                              "optimize: Gatys per frame; hybrid: fast, then refined")
@@ -122,7 +167,7 @@ def _add_video(subparsers: Any) -> None:
     parser.add_argument("--strength", type=float, help="fast: style strength 0–1 (1)")
     parser.add_argument("--processing-size", type=int, metavar="PX", help="fast/preset: network's long side")
     parser.add_argument("--iterations", type=int, help="optimize/hybrid: iterations of the first frame")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_output_style(parser)
     local = parser.add_argument_group("in this process only (without --server)")
     local.add_argument("--later-iterations", type=int, help="optimize/hybrid: iterations of each later frame")
     local.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
@@ -139,6 +184,7 @@ def cmd_video(args: argparse.Namespace) -> int:
     entry point ``video``, absent from a client-only install)."""
     if args.preset and args.mode == "fast":
         args.mode = "preset"
+    check_writable(args.output, "OUT")
     if not args.server:
         status: int = load_backend("video").run(args)
         return status
@@ -149,33 +195,37 @@ def _video_remote(args: argparse.Namespace) -> int:
     from ._video import stylize_video_file
 
     if args.preset and len(args.preset) > 1:
-        raise StyletxError(grpc.StatusCode.INVALID_ARGUMENT, "--preset: a server stylises with one preset")
-    styles: list[Any] = list(args.style)
-    if args.weights is not None:
-        if len(args.weights) != len(styles):
-            raise StyletxError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"--weights: {len(args.weights)} weights for {len(styles)} styles")
-        styles = list(zip(styles, args.weights, strict=True))
+        raise CommandError("--preset: a server stylises with one preset", EXIT_USAGE)
+    styles = _weighted(args.style, args.style_weights)
     options = {"mode": args.mode, "preset": args.preset[0] if args.preset else None,
                "model_name": args.model_name, "consistency": args.consistency, "alpha": args.alpha,
                "strength": args.strength, "processing_size": args.processing_size, "iterations": args.iterations}
     client = _client(args)
     assert isinstance(client, Client)
-    with client, progress_bar(args.output.name, "frame", args.quiet) as bar:
+    style = _reporter_style(args)
+    with client, progress_bar(args.output.name, "frame", style != "bar") as bar:
 
         def progress(done: int, expected: int) -> None:
             bar.total = expected
             bar.update(done - bar.n)
+            if style == "json":
+                print_json("frame", None, done=done, expected=expected)
+            elif style == "lines" and (done % max(1, expected // 10) == 0 or done == expected):
+                print(f"{args.output.name}: frame {done}/{expected or '?'}", file=sys.stderr, flush=True)
 
         done = stylize_video_file(client, args.input, args.output, styles, size=args.size,
                                   timeout=args.timeout, progress=progress,
                                   **{k: v for k, v in options.items() if v is not None})
-    print(f"{args.output}  {done.frames} frames  {done.frames_per_second:.2f} frames/s on the server")
+    if args.json:
+        print_json("result", done, output=args.output)
+    else:
+        print(f"{args.output}  {done.frames} frames  {done.frames_per_second:.2f} frames/s on the server")
     return 0
 
 
 def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="styletx", description="Neural style transfer: client and tools.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_stylize(subparsers)
@@ -185,8 +235,16 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
     health = subparsers.add_parser("health", help="grpc.health.v1 status of a server (exit 0 if SERVING)")
     health.add_argument("--service", default="", help="service name ('' = whole server)")
+    health.add_argument("--json", action="store_true", help='print {"event": "health", "status": ...}')
     _add_connection(health, required=True)
     health.set_defaults(func=cmd_health)
+    completion = subparsers.add_parser(
+        "completion", help="print a shell completion script",
+        description="Print a completion script for SHELL, e.g. `styletx completion bash > "
+                    "~/.local/share/bash-completion/completions/styletx` or, for zsh, into a folder of $fpath "
+                    "as _styletx.")
+    completion.add_argument("shell", choices=["bash", "zsh", "tcsh"])
+    completion.set_defaults(func=cmd_completion)
     if plugins:
         _load_plugins(subparsers)
     return parser
@@ -201,67 +259,127 @@ def _load_plugins(subparsers: Any) -> None:
             _LOGGER.debug("skipping command %s (%s): %s", entry.name, entry.value, error)
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file:
+        try:
+            return Path(args.token_file).read_text(encoding="utf-8").strip() or None
+        except OSError as error:
+            raise CommandError(f"--token-file: cannot read {args.token_file}: {error.strerror}", EXIT_USAGE) from None
+    return str(args.token) if args.token else None
+
+
 def _client(args: argparse.Namespace) -> Client | LocalClient:
     if not args.server:
         return LocalClient(timeout=args.timeout)
     tls = None
     if args.tls or args.tls_ca or args.tls_cert:
         tls = TLSOptions(args.tls_ca, args.tls_key, args.tls_cert, args.tls_server_name)
-    return Client(args.server, tls=tls, timeout=args.timeout)
+    return Client(args.server, tls=tls, timeout=args.timeout, token=_token(args))
 
 
 def _request_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    params = {f.name: getattr(args, f"param_{f.name}") for f in PARAMS.fields}
-    output_format = args.format or _SUFFIX_FORMATS.get(args.output.suffix.lower(), "png")
-    return {"output_format": output_format, "preview_format": args.preview_format,
-            "preview_max_side": args.preview_max_side, "mode": args.mode, "model_name": args.model_name,
-            "preset": args.preset, "strength": args.strength, "processing_size": args.processing_size,
-            "tile": args.tile, "overlap": args.overlap, "skip_quality": args.skip_quality,
-            **{k: v for k, v in params.items() if v is not None}}
+    """The job's options from the flags; the output's extension picks the encoding to ask for."""
+    options = {name: getattr(args, f"option_{name}") for name in OPTIONS if name not in _NOT_FLAGS}
+    if args.preview_dir is not None and options["preview_every"] is None:
+        options["preview_every"] = DEFAULT_PREVIEW_EVERY
+    return {"output_format": wire_format(args.output), **{k: v for k, v in options.items() if v is not None}}
 
 
-def _styles(args: argparse.Namespace) -> list[Any]:
-    weights = args.style_weights
-    if weights is not None and len(weights) != len(args.styles):
-        raise StyletxError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"--style-weights: {len(weights)} weights for {len(args.styles)} styles")
-    if not weights:
-        return list(args.styles)
-    return list(zip(args.styles, weights, strict=True))
+def _weighted(styles: list[Any], weights: list[float] | None) -> list[Any]:
+    if weights is not None and len(weights) != len(styles):
+        raise CommandError(f"--style-weights: {len(weights)} weights for {len(styles)} styles", EXIT_USAGE)
+    return list(styles) if not weights else list(zip(styles, weights, strict=True))
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Everything a job will write, checked before it runs (a finished job is never lost to a bad path)."""
+    check_output(args.output, "--output")
+    if args.loss_plot:  # matplotlib picks its format (png, svg, pdf, ...)
+        check_writable(args.loss_plot, "--loss-plot")
+    if args.preview_dir:
+        check_writable(args.preview_dir / "preview", "--preview-dir")
 
 
 def cmd_stylize(args: argparse.Namespace) -> int:
+    _check_paths(args)
     kwargs = _request_kwargs(args)
-    styles = _styles(args)
+    styles = _weighted(args.styles, args.style_weights)
     with _client(args) as client:
         if args.variations:
             return _variations(client, args, styles, kwargs)
         request = build_request(args.content, styles, **kwargs)
         output = _run(client, request, args, label=args.output.name)
     output.save(args.output)
+    _print_result(args, output)
+    if args.loss_plot:
+        plot_losses(output.history, args.loss_plot)
+    return 0
+
+
+def _print_result(args: argparse.Namespace, output: StylizeOutput) -> None:
+    """The result on stdout: one line, or with --json one object (the image's path instead of its bytes)."""
+    if args.json:
+        fields = to_json(output)
+        fields.pop("data", None)
+        print_json("result", None, output=args.output, **fields)
+        return
     print(f"{args.output}  seed {output.seed}  {output.width}×{output.height}  "
           f"{output.timings.get('total_seconds', 0):.1f}s")
     if output.quality is not None:
         print(f"quality: {output.quality.summary()}")
     elif output.quality_unavailable and not args.quiet:
         print(f"quality: unavailable ({output.quality_unavailable})")
-    if args.loss_plot:
-        plot_losses(output.history, args.loss_plot)
-    return 0
 
 
-def _run(client: Client | LocalClient, request: Any, args: argparse.Namespace, label: str) -> Any:
-    reporter = ProgressReporter(label, args.preview_dir, args.output.stem, quiet=args.quiet)
+def _reporter_style(args: argparse.Namespace) -> str:
+    if args.json:
+        return "json"
+    if args.quiet:
+        return "quiet"
+    return "bar" if sys.stderr.isatty() else "lines"
+
+
+def _run(client: Client | LocalClient, request: Any, args: argparse.Namespace, label: str) -> StylizeOutput:
+    """Run one job with progress; Ctrl-C cancels it (see :func:`_cancel_on_interrupt`)."""
+    reporter = ProgressReporter(label, args.preview_dir, args.output.stem, style=_reporter_style(args))
     stream = client.stream_request(request, timeout=args.timeout)
-    from ._events import collect
-
     try:
-        return collect(stream, reporter)
+        with _cancel_on_interrupt(stream) as interrupted:
+            try:
+                return collect(stream, reporter)
+            except StyletxError:
+                if not interrupted:
+                    raise
+        last = reporter.last
+        where = f" at iteration {last.iteration} of {last.total_iterations}" if last else " before it started"
+        raise CommandError(f"cancelled{where}", EXIT_CANCELLED)
     except BaseException:
         stream.cancel()
         raise
     finally:
         reporter.close()
+
+
+@contextlib.contextmanager
+def _cancel_on_interrupt(stream: EventStream) -> Iterator[list[bool]]:
+    """The first Ctrl-C cancels the job (the stream then ends, and the caller reports where it stopped); a second
+    one exits at once. Yields a list that is non-empty once interrupted."""
+    interrupted: list[bool] = []
+
+    def handle(signum: int, frame: Any) -> None:
+        if interrupted:
+            os._exit(EXIT_CANCELLED)
+        interrupted.append(True)
+        stream.cancel()
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may take signals
+        yield interrupted
+        return
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _variations(client: Client | LocalClient, args: argparse.Namespace, styles: list[Any],
@@ -273,12 +391,19 @@ def _variations(client: Client | LocalClient, args: argparse.Namespace, styles: 
     for k in range(args.variations):
         request = build_request(args.content, styles, variation=True, seed=base + k, **kwargs)
         path = args.output.with_name(f"{args.output.stem}_v{k}{args.output.suffix}")
-        _run(client, request, args, label=f"{path.name}").save(path)
+        output = _run(client, request, args, label=f"{path.name}")
+        output.save(path)
         paths.append(path)
-        print(f"{path}  seed {base + k}")
+        if args.json:
+            print_json("variation", None, output=path, seed=base + k)
+        else:
+            print(f"{path}  seed {base + k}")
     sheet = args.output.with_name(f"{args.output.stem}_sheet.png")
     contact_sheet(paths, sheet, labels=[f"seed {base + k}" for k in range(len(paths))])
-    print(f"{sheet}  contact sheet of {len(paths)} variations")
+    if args.json:
+        print_json("result", None, output=sheet, variations=paths)
+    else:
+        print(f"{sheet}  contact sheet of {len(paths)} variations")
     return 0
 
 
@@ -294,31 +419,52 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_health(args: argparse.Namespace) -> int:
     with _client(args) as client:
         status = client.health(args.service, timeout=min(args.timeout, 10))
-    print(status)
+    if args.json:
+        print_json("health", None, status=status, server=client.target)
+    else:
+        print(status)
     return 0 if status == "SERVING" else 1
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    """A completion script covering every command installed here (shtab, from the parser itself)."""
+    try:
+        import shtab
+    except ImportError:
+        raise CommandError("completion scripts need shtab: pip install 'styletx-client[cli]'", EXIT_USAGE) from None
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; every failure ends in one ``styletx: error:`` line (see commandline)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Builtin commands need no plugins: skip importing them (they may pull in torch, seconds of start-up).
+    # Builtin commands need no plugins: skip importing them (fast start-up even where they are installed).
     first = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(plugins=first not in BUILTIN)
+    parser = build_parser(plugins=first not in BUILTIN or first == "completion")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if getattr(args, "func", None) is None:
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     try:
         return int(args.func(args) or 0)
-    except StyletxError as error:
-        print(f"styletx: error: {error.message} ({error.code.name})", file=sys.stderr)
-        return 2 if error.code == grpc.StatusCode.INVALID_ARGUMENT else 1
-    except OSError as error:  # unreadable input, unwritable output
-        print(f"styletx: error: {error}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
-        return 130
+        print("styletx: cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+    except BrokenPipeError:  # `styletx info | head`: the reader had enough; quiet, like other tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except (CommandError, StyletxError) as error:
+        if exit_code(error) == EXIT_CANCELLED:
+            print(f"styletx: {error.message}", file=sys.stderr)
+        else:
+            print_error(error.message)
+        return exit_code(error)
+    except OSError as error:  # unreadable input, unwritable output
+        print_error(f"{error.strerror or error}: {error.filename}" if error.filename else error)
+        return exit_code(error)
 
 
 if __name__ == "__main__":

@@ -180,6 +180,9 @@ def validate_request(
     if len(request.styles) > limits.max_styles:
         raise ServiceError.invalid("styles",
                                    f"has {len(request.styles)} images; the limit is {limits.max_styles}")
+    if request.params.HasField("size") and request.params.size > limits.max_size:  # before the engine's own range
+        raise ServiceError.invalid("params.size",
+                                   f"{request.params.size} exceeds this server's limit {limits.max_size}")
     options = params_to_options(request.params, style_blend(request.styles))
     native = mode in _NATIVE_SIZE and not request.params.HasField("size")
     if options.size > limits.max_size and not native:
