@@ -21,6 +21,13 @@ style, reference, result) in ``bench/results/quality_sheets/``, linked from the 
 
     python bench/quality.py [--images ../shared/images] [--size 512] [--references-only] [--pairs NAME ...]
     python bench/quality.py --set style_energy_power=0 --name quality_energy0   # an ablation
+    python bench/quality.py --regions --size 384 --name quality_regions           # the masked case
+
+``--regions`` runs the masked case instead (issue 21): golden_gate with Starry Night in the sky and Shipwreck
+below (masks from ``demo/regions/make_masks.py``), and the two single-style runs. Each region is scored against
+each style (guided Gram distance, Magenta cosine of the region's bounding box) and the whole image's layout SSIM;
+the check: each region's cosine to its own style beats that region's cosine in the single-style run with the
+other style.
 
 Writes ``bench/results/<name>.json`` and ``<name>.md`` (``--name`` defaults to ``quality``; results as
 ``<name>_<pair>.png``, not committed). ``--set`` changes engine options (values are JSON: ``2``, ``"fp32"``,
@@ -105,11 +112,12 @@ def independent_arch(engine_model: str) -> str:
     return next(arch for arch in SCORER_ARCHS if arch != engine_model)
 
 
-def stylise(content: Image.Image, style: Image.Image, size: int, cache_dir: str | None,
-            changes: dict[str, Any], preserve_color: str) -> dict[str, Any]:
+def stylise(content: Image.Image, style: Image.Image | list[Image.Image], size: int, cache_dir: str | None,
+            changes: dict[str, Any], preserve_color: str, controls: list[Any] | None = None) -> dict[str, Any]:
     from styletx_core.engine import StyleTransfer
 
     engine = StyleTransfer(device="cpu", weights="auto", cache_dir=cache_dir)
+    styles = style if isinstance(style, list) else [style]
     opts = StylizeOptions(size=size, seed=0, **{"preserve_color": preserve_color, **changes})
     def progress(step: Iterate) -> None:
         if step.iteration % 25 == 0 or step.iteration == step.total_iterations:
@@ -117,7 +125,7 @@ def stylise(content: Image.Image, style: Image.Image, size: int, cache_dir: str 
                          step.total_iterations, step.width, step.height, step.loss, step.elapsed)
 
     start = time.perf_counter()
-    result = engine.stylize(content, [style], opts, progress)
+    result = engine.stylize(content, styles, opts, progress, controls=controls)
     return {"image": result.image, "iterations": result.iterations,
             "equivalent_iterations": round(result.equivalent_iterations, 1),
             "style_errors": {k: round(v, 4) for k, v in result.style_errors.items()},
@@ -252,6 +260,89 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+REGIONAL_CONTENT = "golden_gate.jpg"
+#: (style, region) of the masked case: Starry Night in the sky, Shipwreck below.
+REGIONAL_STYLES = (("starry_night.jpg", "sky"), ("shipwreck.jpg", "ground"))
+
+
+def regional_masks(content: Image.Image) -> dict[str, Image.Image]:
+    """The README example's masks, made by the script that ships with it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_masks", ROOT / "demo" / "regions" / "make_masks.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sky = module.sky_mask(content, 0.45, 0.01)
+    return {"sky": sky, "ground": Image.eval(sky, lambda value: 255 - value)}
+
+
+def run_regional(args: argparse.Namespace, scorers: dict[str, QualityScorer]) -> dict[str, Any]:
+    """The masked case: the regional run and each single-style run, every region scored against each style."""
+    from styletx_core.regions import StyleControl
+    from styletx_core.scoring import layout_ssim
+
+    content = load_image(args.images / "content" / REGIONAL_CONTENT, field=REGIONAL_CONTENT)
+    styles = [load_image(args.images / "style" / name, field=name) for name, _ in REGIONAL_STYLES]
+    masks = regional_masks(content)
+    controls = [StyleControl(mask=masks[region]) for _, region in REGIONAL_STYLES]
+    runs = {"regional": stylise(content, styles, args.size, args.cache_dir, args.set, "none", controls)}
+    for (name, _), style in zip(REGIONAL_STYLES, styles, strict=True):
+        runs[f"only {name}"] = stylise(content, style, args.size, args.cache_dir, args.set, "none")
+    entry: dict[str, Any] = {"content": REGIONAL_CONTENT, "styles": [dict(zip(("style", "region"), pair, strict=True))
+                                                                      for pair in REGIONAL_STYLES], "runs": {}}
+    for label, run in runs.items():
+        image = run.pop("image")
+        image.save(args.out / f"{args.name}_{label.replace(' ', '_').removesuffix('.jpg')}.png")
+        scores = {arch: {region: scorer.region_scores(image, masks[region], styles).as_dict()
+                         for _, region in REGIONAL_STYLES} for arch, scorer in scorers.items()}
+        entry["runs"][label] = run | {"regions": scores, "layout_ssim": layout_ssim(image, content)}
+    entry["checks"] = regional_checks(entry, independent_arch(args.set.get("model", StylizeOptions().model)))
+    entry["sheet"] = contact_sheet(args.out, args.name, "regions", [content, masks["sky"], *[
+        Image.open(args.out / f"{args.name}_{label.replace(' ', '_').removesuffix('.jpg')}.png") for label in runs]])
+    return entry
+
+
+def regional_checks(entry: dict[str, Any], judge: str) -> dict[str, bool]:
+    """Per region: its cosine to its own style in the regional run > in the single-style run with the other."""
+    checks = {}
+    for index, (_, region) in enumerate(REGIONAL_STYLES):
+        other = REGIONAL_STYLES[1 - index][0]
+        ours = entry["runs"]["regional"]["regions"][judge][region]["style_cosine"][index]
+        theirs = entry["runs"][f"only {other}"]["regions"][judge][region]["style_cosine"][index]
+        checks[region] = bool(ours > theirs)
+    return checks
+
+
+def regional_markdown(results: dict[str, Any]) -> str:
+    entry = results["regional"]
+    names = [style for style, _ in REGIONAL_STYLES]
+    lines = [
+        "# Regional styles (`bench/quality.py --regions`)",
+        "",
+        f"{results['size']} px long side; engine {results['options']}; {entry['content']} with "
+        + ", ".join(f"{s['style']} in the {s['region']}" for s in entry["styles"])
+        + " (masks: `demo/regions/make_masks.py`). Per region: guided-Gram style distance (mean relu1_1–relu5_1) "
+        "and Magenta cosine of the region's bounding box, against each style; layout SSIM of the whole image.",
+        f"Machine: {results['machine']}.",
+        "",
+        "| run | scorer | region | " + " | ".join(f"dist to {n} ↓ | cos to {n} ↑" for n in names)
+        + " | layout SSIM ↑ | wall s |",
+        "|---|---|---|" + "---|---|" * len(names) + "---|---|",
+    ]
+    for label, run in entry["runs"].items():
+        for arch, regions in run["regions"].items():
+            for region, scores in regions.items():
+                cells = " | ".join(f"{d:.4f} | {c:.4f}" for d, c in zip(scores["style_distance_mean"],
+                                                                        scores["style_cosine"], strict=True))
+                lines.append(f"| {label} | {arch} | {region} | {cells} | {run['layout_ssim']:.4f} | {run['wall_s']} |")
+    passed = ", ".join(f"{region}: {'yes' if ok else 'NO'}" for region, ok in entry["checks"].items())
+    lines += ["", f"Each region's cosine to its own style beats the single-style run with the other style "
+              f"(independent scorer): {passed}.", "", f"![regions]({entry['sheet']})",
+              "", "content · sky mask · regional · only Starry Night · only Shipwreck", ""]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "images")
@@ -265,6 +356,7 @@ def main() -> None:
     parser.add_argument("--set", type=option_change, action="append", default=[], metavar="NAME=VALUE",
                         help="change an engine option (JSON value); repeatable")
     parser.add_argument("--name", default="quality", help="stem of the result files")
+    parser.add_argument("--regions", action="store_true", help="run the masked case (see the module doc)")
     args = parser.parse_args()
     args.set = dict(args.set)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -279,6 +371,12 @@ def main() -> None:
         "validation_networks": {arch: s.extractor.metadata.as_dict() for arch, s in scorers.items()},
         "pairs": [],
     }
+    if args.regions:
+        results["regional"] = run_regional(args, scorers)
+        (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
+        (args.out / f"{args.name}.md").write_text(regional_markdown(results))
+        print(regional_markdown(results))
+        return
     for pair in PAIRS:
         if pair.name in args.pairs:  # written after each pair: a long run keeps what it finished
             results["pairs"].append(run_pair(pair, args, scorers))

@@ -70,6 +70,9 @@ def register_score(subparsers: Any) -> argparse.ArgumentParser:
                         help="another style image, blended with equal weight (repeatable)")
     parser.add_argument("--style-scale", type=float, default=1.0,
                         help="style long side relative to the image's (default: 1.0, as neural-style)")
+    parser.add_argument("--style-mask", action="append", default=[], metavar="MASK",
+                        help="a regional run's mask, one per style in order (STYLE, then each --extra-style; "
+                             "'-': none): adds per-region style distances and cosines against every style")
     _add_network_options(parser)
     parser.add_argument("--onnx", type=Path, default=None, metavar="FILE",
                         help="score with this export instead of the cached export of --arch/--vgg-weights")
@@ -129,6 +132,7 @@ def _score(args: argparse.Namespace) -> int:
             features, _ = _load_features(args, SCORING_LAYERS)
             scorer = QualityScorer.from_features(features, cache_dir=args.cache_dir, magenta=magenta)
         scores = scorer.score_many(content, styles, images, style_scale=args.style_scale)
+        regions = _region_scores(args, scorer, styles, images)
     except (EngineError, OSError) as exc:
         print_error(exc)
         return EXIT_FAILED
@@ -137,11 +141,26 @@ def _score(args: argparse.Namespace) -> int:
         "styles": [str(p) for p in (args.style, *args.extra_style)],
         "model": scorer.extractor.metadata.as_dict() | {"path": str(scorer.extractor.path),
                                                         "provider": scorer.extractor.provider},
-        "images": [{"path": str(path), **score.as_dict()} for path, score in zip(args.images, scores,
-                                                                                  strict=True)],
+        "images": [{"path": str(path), **score.as_dict(), **({"regions": region} if region else {})}
+                   for path, score, region in zip(args.images, scores, regions, strict=True)],
     }
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _region_scores(args: argparse.Namespace, scorer: Any, styles: Sequence[Any],
+                   images: Sequence[Any]) -> list[list[dict[str, Any]]]:
+    """Per image, per masked style: its region's distances and cosines to every style (empty without masks)."""
+    from styletx_core.errors import OptionError
+    from styletx_core.imageio import load_image
+
+    paths = [args.style, *args.extra_style]
+    if len(args.style_mask) > len(paths):
+        raise OptionError("--style-mask", f"{len(args.style_mask)} masks for {len(paths)} styles")
+    masks = {i: load_image(path, field=path) for i, path in enumerate(args.style_mask) if path != "-"}
+    return [[{"style": str(paths[i]), "mask": args.style_mask[i],
+              **scorer.region_scores(image, mask, styles, style_scale=args.style_scale).as_dict()}
+             for i, mask in masks.items()] for image in images]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

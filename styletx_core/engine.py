@@ -25,16 +25,17 @@ from PIL import Image
 from torch.nn import functional as F
 
 from . import color
-from .balance import StyleBalance
 from .errors import EngineError, OptionError, ResourceLimitError
 from .geometry import MIN_SIDE, check_geometry, fit_long_side
 from .imageio import pil_to_tensor, tensor_to_pil
-from .losses import ContentLoss, LayerApply, Scale, SumLoss, TVLoss
+from .losses import LayerApply, Scale, SumLoss, TVLoss
 from .memory import ScalePlan, available_memory, plan_scale, scale_allocator, tune_allocator
 from .options import StylizeOptions
 from .progress import Callback, Iterate, StylizeResult
+from .regions import RegionalBalance, RegionPlan, StyleControl, content_loss, regional_start
+from .regions import style_terms as style_terms_for
 from .schedule import scale_iterations, total_iterations
-from .targets import TargetCache, energy_factors, style_targets
+from .targets import TargetCache
 from .vgg import FEATURE_LAYERS, VGGFeatures, layer_names
 from .weights import LoadedWeights, load_vgg_weights
 
@@ -205,6 +206,8 @@ class StyleTransfer:
         callback: Callback | None = None,
         init_image: Image.Image | None = None,
         extra_losses: Mapping[str, torch.nn.Module] | None = None,
+        controls: Sequence[StyleControl | None] | None = None,
+        content_strength: Image.Image | None = None,
     ) -> StylizeResult:
         """Stylise ``content`` with ``styles`` (blended by ``opts.style_blend_weights``).
 
@@ -212,9 +215,13 @@ class StyleTransfer:
         :class:`~styletx_core.errors.Cancelled`. ``init_image`` (e.g. a fast feed-forward result or the
         previous video frame) replaces ``opts.init``. ``extra_losses`` adds named terms applied to the image
         itself at every scale (e.g. the temporal loss of Ruder et al. for video); each must accept any size.
+        ``controls`` (one per style, or fewer) give styles a region mask and their own layers; ``content_strength``
+        (greyscale, 0–1) scales the content loss per pixel — see :mod:`styletx_core.regions`.
         """
         opts = opts or StylizeOptions()
         self._check_request(content, styles, opts)
+        final_size = fit_long_side(content.size, opts.size)
+        plan = RegionPlan.build(controls, len(styles), final_size, opts, content_strength, self.device)
         seed = opts.seed if opts.seed is not None else random.SystemRandom().randrange(2**31)
         generator = torch.Generator().manual_seed(seed)  # per job: never reseed torch's global RNG
         content_t, style_ts = self._prepare_colors(content, styles, opts)
@@ -222,12 +229,12 @@ class StyleTransfer:
         run = _Run(opts, sizes, self.memory_plan(sizes, opts), callback)
         # A shallow copy shares the weights but has its own ``checkpoint`` switch: jobs running side by side in
         # the server's workers each follow their own memory plan.
-        net = copy.copy(self.network(opts.model, opts.pooling, (*opts.content_layers, *opts.style_layers)))
-        balance = StyleBalance(opts.style_layers, tolerance=opts.style_tolerance)
+        net = copy.copy(self.network(opts.model, opts.pooling, (*opts.content_layers, *plan.all_layers)))
+        balance = plan.balance(opts.style_tolerance)
         image = None
         for index, size in enumerate(sizes):
-            image = self._init_image(image, content_t, style_ts, init_image, size, generator, opts)
-            losses = self._build_losses(net, content_t, style_ts, size, opts, extra_losses or {}, balance)
+            image = self._init_image(image, content_t, style_ts, init_image, size, generator, opts, plan)
+            losses = self._build_losses(net, content_t, style_ts, size, opts, extra_losses or {}, balance, plan)
             net.checkpoint = run.plans[index].checkpoint
             with scale_allocator(run.plans[index]):
                 image = self._run_scale(net, image, losses, index, run)
@@ -305,14 +312,19 @@ class StyleTransfer:
         size: tuple[int, int],
         generator: torch.Generator,
         opts: StylizeOptions,
+        plan: RegionPlan,
     ) -> torch.Tensor:
-        """The starting image of a scale: the previous scale's result upsampled, else the chosen init."""
+        """The starting image of a scale: the previous scale's result upsampled, else the chosen init (with
+        regions, each region's style's init in its region and the content where no style applies)."""
         if previous is not None:
             return _resize(previous, size).clamp(0, 1)
         content_s = _resize(content, size)
         if init_image is not None:
             return _resize(pil_to_tensor(init_image).to(self.device), size).clamp(0, 1)
-        return INITS[opts.init](content_s.cpu(), styles[0].cpu(), generator).to(self.device)
+        init = INITS[opts.init]
+        if not plan.masked:
+            return init(content_s.cpu(), styles[0].cpu(), generator).to(self.device)
+        return regional_start(plan, content_s, lambda style: init(content_s.cpu(), style.cpu(), generator), styles)
 
     def _build_losses(
         self,
@@ -322,33 +334,26 @@ class StyleTransfer:
         size: tuple[int, int],
         opts: StylizeOptions,
         extra: Mapping[str, torch.nn.Module],
-        balance: StyleBalance,
+        balance: RegionalBalance,
+        plan: RegionPlan,
     ) -> SumLoss:
         """Content, style and TV terms for one scale; style targets come from the cache when possible.
 
         A style layer's weight is the option's, × its energy factor (vivid styles pull harder), × the balance's
-        multiplier (what the previous scales measured): see :mod:`styletx_core.balance`.
+        multiplier (what the previous scales measured): see :mod:`styletx_core.balance`. Regions and per-style
+        layers shape the style terms (:func:`styletx_core.regions.style_terms`); the masks follow each scale.
         """
         with torch.no_grad():
             content_features = net(_resize(content, size))
         content_terms = [
             Scale(
-                LayerApply(ContentLoss(content_features[layer]), layer),
+                LayerApply(content_loss(content_features[layer], plan), layer),
                 opts.content_weight / len(opts.content_layers),
             )
             for layer in opts.content_layers
         ]
-        layer_weights = _normalised(opts.style_layer_weights or [1.0] * len(opts.style_layers))
         style_size = max(16, round(max(size) * opts.style_scale))
-        targets = style_targets(self.targets, net, styles, opts, style_size)
-        energy = energy_factors(targets, content_features, opts.style_layers, opts.style_energy_power)
-        style_terms = [
-            Scale(
-                LayerApply(targets[layer], layer),
-                opts.style_weight * weight * energy[layer] * balance.multipliers[layer],
-            )
-            for layer, weight in zip(opts.style_layers, layer_weights, strict=True)
-        ]
+        style_terms = style_terms_for(self.targets, net, styles, plan, opts, style_size, content_features, balance)
         tv_terms = [Scale(LayerApply(TVLoss(), None), opts.tv_weight)]
         groups: dict[str, Sequence[torch.nn.Module]] = {"content": content_terms, "style": style_terms, "tv": tv_terms}
         groups.update({name: [LayerApply(module, None)] for name, module in extra.items()})
@@ -393,7 +398,7 @@ class StyleTransfer:
         with torch.no_grad(), self._autocast(opts):
             features = net(image)
             terms = [cast(LayerApply, scale.module) for scale in cast(Iterable[Scale], losses["style"])]
-            return {str(term.layer): math.sqrt(max(float(term(features, image)), 0.0)) for term in terms}
+            return {term.key: math.sqrt(max(float(term(features, image)), 0.0)) for term in terms}
 
     def _autocast(self, opts: StylizeOptions) -> contextlib.AbstractContextManager[object]:
         if self.precision(opts) == "bf16":
@@ -462,6 +467,8 @@ class StyleTransfer:
         count: int,
         opts: StylizeOptions | None = None,
         callback: Callback | None = None,
+        controls: Sequence[StyleControl | None] | None = None,
+        content_strength: Image.Image | None = None,
     ) -> list[StylizeResult]:
         """``count`` results, each from its own seed with a randomised texture, contrast and colour.
 
@@ -472,7 +479,10 @@ class StyleTransfer:
         """
         opts = opts or StylizeOptions()
         base = opts.seed if opts.seed is not None else random.SystemRandom().randrange(2**31)
-        return [self._variation(content, styles, opts.replace(seed=base + k), callback) for k in range(count)]
+        return [
+            self._variation(content, styles, opts.replace(seed=base + k), callback, controls, content_strength)
+            for k in range(count)
+        ]
 
     def _variation(
         self,
@@ -480,6 +490,8 @@ class StyleTransfer:
         styles: Sequence[Image.Image],
         opts: StylizeOptions,
         callback: Callback | None,
+        controls: Sequence[StyleControl | None] | None,
+        content_strength: Image.Image | None,
     ) -> StylizeResult:
         assert opts.seed is not None
         gen = torch.Generator().manual_seed(opts.seed)
@@ -487,7 +499,8 @@ class StyleTransfer:
         varied = [tensor_to_pil(_vary_style(pil_to_tensor(s), gen, strength)) for s in styles]
         content_t = pil_to_tensor(content)
         noisy = (content_t + 0.25 * strength * torch.randn(content_t.shape, generator=gen)).clamp(0, 1)
-        return self.stylize(content, varied, opts, callback, init_image=tensor_to_pil(noisy))
+        return self.stylize(content, varied, opts, callback, init_image=tensor_to_pil(noisy),
+                            controls=controls, content_strength=content_strength)
 
 
 @functools.cache
@@ -554,11 +567,6 @@ def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if image.shape[-2:] == (height, width):
         return image
     return F.interpolate(image, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
-
-
-def _normalised(weights: Sequence[float]) -> list[float]:
-    total = sum(weights)
-    return [w / total for w in weights]
 
 
 def iterate_sizes(opts: StylizeOptions, size: tuple[int, int]) -> Iterator[tuple[int, int]]:

@@ -14,11 +14,21 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch.nn import functional as F
 
-from .losses import GramStyleLoss, W2StyleLoss, gram_matrix, mean_and_covariance
+from .losses import GramStyleLoss, W2StyleLoss, gram_matrix, guided_gram_matrix, mean_and_covariance
 from .options import StylizeOptions
 from .vgg import VGGFeatures
 
-__all__ = ["ENERGY_RATIO_LIMIT", "TargetCache", "energy_factors", "style_targets"]
+__all__ = [
+    "ENERGY_RATIO_LIMIT",
+    "Stats",
+    "StyleLoss",
+    "TargetCache",
+    "blend_statistics",
+    "energy_factors",
+    "style_loss",
+    "style_statistics",
+    "style_targets",
+]
 
 Stats = dict[str, tuple[torch.Tensor, ...]]
 StyleLoss = GramStyleLoss | W2StyleLoss
@@ -79,40 +89,58 @@ def _resize_long(image: torch.Tensor, long_side: int) -> torch.Tensor:
     return F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
 
 
+def style_statistics(
+    cache: TargetCache,
+    net: VGGFeatures,
+    style: torch.Tensor,
+    opts: StylizeOptions,
+    long_side: int,
+    layers: Sequence[str] | None = None,
+) -> Stats:
+    """One style image's per-layer statistics at ``long_side`` (``layers``: ``opts.style_layers``), cached."""
+    layers = tuple(opts.style_layers if layers is None else layers)
+    key = (_fingerprint(style), long_side, net.arch, opts.pooling, opts.style_loss, layers)
+    stats = cache.get(key)
+    if stats is None:
+        stats = _statistics(net, _resize_long(style, long_side), layers, opts.style_loss)
+        cache.put(key, stats)
+    return stats
+
+
+def blend_statistics(stats: Sequence[Stats], weights: Sequence[float]) -> Stats:
+    """Per layer, the weighted average of the statistics of the styles that have that layer.
+
+    Blending averages the Gram matrices (or means and covariances), which is how neural-style mixes several
+    styles; a layer only some styles use (per-style layers) averages over those styles alone.
+    """
+    layers = list(dict.fromkeys(layer for entry in stats for layer in entry))
+    blended: Stats = {}
+    for layer in layers:
+        having = [(entry[layer], weight) for entry, weight in zip(stats, weights, strict=True) if layer in entry]
+        total = sum(weight for _, weight in having)
+        summed: list[torch.Tensor] | None = None
+        for values, weight in having:
+            scaled = [v * (weight / total) for v in values]
+            summed = scaled if summed is None else [a + b for a, b in zip(summed, scaled, strict=True)]
+        assert summed is not None
+        blended[layer] = tuple(summed)
+    return blended
+
+
+def style_loss(kind: str, values: tuple[torch.Tensor, ...], guide: torch.Tensor | None = None) -> StyleLoss:
+    """The loss module matching ``values`` (a Gram matrix, or a mean and covariance), applied where ``guide`` is."""
+    if kind == "gram":
+        return GramStyleLoss(values[0], guide=guide)
+    return W2StyleLoss(values[0], values[1], guide=guide)
+
+
 def style_targets(
     cache: TargetCache, net: VGGFeatures, styles: Sequence[torch.Tensor], opts: StylizeOptions, long_side: int
 ) -> dict[str, StyleLoss]:
-    """One style-loss module per layer, its target the blend of every style's statistics.
-
-    Blending averages the Gram matrices (or means and covariances) with the normalised blend weights, which is
-    how neural-style mixes several styles.
-    """
+    """One style-loss module per layer, its target the blend of every style's statistics (``blend_statistics``)."""
     weights = opts.style_blend_weights or [1.0] * len(styles)
-    total = sum(weights)
-    blended: dict[str, list[torch.Tensor]] = {}
-    for style, weight in zip(styles, weights, strict=True):
-        key = (
-            _fingerprint(style),
-            long_side,
-            net.arch,
-            opts.pooling,
-            opts.style_loss,
-            tuple(opts.style_layers),
-        )
-        stats = cache.get(key)
-        if stats is None:
-            stats = _statistics(net, _resize_long(style, long_side), opts.style_layers, opts.style_loss)
-            cache.put(key, stats)
-        for layer, values in stats.items():
-            scaled = [v * (weight / total) for v in values]
-            blended[layer] = (
-                scaled
-                if layer not in blended
-                else [a + b for a, b in zip(blended[layer], scaled, strict=True)]
-            )
-    if opts.style_loss == "gram":
-        return {layer: GramStyleLoss(values[0]) for layer, values in blended.items()}
-    return {layer: W2StyleLoss(values[0], values[1]) for layer, values in blended.items()}
+    stats = [style_statistics(cache, net, style, opts, long_side) for style in styles]
+    return {layer: style_loss(opts.style_loss, values) for layer, values in blend_statistics(stats, weights).items()}
 
 
 #: The energy ratio is clamped to [floor, limit] so that a blank content (or style) cannot make a weight explode.
@@ -123,7 +151,11 @@ ENERGY_RATIO_FLOOR = 1 / 3
 
 
 def energy_factors(
-    targets: Mapping[str, StyleLoss], content_features: Mapping[str, torch.Tensor], layers: Sequence[str], power: float
+    targets: Mapping[str, StyleLoss],
+    content_features: Mapping[str, torch.Tensor],
+    layers: Sequence[str],
+    power: float,
+    guides: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Per style layer: (‖style second moment‖ / ‖content second moment‖) ** ``power``.
 
@@ -131,13 +163,17 @@ def energy_factors(
     error does not: a vivid, high-contrast painting (Starry Night's Gram matrices are 2–3× a photo's) pulls the
     result harder than a muted one (Shipwreck's ≈ 1×). That is the behaviour neural-style's defaults were tuned
     on. The ratio keeps the weight independent of the
-    image size and of the network's activation scale; ``power`` 0 turns the weighting off.
+    image size and of the network's activation scale; ``power`` 0 turns the weighting off. With ``guides``
+    (per layer, a style's region) the content's energy is that of the region's guided Gram matrix.
     """
     if power == 0:
         return {layer: 1.0 for layer in layers}
     factors = {}
     for layer in layers:
-        content_energy = float(gram_matrix(content_features[layer].float()).norm())
+        features = content_features[layer].float()
+        guide = None if guides is None else guides.get(layer)
+        gram = gram_matrix(features) if guide is None else guided_gram_matrix(features, guide)
+        content_energy = float(gram.norm())
         ratio = targets[layer].target_energy / max(content_energy, 1e-12)
         ratio = min(max(ratio, ENERGY_RATIO_FLOOR), ENERGY_RATIO_LIMIT)
         factors[layer] = ratio**power

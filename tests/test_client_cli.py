@@ -20,9 +20,13 @@ FLAGS = ["--size", "64", "--min-size", "32", "--iterations", "2", "--coarse-iter
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[ServerThread]:
-    engine = FakeEngine(step_seconds=0.005)
-    thread = ServerThread(lambda device: engine, workers=1)
+def fake() -> FakeEngine:
+    return FakeEngine(step_seconds=0.005)
+
+
+@pytest.fixture(scope="module")
+def server(fake: FakeEngine) -> Iterator[ServerThread]:
+    thread = ServerThread(lambda device: fake, workers=1)
     yield thread
     thread.stop()
 
@@ -99,6 +103,29 @@ def test_variations_write_a_contact_sheet(
     )
     assert (tmp_path / "v_v0.png").exists() and (tmp_path / "v_v1.png").exists()
     assert Image.open(tmp_path / "v_sheet.png").size[0] >= 256
+
+
+def test_style_masks_layers_and_content_strength_reach_the_server(
+    server: ServerThread, fake: FakeEngine, images: tuple[Path, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    content, style = images
+    mask, strength = tmp_path / "sky.png", tmp_path / "strength.png"
+    Image.new("L", (20, 10), 255).save(mask)
+    Image.new("L", (20, 10), 128).save(strength)
+    common = ["stylize", str(content), str(style), str(style), "-o", str(tmp_path / "m.png"), "--server",
+              server.target, *FLAGS]
+    code = cli.main([*common, "--style-mask", str(mask), "--style-mask", "-", "--style-own-layers", "-",
+                     "--style-own-layers", "relu4_1,relu5_1", "--content-strength", str(strength)])
+    assert code == 0
+    controls, strength_map = fake.last_regions
+    assert controls[0].mask.size == (20, 10) and controls[0].layers is None
+    assert controls[1].mask is None and controls[1].layers == ("relu4_1", "relu5_1")
+    assert strength_map is not None and strength_map.size == (20, 10)
+    blank = tmp_path / "blank.png"
+    Image.new("L", (20, 10), 0).save(blank)
+    assert cli.main([*common, "--style-mask", str(blank)]) == 2
+    assert "styles[0].mask" in capsys.readouterr().err
 
 
 def test_bad_option_exits_2_naming_the_field(

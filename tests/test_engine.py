@@ -11,12 +11,12 @@ from PIL import Image
 from support.faults import FaultLoss
 
 from styletx_core import color
-from styletx_core.balance import StyleBalance
 from styletx_core.engine import MAX_NETWORKS, StyleTransfer
 from styletx_core.errors import Cancelled, EngineError, OptionError, ResourceLimitError
 from styletx_core.imageio import pil_to_tensor, tensor_to_pil
 from styletx_core.options import StylizeOptions
 from styletx_core.progress import Iterate
+from styletx_core.regions import RegionPlan
 
 SMALL = {"size": 64, "min_size": 45, "iterations": 8, "coarse_iterations": 4, "seed": 3}
 
@@ -225,8 +225,9 @@ def _contrast(image: Image.Image, factor: float) -> Image.Image:
 def _style_weights(engine: StyleTransfer, content: Image.Image, style: Image.Image, power: float) -> list[float]:
     opts = StylizeOptions(**{**SMALL, "style_energy_power": power})
     net = engine.network(opts.model, opts.pooling)
-    balance = StyleBalance(opts.style_layers, tolerance=opts.style_tolerance)
-    losses = engine._build_losses(net, pil_to_tensor(content), [pil_to_tensor(style)], (64, 48), opts, {}, balance)
+    plan = RegionPlan.build(None, 1, (64, 48), opts)
+    losses = engine._build_losses(net, pil_to_tensor(content), [pil_to_tensor(style)], (64, 48), opts, {},
+                                  plan.balance(opts.style_tolerance), plan)
     return [term.weight for term in losses["style"]]
 
 
@@ -251,9 +252,9 @@ def test_style_energy_weighting_moves_the_balance(engine, content_image, style_i
     def errors(style: Image.Image, power: float) -> tuple[float, float]:
         result, _ = _run(engine, content_image, [style], style_energy_power=power, style_tolerance=0.0, min_size=64,
                          iterations=30)
-        balance = StyleBalance(opts.style_layers, tolerance=0.0)
+        plan = RegionPlan.build(None, 1, result.image.size, opts)
         losses = engine._build_losses(net, pil_to_tensor(content_image), [pil_to_tensor(style)], result.image.size,
-                                      opts, {}, balance)
+                                      opts, {}, plan.balance(0.0), plan)
         image = pil_to_tensor(result.image)
         with torch.no_grad():
             _, parts = losses(net(image), image)

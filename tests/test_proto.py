@@ -32,16 +32,22 @@ def test_generated_stubs_match_proto(tmp_path: Path) -> None:
 
 
 def test_sdk_options_follow_the_proto() -> None:
-    """The generated JobOptions hold every StylizeRequest option (sub-messages flattened) with its comment."""
+    """The generated options hold every scalar StylizeRequest option (sub-messages flattened) with its comment;
+    JobOptions adds the hand-written regional controls (images: masks and the content-strength map)."""
+    from google.protobuf.descriptor import FieldDescriptor
     from styletx_client import JobOptions
     from styletx_client._params import OPTIONS
+    from styletx_client._request import RegionOptions
 
     request = pb.StylizeRequest.DESCRIPTOR
-    expected = {f.name for f in request.fields if f.message_type is None and f.name != "content"}
+    expected = {f.name for f in request.fields
+                if f.message_type is None and f.type != FieldDescriptor.TYPE_BYTES}
     for holder in ("params", "fast", "cyclegan", "preview"):
         prefix = "preview_" if holder == "preview" else ""
         expected |= {prefix + f.name for f in request.fields_by_name[holder].message_type.fields}
-    assert set(OPTIONS) == expected == set(JobOptions.__annotations__)
+    assert set(OPTIONS) == expected
+    assert set(JobOptions.__annotations__) == expected | set(RegionOptions.__annotations__)
+    assert {"style_masks", "content_strength"} <= set(RegionOptions.__annotations__)
     assert all(spec.help for spec in OPTIONS.values()), "every option needs a proto comment"
     assert OPTIONS["size"].default == StylizeOptions().size
 

@@ -18,6 +18,7 @@ from styletx_core.scoring import (
     color_distance,
     color_stats,
     gram,
+    guided_gram,
     layout_ssim,
     relative_distance,
     ssim,
@@ -208,3 +209,50 @@ def test_cli_score_prints_json(scorer: QualityScorer, tmp_path: Path,
     captured = capsys.readouterr()
     assert status == 1 and "error:" in captured.err and "broken.png" in captured.err
     assert "Traceback" not in captured.err
+
+
+# --------------------------------------------------------------------------------------------------- regions
+
+
+def _halves(width: int = 96, height: int = 72) -> tuple[Image.Image, Image.Image, Image.Image, Image.Image]:
+    """An image whose left half is one painting and right half a very different one, and the two masks."""
+    first = painting(width, height, seed=1)
+    second = Image.fromarray(255 - np.asarray(photo(width, height)))  # smooth and dark: unlike the strokes
+    image = first.copy()
+    image.paste(second.crop((width // 2, 0, width, height)), (width // 2, 0))
+    left = Image.new("L", (width, height), 0)
+    left.paste(255, (0, 0, width // 2, height))
+    return image, left, Image.eval(left, lambda v: 255 - v), second
+
+
+def test_guided_gram_by_hand() -> None:
+    features = np.arange(8, dtype=np.float64).reshape(1, 2, 2, 2)  # 2 channels, 2×2
+    mask = Image.fromarray(np.array([[255, 0], [0, 0]], np.uint8), "L")
+    expected = np.outer(features[0, :, 0, 0], features[0, :, 0, 0])  # only the top-left position counts
+    np.testing.assert_allclose(guided_gram(features, mask), expected)
+
+
+def test_region_scores_match_each_region_to_its_style(scorer: QualityScorer) -> None:
+    image, left, right, second = _halves()
+    first = painting(seed=1)
+    left_scores = scorer.region_scores(image, left, [first, second])
+    right_scores = scorer.region_scores(image, right, [first, second])
+    assert left_scores.coverage == pytest.approx(0.5, abs=0.02)
+    assert left_scores.style_distance_mean[0] < left_scores.style_distance_mean[1]
+    assert right_scores.style_distance_mean[1] < right_scores.style_distance_mean[0]
+
+
+def test_cli_score_reports_regions(scorer: QualityScorer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from styletx_cli.onnx import main
+
+    image, left, _, second = _halves()
+    for name, picture in {"c": photo(), "s1": painting(seed=1), "s2": second, "r": image, "left": left}.items():
+        picture.save(tmp_path / f"{name}.png")
+    status = main(["score", str(tmp_path / "c.png"), str(tmp_path / "s1.png"), str(tmp_path / "r.png"),
+                   "--extra-style", str(tmp_path / "s2.png"), "--style-mask", str(tmp_path / "left.png"),
+                   "--style-mask", "-", "--onnx", str(scorer.extractor.path), "--no-magenta"])
+    out = json.loads(capsys.readouterr().out)
+    assert status == 0
+    (region,) = out["images"][0]["regions"]
+    assert Path(region["style"]).name == "s1.png" and len(region["style_distance_mean"]) == 2
+    assert region["style_distance_mean"][0] < region["style_distance_mean"][1]

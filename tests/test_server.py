@@ -20,7 +20,7 @@ from styletx_server.config import ConfigError
 from styletx_server.events import result_chunks
 from styletx_server.validation import params_to_options
 from support.fake import FakeEngine, ServerThread
-from support.requests import kind, png, request, wait_for
+from support.requests import encode, kind, png, request, wait_for
 
 from styletx_core.options import StylizeOptions
 
@@ -145,6 +145,17 @@ def _broken(r: pb.StylizeRequest, **changes: Any) -> pb.StylizeRequest:
     return r
 
 
+def _grey(value: int, size: tuple[int, int] = (40, 30)) -> bytes:
+    return encode(Image.new("L", size, value), "png")
+
+
+def _speck() -> bytes:
+    """A 300×300 mask with one lit pixel: less than a pixel's worth once resized to the 64 px output."""
+    image = Image.new("L", (300, 300), 0)
+    image.putpixel((10, 10), 255)
+    return encode(image, "png")
+
+
 BAD_INPUTS = {
     "empty content": (dict(content=b""), "content"),
     "undecodable content": (dict(content=b"not an image"), "content"),
@@ -161,6 +172,14 @@ BAD_INPUTS = {
     "layer weights count": ({"params.style_layer_weights": [1.0, 2.0]}, "params.style_layer_weights"),
     "unknown output format": (dict(output_format=42), "output_format"),
     "unknown preview format": ({"preview.format": 42}, "preview.format"),
+    "blank mask": (dict(styles=[pb.Style(image=png(), mask=_grey(0))]), "styles[0].mask"),
+    "mask covers nothing": (dict(styles=[pb.Style(image=png()), pb.Style(image=png(), mask=_speck())]),
+                            "styles[1].mask"),
+    "undecodable mask": (dict(styles=[pb.Style(image=png(), mask=b"GIF89a")]), "styles[0].mask"),
+    "unknown style layer": (dict(styles=[pb.Style(image=png(), layers=["relu9_9"])]), "styles[0].layers"),
+    "style layer weights count": (dict(styles=[pb.Style(image=png(), layers=["relu1_1"], layer_weights=[1, 2])]),
+                                  "styles[0].layer_weights"),
+    "undecodable content strength": (dict(content_strength=b"nope"), "content_strength"),
 }
 
 
@@ -178,6 +197,20 @@ def test_bad_input_is_invalid_argument_naming_the_field(
     bad_request = error_details_pb2.BadRequest()
     status_pb2.Status.FromString(trailers["grpc-status-details-bin"]).details[0].Unpack(bad_request)
     assert bad_request.field_violations[0].field == field
+
+
+def test_masks_layers_and_content_strength_reach_the_engine(
+    stub: pb_grpc.StyleTransferStub, engine: FakeEngine
+) -> None:
+    sky = _grey(255, (90, 30))
+    r = request()
+    r.styles.extend([pb.Style(image=png(), mask=sky, layers=["relu4_1", "relu5_1"], layer_weights=[1, 3])])
+    r.content_strength = _grey(128)
+    assert kind(list(stub.Stylize(r, timeout=10))[-1]) == "completed"
+    controls, strength = engine.last_regions
+    assert controls[0] is None and controls[1].mask.size == (90, 30)
+    assert controls[1].layers == ("relu4_1", "relu5_1") and controls[1].layer_weights == (1.0, 3.0)
+    assert strength is not None and strength.size == (40, 30)
 
 
 def test_mode_the_server_does_not_offer_is_unimplemented(server: ServerThread, stub: pb_grpc.StyleTransferStub,

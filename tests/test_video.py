@@ -301,6 +301,22 @@ def test_optimize_frames_run_on_the_real_engine(engine: Any, clip: SyntheticClip
     assert all(o.shape == (24, 32, 3) for o in outputs)
 
 
+def test_optimize_frames_keep_a_fixed_mask(engine: Any, clip: SyntheticClip, style_image: Image.Image) -> None:
+    from styletx_core.regions import StyleControl
+    from styletx_core.video.frames import OptimizeFrames
+
+    top = np.zeros((24, 32), np.uint8)
+    top[:12] = 255
+    opts = StylizeOptions(iterations=6, min_size=32, init="content", style_weight=50.0)
+    frames = OptimizeFrames(engine, [style_image.resize((32, 24))], opts, later_iterations=4,
+                            controls=[StyleControl(mask=Image.fromarray(top, "L"))])
+    stream = StreamStylizer(frames, "optimize")
+    small = [np.asarray(Image.fromarray(f).resize((32, 24))) for f in clip.frames[:2]]
+    for frame in small:
+        change = np.abs(stream.process(frame).astype(np.float32) - frame.astype(np.float32))
+        assert change[14:].mean() < 0.5 * change[:10].mean(), (change[14:].mean(), change[:10].mean())
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 

@@ -9,21 +9,22 @@ import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, TypedDict, Union
 
 import grpc
 from google.protobuf.message import Message
+from PIL import Image  # at run time: JobOptions' hints (masks are images) must resolve for get_type_hints
 from styletx_proto.v1 import styletx_pb2 as pb
 
 from ._errors import StyletxError
-from ._params import OPTIONS, JobOptions, OptionSpec
+from ._params import OPTIONS, OptionSpec
+from ._params import JobOptions as ParamOptions
 
 if TYPE_CHECKING:
-    from PIL import Image
     from typing_extensions import Unpack
 
-__all__ = ["FORMAT_NAMES", "OPTIONS", "ImageInput", "JobOptions", "StyleInput", "Styles", "build_request", "set_option",
-           "style_list"]
+__all__ = ["FORMAT_NAMES", "OPTIONS", "ImageInput", "JobOptions", "RegionOptions", "StyleInput", "Styles",
+           "build_request", "set_option", "style_list"]
 
 ImageInput = Union[bytes, str, "os.PathLike[str]", "Image.Image"]
 #: A style image, or ``(image, weight)``.
@@ -33,6 +34,29 @@ Styles = Union[StyleInput, Sequence[StyleInput]]  # noqa: UP007
 #: OutputFormat number → name (``png``, ``jpeg``, ``tiff16``; UNSPECIFIED means PNG).
 FORMAT_NAMES = {v.number: v.name.removeprefix("OUTPUT_FORMAT_").lower() for v in pb.OutputFormat.DESCRIPTOR.values
                 if v.number} | {0: "png"}
+
+
+class RegionOptions(TypedDict, total=False):
+    """Spatial and scale control (hand-written: masks are images, not proto scalars), per style in order.
+
+    ``style_masks``: greyscale images, where each style applies (``Style.mask``; ``None``: everywhere not
+    covered by a mask); ``style_own_layers`` / ``style_own_layer_weights``: a style's own layers and their
+    weights (``Style.layers`` / ``layer_weights``), e.g. one style on deep layers and another on shallow ones;
+    ``content_strength``: a greyscale map scaling the content loss per pixel (black: free to be painted).
+    """
+
+    style_masks: Sequence[ImageInput | None]
+    style_own_layers: Sequence[Sequence[str] | None]
+    style_own_layer_weights: Sequence[Sequence[float] | None]
+    content_strength: ImageInput
+
+
+class JobOptions(ParamOptions, RegionOptions, total=False):
+    """Every keyword option of ``Client.stylize``, ``stylize_stream`` and :func:`build_request`: the proto's
+    options (:class:`ParamOptions`, generated) and the regional controls (:class:`RegionOptions`)."""
+
+
+_PER_STYLE = ("style_masks", "style_own_layers", "style_own_layer_weights")
 #: Short names accepted beside the enum's own (``output_format="jpg"``).
 _ALIASES = {"jpg": "jpeg", "tiff": "tiff16"}
 
@@ -63,13 +87,26 @@ def _is_one_style(styles: Any) -> bool:
     return isinstance(styles, tuple) and len(styles) == 2 and isinstance(styles[1], int | float)
 
 
-def style_list(styles: Styles) -> list[pb.Style]:
-    """Wire styles from one style or a sequence (``"a.jpg"``, ``["a.jpg", ("b.jpg", 0.5)]``)."""
+def style_list(styles: Styles, regions: RegionOptions | None = None) -> list[pb.Style]:
+    """Wire styles from one style or a sequence (``"a.jpg"``, ``["a.jpg", ("b.jpg", 0.5)]``), each with its
+    mask and own layers from ``regions`` (per style, in order; ``None`` or a shorter list: none)."""
     items: list[Any] = [styles] if _is_one_style(styles) else list(styles)  # type: ignore[arg-type]
+    regions = regions or {}
+    masks: list[Any] = list(regions.get("style_masks") or ())
+    layers: list[Any] = list(regions.get("style_own_layers") or ())
+    weights: list[Any] = list(regions.get("style_own_layer_weights") or ())
+    for key, values in zip(_PER_STYLE, (masks, layers, weights), strict=True):
+        if len(values) > len(items):
+            raise StyletxError(grpc.StatusCode.INVALID_ARGUMENT, f"{key}: {len(values)} given for "
+                               f"{len(items)} styles", {"styletx-field": "styles"})
     wire = []
     for index, style in enumerate(items):
         image, weight = style if isinstance(style, tuple) else (style, None)
-        wire.append(pb.Style(image=image_bytes(image, f"styles[{index}].image"), weight=weight))
+        mask = masks[index] if index < len(masks) else None
+        wire.append(pb.Style(image=image_bytes(image, f"styles[{index}].image"), weight=weight,
+                             mask=image_bytes(mask, f"styles[{index}].mask") if mask is not None else b"",
+                             layers=(layers[index] if index < len(layers) else None) or (),
+                             layer_weights=(weights[index] if index < len(weights) else None) or ()))
     return wire
 
 
@@ -118,7 +155,14 @@ def build_request(content: ImageInput, styles: Styles = (), **options: Unpack[Jo
     ``options`` are :class:`JobOptions` (typed, documented from the proto); an unknown name raises TypeError
     before anything is sent.
     """
-    request = pb.StylizeRequest(content=image_bytes(content, "content"), styles=style_list(styles))
+    regions = RegionOptions()
+    for key in RegionOptions.__annotations__:
+        if key in options:
+            regions[key] = options.pop(key)  # type: ignore[literal-required,misc]
+    request = pb.StylizeRequest(content=image_bytes(content, "content"), styles=style_list(styles, regions))
+    strength = regions.get("content_strength")
+    if strength is not None:
+        request.content_strength = image_bytes(strength, "content_strength")
     for name, value in options.items():
         set_option(request, name, value)
     return request

@@ -131,6 +131,12 @@ def _add_stylize(subparsers: Any) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="output file: .png, .jpg/.jpeg, .webp or .tif/.tiff (missing folders are created)")
     add_style_weights(parser)
+    parser.add_argument("--style-mask", type=_optional_path, action="append", default=[], metavar="MASK",
+                        help="greyscale mask of where a style applies; one per style, in order ('-': none)")
+    parser.add_argument("--style-own-layers", type=_layer_list, action="append", default=[], metavar="L1,L2",
+                        help="a style's own layers (e.g. relu4_1,relu5_1); one per style, in order ('-': default)")
+    parser.add_argument("--content-strength", type=Path, metavar="MAP",
+                        help="greyscale map scaling the content loss per pixel (white: keep the photo)")
     parser.add_argument("--preview-dir", type=Path,
                         help=f"write previews here (every --preview-every iterations; default "
                              f"{DEFAULT_PREVIEW_EVERY} with this flag)")
@@ -282,7 +288,20 @@ def _request_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     options = {name: getattr(args, f"option_{name}") for name in OPTIONS if name not in _NOT_FLAGS}
     if args.preview_dir is not None and options["preview_every"] is None:
         options["preview_every"] = DEFAULT_PREVIEW_EVERY
-    return {"output_format": wire_format(args.output), **{k: v for k, v in options.items() if v is not None}}
+    regions = {"style_masks": args.style_mask, "style_own_layers": args.style_own_layers,
+               "content_strength": args.content_strength}
+    return {"output_format": wire_format(args.output), **{k: v for k, v in options.items() if v is not None},
+            **{k: v for k, v in regions.items() if v}}
+
+
+def _optional_path(value: str) -> Path | None:
+    """``--style-mask``'s value: a file, or ``-`` for a style without a mask."""
+    return None if value == "-" else Path(value)
+
+
+def _layer_list(value: str) -> list[str] | None:
+    """``--style-own-layers``'s value: comma-separated layer names, or ``-`` for the default layers."""
+    return None if value == "-" else [name.strip() for name in value.split(",") if name.strip()]
 
 
 def _weighted(styles: list[Any], weights: list[float] | None) -> list[Any]:

@@ -18,9 +18,10 @@ from PIL import Image
 from styletx_proto.v1 import styletx_pb2 as pb
 
 from styletx_core.errors import ImageError, OptionError
-from styletx_core.geometry import check_geometry
+from styletx_core.geometry import check_geometry, fit_long_side
 from styletx_core.imageio import load_image
 from styletx_core.options import LIMITS, StylizeOptions
+from styletx_core.regions import RegionPlan, StyleControl
 
 from .errors import ServiceError
 from .limits import Limits
@@ -39,6 +40,7 @@ __all__ = [
     "options_to_params",
     "output_format",
     "params_to_options",
+    "regional_controls",
     "style_blend",
     "tiling",
     "validate_request",
@@ -79,6 +81,10 @@ class ValidatedRequest:
     overlap: int = 64
     """CYCLEGAN: tile overlap."""
     skip_quality: bool = False
+    controls: tuple[StyleControl | None, ...] = ()
+    """Per style: its mask and own layers (``Style.mask``, ``Style.layers``); empty when no style has any."""
+    content_strength: Image.Image | None = None
+    """The content-strength map (``StylizeRequest.content_strength``)."""
 
 
 #: Names of the CycleGAN generators a server has (rescanned per request: models may be added while it runs).
@@ -196,9 +202,40 @@ def validate_request(
         options = options.replace(size=max(16, min(max(content.size), limits.max_size)))
     if mode in (pb.MODE_OPTIMIZE, pb.MODE_HYBRID):
         check_vgg_geometry(content, styles, options)
+    size = fit_long_side(content.size, options.size)
+    controls, strength = regional_controls(request.styles, request.content_strength, size, options, limits)
+    if strength is not None and mode not in (pb.MODE_OPTIMIZE, pb.MODE_HYBRID):
+        raise ServiceError.invalid("content_strength", "needs MODE_OPTIMIZE or MODE_HYBRID (it scales a loss)")
+    if controls and mode in _STYLELESS:
+        raise ServiceError.invalid("styles", "masks and per-style layers need a mode with style images")
     return ValidatedRequest(content, styles, options, mode, result_format, preview_format,
                             request.preview.max_side, request.model_name, request.preset, request.variation,
-                            *fast, *tiles, request.skip_quality)
+                            *fast, *tiles, request.skip_quality, controls, strength)
+
+
+def regional_controls(
+    styles: Sequence[pb.Style], strength_data: bytes, size: tuple[int, int], options: StylizeOptions,
+    limits: Limits, prefix: str = "",
+) -> tuple[tuple[StyleControl | None, ...], Image.Image | None]:
+    """Per-style masks and layers, and the content-strength map, checked at the output ``size``: a blank mask, one
+    that covers nothing there, or a layer the model lacks is INVALID_ARGUMENT naming ``styles[i].mask`` /
+    ``styles[i].layers`` (the engine's own checks, :meth:`RegionPlan.build`, so they never disagree)."""
+    controls = tuple(_control(style, f"{prefix}styles[{i}]", limits) for i, style in enumerate(styles))
+    strength = decode(strength_data, f"{prefix}content_strength", limits.max_pixels) if strength_data else None
+    if not any(controls) and strength is None:
+        return (), None
+    try:
+        RegionPlan.build(controls, len(styles), size, options, strength)
+    except OptionError as error:
+        raise ServiceError.invalid(prefix + error.field, error.message) from None
+    return controls, strength
+
+
+def _control(style: pb.Style, field: str, limits: Limits) -> StyleControl | None:
+    if not (style.mask or style.layers or style.layer_weights):
+        return None
+    mask = decode(style.mask, f"{field}.mask", limits.max_pixels) if style.mask else None
+    return StyleControl(mask, tuple(style.layers) or None, tuple(style.layer_weights) or None)
 
 
 def check_vgg_geometry(content: Image.Image, styles: list[Image.Image], options: StylizeOptions) -> None:

@@ -10,6 +10,7 @@ from PIL import Image
 
 from styletx_core.options import StylizeOptions
 from styletx_core.progress import Callback, StylizeResult
+from styletx_core.regions import StyleControl
 
 from .modes.models import ModeModels
 
@@ -20,11 +21,15 @@ class Engine(Protocol):
     """What the service needs of :class:`styletx_core.engine.StyleTransfer`."""
 
     def stylize(self, content: Image.Image, styles: Sequence[Image.Image], opts: StylizeOptions,
-                callback: Callback | None = None, init_image: Image.Image | None = None) -> StylizeResult: ...
+                callback: Callback | None = None, init_image: Image.Image | None = None, *,
+                controls: Sequence[StyleControl | None] | None = None,
+                content_strength: Image.Image | None = None) -> StylizeResult: ...
 
     def variations(self, content: Image.Image, styles: Sequence[Image.Image], count: int,
                    opts: StylizeOptions | None = None,
-                   callback: Callback | None = None) -> list[StylizeResult]: ...
+                   callback: Callback | None = None, *,
+                   controls: Sequence[StyleControl | None] | None = None,
+                   content_strength: Image.Image | None = None) -> list[StylizeResult]: ...
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 from .combine import LayerApply, Scale, SumLoss
 from .content import ContentLoss
-from .gram import GramStyleLoss, gram_matrix
+from .gram import GramStyleLoss, gram_matrix, guided_gram_matrix
+from .guide import guide_at, guide_mass
 from .tv import TVLoss, total_variation
 from .w2 import W2StyleLoss, mean_and_covariance
 
@@ -15,6 +16,9 @@ __all__ = [
     "TVLoss",
     "W2StyleLoss",
     "gram_matrix",
+    "guide_at",
+    "guide_mass",
+    "guided_gram_matrix",
     "mean_and_covariance",
     "total_variation",
 ]

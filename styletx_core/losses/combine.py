@@ -23,12 +23,17 @@ class Scale(nn.Module):
 
 
 class LayerApply(nn.Module):
-    """Applies ``module`` to one named layer of a feature dict (``None``: to the image itself)."""
+    """Applies ``module`` to one named layer of a feature dict (``None``: to the image itself).
 
-    def __init__(self, module: nn.Module, layer: str | None) -> None:
+    ``key`` names the term in reports (the style balance's per-layer errors); it defaults to the layer, and
+    differs only when several terms read one layer (a style per region: ``styles[1]/relu3_1``).
+    """
+
+    def __init__(self, module: nn.Module, layer: str | None, key: str | None = None) -> None:
         super().__init__()
         self.module = module
         self.layer = layer
+        self.key = key or layer or "image"
 
     def forward(self, features: Mapping[str, torch.Tensor], image: torch.Tensor) -> torch.Tensor:
         return self.module(image if self.layer is None else features[self.layer])

@@ -14,15 +14,23 @@ class ContentLoss(nn.Module):
     """
 
     target: torch.Tensor
+    strength: torch.Tensor | None
 
-    def __init__(self, target: torch.Tensor, eps: float = 1e-8) -> None:
+    def __init__(self, target: torch.Tensor, eps: float = 1e-8, strength: torch.Tensor | None = None) -> None:
         super().__init__()
         self.register_buffer("target", target.detach().float())
+        # Per-position weight of the error (1×1×H×W at the layer's size; None: 1 everywhere): a content-strength
+        # map keeps a face photographic while the background is painted. The norm stays the whole target's, so
+        # a map of ones is exactly the plain loss.
+        self.register_buffer("strength", None if strength is None else strength.detach().float())
         self.eps = eps
         self.norm = float(self.target.pow(2).sum()) + eps
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        error = F.mse_loss(features.float(), self.target, reduction="sum")
+        if self.strength is None:
+            error = F.mse_loss(features.float(), self.target, reduction="sum")
+        else:
+            error = ((features.float() - self.target).pow(2) * self.strength).sum()
         return error / self.norm
 
     def extra_repr(self) -> str:

@@ -4,6 +4,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .guide import guide_mass
+
 
 def _accumulation_dtype(tensor: torch.Tensor) -> torch.dtype:
     """fp32 for bf16/fp16 features, else the features' own (fp64 stays fp64 for gradient checks)."""
@@ -51,6 +53,16 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     return result
 
 
+def guided_gram_matrix(features: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+    """Σₚ gₚ FₚFₚᵀ / Σₚ gₚ: the Gram matrix of the region ``guide`` (N×1×H×W at the features' size) covers.
+
+    Weighting the features by √g keeps the one-matmul Gram; an all-ones guide gives exactly :func:`gram_matrix`.
+    """
+    positions = features.shape[-2] * features.shape[-1]
+    weighted = features * guide.sqrt().to(features.dtype)
+    return gram_matrix(weighted) * (positions / guide_mass(guide))
+
+
 class GramStyleLoss(nn.Module):
     """Relative squared error between Gram matrices, ‖G − T‖² / ‖T‖²: size- and layer-invariant.
 
@@ -61,10 +73,14 @@ class GramStyleLoss(nn.Module):
     """
 
     target: torch.Tensor
+    guide: torch.Tensor | None
 
-    def __init__(self, target_gram: torch.Tensor, eps: float = 1e-8) -> None:
+    def __init__(self, target_gram: torch.Tensor, eps: float = 1e-8, guide: torch.Tensor | None = None) -> None:
         super().__init__()
         self.register_buffer("target", target_gram.detach().float())
+        # The region this style applies to, at the layer's resolution (None: everywhere); a buffer, so that it
+        # moves with the module and each job of a batch carries its own.
+        self.register_buffer("guide", None if guide is None else guide.detach().float())
         self.eps = eps
         self.norm = float(self.target.pow(2).sum()) + eps
 
@@ -78,10 +94,11 @@ class GramStyleLoss(nn.Module):
         return float(self.target.norm())
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        gram = gram_matrix(features) if self.guide is None else guided_gram_matrix(features, self.guide)
         error = F.mse_loss(
-            gram_matrix(features), self.target.expand(features.shape[0], -1, -1), reduction="sum"
+            gram, self.target.expand(features.shape[0], -1, -1), reduction="sum"
         )
         return error / self.norm
 
     def extra_repr(self) -> str:
-        return f"channels={self.target.shape[-1]}"
+        return f"channels={self.target.shape[-1]}, guided={self.guide is not None}"

@@ -3,6 +3,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .guide import guide_mass
+
 #: Smallest sᵢ + sⱼ in the backward, relative to the largest root.
 _RELATIVE_FLOOR = 1e-3
 
@@ -37,12 +39,21 @@ def _sqrtm(matrix: torch.Tensor) -> torch.Tensor:
     return _Sqrtm.apply(matrix)
 
 
-def mean_and_covariance(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean (C) and covariance (C×C) of one feature map, in fp32."""
+def mean_and_covariance(
+    features: torch.Tensor, guide: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean (C) and covariance (C×C) of one feature map, in fp32; with a ``guide`` (1×1×H×W) the
+    guide-weighted mean and covariance of the region it covers."""
     flat = features.float().flatten(2)[0]
-    mean = flat.mean(1)
+    if guide is None:
+        mean = flat.mean(1)
+        centered = flat - mean[:, None]
+        return mean, centered @ centered.T / flat.shape[1]
+    weights = guide.float().flatten()
+    mass = guide_mass(guide).flatten()
+    mean = (flat * weights).sum(1) / mass
     centered = flat - mean[:, None]
-    return mean, centered @ centered.T / flat.shape[1]
+    return mean, (centered * weights) @ centered.T / mass
 
 
 class W2StyleLoss(nn.Module):
@@ -57,9 +68,13 @@ class W2StyleLoss(nn.Module):
     cov: torch.Tensor
     cov_sqrt: torch.Tensor
     eye: torch.Tensor
+    guide: torch.Tensor | None
 
-    def __init__(self, mean: torch.Tensor, cov: torch.Tensor, eps: float = 1e-4) -> None:
+    def __init__(
+        self, mean: torch.Tensor, cov: torch.Tensor, eps: float = 1e-4, guide: torch.Tensor | None = None
+    ) -> None:
         super().__init__()
+        self.register_buffer("guide", None if guide is None else guide.detach().float())  # see GramStyleLoss
         eye = torch.eye(cov.shape[-1], dtype=torch.float32, device=cov.device)
         cov = cov.detach().float() + eps * eye
         self.register_buffer("mean", mean.detach().float())
@@ -76,7 +91,7 @@ class W2StyleLoss(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         with torch.autocast(features.device.type, enabled=False):  # statistics and sqrtm in fp32 under bf16
-            mean, cov = mean_and_covariance(features)
+            mean, cov = mean_and_covariance(features, self.guide)
             cov = cov + self.eps * self.eye
             cross = _sqrtm(self.cov_sqrt @ cov @ self.cov_sqrt)
             distance = (mean - self.mean).pow(2).sum() + torch.trace(self.cov + cov - 2 * cross)

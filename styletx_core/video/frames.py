@@ -24,6 +24,7 @@ from PIL import Image
 from styletx_core.errors import OptionError
 from styletx_core.fast import FastStylizer, PresetStylizer, preset_index
 from styletx_core.options import StylizeOptions
+from styletx_core.regions import StyleControl
 
 from ._temporal import TemporalGuide, TemporalLoss, blend_previous, guided_init
 
@@ -96,19 +97,24 @@ class OptimizeFrames:
     """
 
     def __init__(self, engine: Any, styles: Sequence[Image.Image], opts: StylizeOptions | None = None,
-                 later_iterations: int | None = None, temporal_weight: float = 20.0) -> None:
+                 later_iterations: int | None = None, temporal_weight: float = 20.0,
+                 controls: Sequence[StyleControl | None] = ()) -> None:
         self.engine = engine
         self.styles = list(styles)
+        # Fixed per-style masks and layers, resized to every frame by the engine (``regions``).
+        self.regional: dict[str, Any] = {"controls": list(controls)} if any(controls) else {}
         self.opts = opts or StylizeOptions()
         self.later_iterations = later_iterations or max(1, self.opts.iterations // 2)
         self.temporal_weight = temporal_weight
+        masks = [control.mask for control in controls if control and control.mask]
         self.fingerprint = (f"optimize:{_style_digest(self.styles)}:{self.opts.public_dict()}:"
-                            f"{self.later_iterations}:{temporal_weight}")
+                            f"{self.later_iterations}:{temporal_weight}:{_style_digest(masks)}:"
+                            f"{[(c.layers, c.layer_weights) if c else None for c in controls]}")
 
     def __call__(self, frame: Image.Image, guide: TemporalGuide | None) -> Image.Image:
         opts = self.opts.replace(size=max(frame.size))
         if guide is None:
-            return self.engine.stylize(frame, self.styles, opts).image
+            return self.engine.stylize(frame, self.styles, opts, **self.regional).image
         init = guided_init(np.asarray(frame, dtype=np.float32) / 255, guide)
         return self._refine(frame, guide, init, opts)
 
@@ -118,7 +124,8 @@ class OptimizeFrames:
         later = opts.replace(iterations=self.later_iterations, min_size=opts.size)
         temporal = {"temporal": TemporalLoss.from_guide(guide, self.temporal_weight)}
         init_image = Image.fromarray(np.clip(init * 255 + 0.5, 0, 255).astype(np.uint8))
-        result = self.engine.stylize(frame, self.styles, later, init_image=init_image, extra_losses=temporal)
+        result = self.engine.stylize(frame, self.styles, later, init_image=init_image, extra_losses=temporal,
+                                     **self.regional)
         return result.image
 
 
@@ -128,8 +135,9 @@ class HybridFrames(OptimizeFrames):
 
     def __init__(self, engine: Any, fast: FastStylizer, styles: Sequence[Image.Image],
                  opts: StylizeOptions | None = None, later_iterations: int | None = None,
-                 temporal_weight: float = 20.0, alpha: float = 0.6) -> None:
-        super().__init__(engine, styles, opts, later_iterations, temporal_weight)
+                 temporal_weight: float = 20.0, alpha: float = 0.6,
+                 controls: Sequence[StyleControl | None] = ()) -> None:
+        super().__init__(engine, styles, opts, later_iterations, temporal_weight, controls)
         self.fast = FastFrames(fast, styles, self.opts.style_blend_weights)
         self.alpha = alpha
         self.fingerprint = f"hybrid:{self.fingerprint}:{alpha}"
@@ -140,7 +148,7 @@ class HybridFrames(OptimizeFrames):
         if guide is None:
             first = opts.replace(min_size=opts.size)
             init_image = Image.fromarray(np.clip(start * 255 + 0.5, 0, 255).astype(np.uint8))
-            return self.engine.stylize(frame, self.styles, first, init_image=init_image).image
+            return self.engine.stylize(frame, self.styles, first, init_image=init_image, **self.regional).image
         return self._refine(frame, guide, blend_previous(start, guide, self.alpha), opts)
 
 
@@ -180,17 +188,19 @@ def pipeline_mode(mode: str) -> str:
 def frame_stylizer(mode: str, networks: Networks, styles: Sequence[Image.Image], options: StylizeOptions, *,
                    presets: Sequence[str] = (), model_name: str = "", strength: float = 1.0,
                    processing_size: int | None = None, alpha: float = 0.6, later_iterations: int | None = None,
-                   tile: int = 512, overlap: int = 64) -> Any:
+                   tile: int = 512, overlap: int = 64, controls: Sequence[StyleControl | None] = ()) -> Any:
     """The frame styliser of ``mode`` (one of :data:`FRAME_MODES`); blend weights are
-    ``options.style_blend_weights`` (of the styles, or of the presets)."""
+    ``options.style_blend_weights`` (of the styles, or of the presets). ``controls`` (fixed masks, per-style
+    layers) apply to the optimising modes."""
     weights = list(options.style_blend_weights) if options.style_blend_weights else None
     builders: dict[str, Callable[[], Any]] = {
         "fast": lambda: FastFrames(networks.fast(), styles, weights, strength, processing_size),
         "preset": lambda: PresetFrames(networks.preset(), presets, weights, processing_size),
         "cyclegan": lambda: CycleGANFrames(networks.generator(model_name), tile, overlap),
-        "optimize": lambda: OptimizeFrames(networks.engine(), styles, options, later_iterations),
+        "optimize": lambda: OptimizeFrames(networks.engine(), styles, options, later_iterations,
+                                           controls=controls),
         "hybrid": lambda: HybridFrames(networks.engine(), networks.fast(), styles, options, later_iterations,
-                                       alpha=alpha),
+                                       alpha=alpha, controls=controls),
     }
     if mode not in builders:
         raise OptionError("mode", f"must be one of {', '.join(FRAME_MODES)}; got {mode!r}")

@@ -39,6 +39,7 @@ class FakeEngine:
         self.cancelled = 0
         self._cache: set[int] = set()
         self.hits = self.misses = 0
+        self.last_regions: tuple[tuple[Any, ...], Image.Image | None] = ((), None)
 
     @staticmethod
     def expected(content: Image.Image, opts: StylizeOptions) -> Image.Image:
@@ -51,9 +52,12 @@ class FakeEngine:
         opts: StylizeOptions | None = None,
         callback: Callback | None = None,
         init_image: Image.Image | None = None,
+        controls: Sequence[Any] | None = None,
+        content_strength: Image.Image | None = None,
     ) -> StylizeResult:
         opts = opts or StylizeOptions()
         self.runs += 1
+        self.last_regions = (tuple(controls or ()), content_strength)  # what the service passed on
         self.started.set()
         self._touch_cache(styles)
         result = self.expected(content, opts)
@@ -122,10 +126,13 @@ class FakeEngine:
         count: int,
         opts: StylizeOptions | None = None,
         callback: Callback | None = None,
+        controls: Sequence[Any] | None = None,
+        content_strength: Image.Image | None = None,
     ) -> list[StylizeResult]:
         opts = opts or StylizeOptions()
         base = opts.seed or 0
-        return [self.stylize(content, styles, opts.replace(seed=base + k), callback) for k in range(count)]
+        return [self.stylize(content, styles, opts.replace(seed=base + k), callback, controls=controls,
+                             content_strength=content_strength) for k in range(count)]
 
     def _touch_cache(self, styles: Sequence[Image.Image]) -> None:
         for style in styles:

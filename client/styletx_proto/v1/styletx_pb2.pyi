@@ -483,19 +483,45 @@ class Style(_message.Message):
 
     IMAGE_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
+    MASK_FIELD_NUMBER: _builtins.int
+    LAYERS_FIELD_NUMBER: _builtins.int
+    LAYER_WEIGHTS_FIELD_NUMBER: _builtins.int
     image: _builtins.bytes
     """Encoded image (PNG, JPEG, WebP, TIFF, ...)."""
     weight: _builtins.float
-    """Relative blend weight; unset: 1. Weights need not sum to 1."""
+    """Relative blend weight; unset: 1. Weights need not sum to 1. Styles that share a region (the unmasked
+    ones) are blended by it; a masked style applies fully inside its mask.
+    """
+    mask: _builtins.bytes
+    """Where this style applies: an encoded greyscale image of any size, resized to the output (white: here,
+    black: not, grey: partly; overlapping masks blend by their values). Empty: wherever no mask is — pixels
+    that no style covers keep the content. A blank mask, or one that covers nothing at the output size, is
+    INVALID_ARGUMENT naming styles[i].mask. Guided Gram matrices (Gatys et al. 2017); MODE_FAST composites each
+    style's result in its region with feathered edges, MODE_HYBRID refines that composite with the masked
+    losses; MODE_PRESET and MODE_CYCLEGAN refuse masks.
+    """
+    @_builtins.property
+    def layers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """This style's own layers (scale control: deep layers for large structures, shallow ones for fine
+        texture); empty: params.style_layers. Unknown names are INVALID_ARGUMENT naming styles[i].layers.
+        """
+
+    @_builtins.property
+    def layer_weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Relative weight per entry of layers (or of params.style_layers when layers is empty); empty: equal."""
+
     def __init__(
         self,
         *,
         image: _builtins.bytes = ...,
         weight: _builtins.float | None = ...,
+        mask: _builtins.bytes = ...,
+        layers: _abc.Iterable[_builtins.str] | None = ...,
+        layer_weights: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "weight", b"weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "image", b"image", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "image", b"image", "layer_weights", b"layer_weights", "layers", b"layers", "mask", b"mask", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__weight: _TypeAlias = _typing.Literal["weight"]  # noqa: Y015
     _WhichOneofArgType__weight: _TypeAlias = _typing.Literal["_weight", b"_weight"]  # noqa: Y015
@@ -620,6 +646,7 @@ class StylizeRequest(_message.Message):
     CYCLEGAN_FIELD_NUMBER: _builtins.int
     SKIP_QUALITY_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONTENT_STRENGTH_FIELD_NUMBER: _builtins.int
     content: _builtins.bytes
     """Encoded content image."""
     output_format: Global___OutputFormat.ValueType
@@ -641,6 +668,11 @@ class StylizeRequest(_message.Message):
     this server runs or finished within Limits.result_ttl_seconds, from the same caller (the same bearer
     token when the server checks tokens), attaches to that job: its events are replayed from the start and
     the job is not run again. The same key with a different request is FAILED_PRECONDITION.
+    """
+    content_strength: _builtins.bytes
+    """Optional content-strength map: an encoded greyscale image of any size, resized to the output, scaling
+    the content loss per pixel (white: keep the photo, black: free to be painted). Empty: 1 everywhere.
+    MODE_OPTIMIZE and MODE_HYBRID only.
     """
     @_builtins.property
     def styles(self) -> _containers.RepeatedCompositeFieldContainer[Global___Style]:
@@ -678,10 +710,11 @@ class StylizeRequest(_message.Message):
         cyclegan: Global___CycleGANParams | None = ...,
         skip_quality: _builtins.bool = ...,
         request_id: _builtins.str = ...,
+        content_strength: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cyclegan", b"cyclegan", "fast", b"fast", "params", b"params", "preview", b"preview"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "cyclegan", b"cyclegan", "fast", b"fast", "mode", b"mode", "model_name", b"model_name", "output_format", b"output_format", "params", b"params", "preset", b"preset", "preview", b"preview", "request_id", b"request_id", "skip_quality", b"skip_quality", "styles", b"styles", "variation", b"variation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "content_strength", b"content_strength", "cyclegan", b"cyclegan", "fast", b"fast", "mode", b"mode", "model_name", b"model_name", "output_format", b"output_format", "params", b"params", "preset", b"preset", "preview", b"preview", "request_id", b"request_id", "skip_quality", b"skip_quality", "styles", b"styles", "variation", b"variation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

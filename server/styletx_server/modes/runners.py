@@ -18,6 +18,7 @@ from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_core.geometry import fit_long_side
 from styletx_core.options import StylizeOptions
 from styletx_core.progress import Callback, Iterate, StylizeResult
+from styletx_core.regions import regional_composite
 from styletx_core.schedule import total_iterations
 
 from ..validation import ValidatedRequest
@@ -37,9 +38,12 @@ class ModeRunner:
 
 def _optimize(worker: Worker, request: ValidatedRequest, callback: Callback) -> StylizeResult:
     engine = worker.engine
+    controls, strength = request.controls, request.content_strength
     if request.variation:  # variations(count=1) with seed s is variation k of seed s - k: see the proto
-        return engine.variations(request.content, request.styles, 1, request.options, callback)[0]
-    return engine.stylize(request.content, request.styles, request.options, callback=callback)
+        return engine.variations(request.content, request.styles, 1, request.options, callback,
+                                 controls=controls, content_strength=strength)[0]
+    return engine.stylize(request.content, request.styles, request.options, callback=callback,
+                          controls=controls, content_strength=strength)
 
 
 def _optimize_schedule(worker: Worker, request: ValidatedRequest) -> tuple[list[int], int]:
@@ -60,11 +64,20 @@ def _blend(request: ValidatedRequest) -> list[float] | None:
 
 
 def _fast_image(worker: Worker, request: ValidatedRequest) -> Image.Image:
-    """FAST's picture: the blended style embedding moved toward the content's by ``strength``."""
+    """FAST's picture: the blended style embedding moved toward the content's by ``strength``; with masks, each
+    masked style's picture in its region (feathered edges) over the unmasked styles' picture (or the content)."""
     opts = request.options
-    return worker.models.fast(worker.device).stylize(
-        request.content, request.styles, weights=_blend(request), strength=request.strength,
-        preserve_color=opts.preserve_color, size=opts.size, processing_size=request.processing_size)
+    fast = worker.models.fast(worker.device)
+
+    def picture(styles: list[Image.Image], weights: list[float] | None) -> Image.Image:
+        return fast.stylize(request.content, styles, weights=weights, strength=request.strength,
+                            preserve_color=opts.preserve_color, size=opts.size,
+                            processing_size=request.processing_size)
+
+    masks = {i: control.mask for i, control in enumerate(request.controls) if control and control.mask}
+    if not masks:
+        return picture(request.styles, _blend(request))
+    return regional_composite(request.content, request.styles, masks, picture, _blend(request))
 
 
 def _fast(worker: Worker, request: ValidatedRequest, callback: Callback) -> StylizeResult:
@@ -101,7 +114,8 @@ def _hybrid(worker: Worker, request: ValidatedRequest, callback: Callback) -> St
     """The FAST picture at the output size starts the optimisation, which refines it at the final scale."""
     init = _fast_image(worker, request)
     return worker.engine.stylize(request.content, request.styles, _hybrid_options(request), callback=callback,
-                                 init_image=init)
+                                 init_image=init, controls=request.controls,
+                                 content_strength=request.content_strength)
 
 
 def _hybrid_schedule(worker: Worker, request: ValidatedRequest) -> tuple[list[int], int]:

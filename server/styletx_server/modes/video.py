@@ -29,6 +29,7 @@ from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_core.errors import Cancelled
 from styletx_core.imageio import encode_image, load_image, resize_long_side
 from styletx_core.options import StylizeOptions
+from styletx_core.regions import StyleControl
 
 from ..errors import ServiceError
 from ..events import FORMAT_ENUMS
@@ -42,6 +43,7 @@ from ..validation import (
     fast_params,
     output_format,
     params_to_options,
+    regional_controls,
     style_blend,
     tiling,
 )
@@ -74,6 +76,8 @@ class ValidatedVideo:
     consistency: bool
     alpha: float
     output_format: str
+    controls: tuple[StyleControl | None, ...] = ()
+    """Fixed per-style masks and layers (``config.styles[i].mask`` / ``.layers``), for OPTIMIZE and HYBRID."""
 
 
 def validate_video(config: pb.VideoConfig, limits: Limits, modes: frozenset[int],
@@ -96,9 +100,13 @@ def validate_video(config: pb.VideoConfig, limits: Limits, modes: frozenset[int]
     styles = [decode(s.image, f"config.styles[{i}].image", limits.max_pixels)
               for i, s in enumerate(config.styles)]
     consistency = config.consistency if config.HasField("consistency") else True
+    # Frames are not known yet: masks are checked at a square of the output size (the engine checks each frame).
+    controls, _ = regional_controls(config.styles, b"", (options.size, options.size), options, limits, "config.")
+    if controls and mode not in (pb.MODE_OPTIMIZE, pb.MODE_HYBRID):
+        raise ServiceError.invalid("config.styles", "masks and per-style layers need MODE_OPTIMIZE or MODE_HYBRID")
     return ValidatedVideo(mode, styles, options, config.preset, config.model_name, strength, processing_size,
                           tile, overlap, consistency, alpha,
-                          output_format(config.output_format, "config.output_format", "png"))
+                          output_format(config.output_format, "config.output_format", "png"), controls)
 
 
 class _State(enum.Enum):
@@ -244,7 +252,7 @@ def _frame_stylizer(worker: Worker, video: ValidatedVideo) -> Any:
     return frame_stylizer(_VIDEO_MODE_NAMES[video.mode], networks, video.styles, video.options,
                           presets=[video.preset], model_name=video.model_name, strength=video.strength,
                           processing_size=video.processing_size, alpha=video.alpha, tile=video.tile,
-                          overlap=video.overlap)
+                          overlap=video.overlap, controls=video.controls)
 
 
 def _stylize_frame(stream: Any, session: VideoSession, data: bytes) -> pb.VideoFrame:
