@@ -15,6 +15,8 @@ case "$extra" in
   *) echo "bootstrap.sh: unknown set '$extra' (server or dev)" >&2; exit 2 ;;
 esac
 stamp=".venv/.styletx-installed-$extra"
+# "dev" installs everything "server" does: a dev venv is up to date for the demo too (no second pip run).
+[ "$extra" = server ] && [ -f .venv/.styletx-installed-dev ] && [ ! -f "$stamp" ] && stamp=.venv/.styletx-installed-dev
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ client/pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
   # Both on one command line: pip takes styletx's requirement styletx-client from ./client, not an index.

@@ -222,15 +222,30 @@ def test_services_regular_and_headless(rendered: dict[str, list[dict[str, Any]]]
 
 
 def test_configmap_sets_only_settings_the_server_reads(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    """Every STYLETX_* key is a styletx-server flag's variable (server/styletx_server/config.py) or the weights cache."""
+    """Every STYLETX_* key is a styletx-server setting's variable (server/styletx_server/config.py)."""
     config = pytest.importorskip("styletx_server.config", reason="server/styletx_server/config.py not importable")
     import dataclasses
 
-    known = {f"STYLETX_{field.name.upper()}" for field in dataclasses.fields(config.ServerConfig)}
-    known.add("STYLETX_CACHE")  # read by styletx_core.weights, the server's default cache
+    known = {config.env_name(field.name) for field in dataclasses.fields(config.ServerConfig)}
     for profile in PROFILES:
-        unknown = sorted(set(config_env(rendered[profile])) - known)
+        unknown = sorted({k for k in config_env(rendered[profile]) if not k.startswith("OTEL_")} - known)
         assert not unknown, f"{profile}: the server ignores {unknown}"
+
+
+def test_tracing_is_off_by_default_and_the_chart_can_turn_it_on(chart: Any) -> None:
+    """The OTEL_* variables the chart renders are ones the server's tracing accepts (and turns on with)."""
+    tracing = pytest.importorskip("styletx_server.tracing", reason="server/styletx_server/tracing.py not importable")
+    assert not [k for k in config_env(render(chart, {})) if k.startswith("OTEL_")]
+    values = {"tracing": {"enabled": True, "endpoint": "http://otel-collector.observability:4317",
+                          "samplerArg": "0.25", "extraEnv": {"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=ci"}}}
+    env = config_env(render(chart, values))
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4317"
+    assert (env["OTEL_TRACES_SAMPLER"], env["OTEL_TRACES_SAMPLER_ARG"]) == ("parentbased_traceidratio", "0.25")
+    assert env["OTEL_SERVICE_NAME"] == RELEASE + "-styletx"
+    try:
+        assert tracing.configure_from_env(env) == "otlp"
+    finally:
+        tracing.use_provider(None)
 
 
 def test_config_change_rolls_pods(chart: Any) -> None:

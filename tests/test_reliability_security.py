@@ -26,7 +26,7 @@ from styletx_client import Client, StyletxError, TLSOptions
 from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 from styletx_server import auth
-from styletx_server.config import parse_config
+from styletx_server.config import ConfigError, parse_config
 from support.fake import FakeEngine, ServerThread
 from support.requests import encode
 
@@ -184,18 +184,18 @@ def test_renewed_certificate_files_are_used_without_a_restart(pki: PKI, engine: 
 
 
 def test_missing_certificate_file_is_one_clear_error(tmp_path: Path, engine: FakeEngine) -> None:
-    with pytest.raises(OSError, match=r"cannot read TLS file .*tls\.crt"):
+    with pytest.raises(ConfigError, match=r"cannot read TLS file .*tls\.crt"):
         ServerThread(lambda d: engine, tls_cert=str(tmp_path / "tls.crt"), tls_key=str(tmp_path / "tls.key"))
     (tmp_path / "tls.crt").write_text("not a certificate")
     (tmp_path / "tls.key").write_text("not a key")
-    with pytest.raises(OSError, match="unusable TLS files"):  # not gRPC's "Failed to bind to address"
+    with pytest.raises(ConfigError, match="unusable TLS files"):  # not gRPC's "Failed to bind to address"
         ServerThread(lambda d: engine, tls_cert=str(tmp_path / "tls.crt"), tls_key=str(tmp_path / "tls.key"))
 
 
 def test_tls_flags_must_come_together() -> None:
-    with pytest.raises(SystemExit, match="go together"):
+    with pytest.raises(ConfigError, match="go together"):
         parse_config(["--tls-cert", "tls.crt"])
-    with pytest.raises(SystemExit, match="go together"):
+    with pytest.raises(ConfigError, match="go together"):
         parse_config(["--tls-client-ca", "ca.crt"])
 
 
@@ -281,9 +281,9 @@ def test_every_token_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatc
 
 def test_empty_token_configuration_is_refused(tmp_path: Path, engine: FakeEngine) -> None:
     (tmp_path / "tokens").write_text("# nothing yet\n")
-    with pytest.raises(OSError, match="no token is configured"):
+    with pytest.raises(ConfigError, match="no token is configured"):
         ServerThread(lambda d: engine, auth_token_file=str(tmp_path / "tokens"))
-    with pytest.raises(OSError, match="cannot read the token file"):
+    with pytest.raises(ConfigError, match="cannot read the token file"):
         ServerThread(lambda d: engine, auth_token_file=str(tmp_path / "missing"))
 
 
@@ -400,7 +400,7 @@ def test_max_concurrent_streams_is_configurable(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("STYLETX_MAX_CONCURRENT_STREAMS", "4")
     assert parse_config([]).max_concurrent_streams == 4
     assert parse_config(["--max-concurrent-streams", "8"]).max_concurrent_streams == 8
-    with pytest.raises(SystemExit, match="at least 1"):
+    with pytest.raises(ConfigError, match="at least 1"):
         parse_config(["--max-concurrent-streams", "0"])
 
 

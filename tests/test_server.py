@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
+from styletx_server.config import ConfigError
 from styletx_server.events import result_chunks
 from styletx_server.validation import params_to_options
 from support.fake import FakeEngine, ServerThread
@@ -280,7 +281,7 @@ def test_concurrent_clients_are_served_in_order(server: ServerThread) -> None:
 
 
 def test_port_in_use_fails_at_start(server: ServerThread, engine: FakeEngine) -> None:
-    with pytest.raises(OSError, match="cannot listen"):
+    with pytest.raises(ConfigError, match="cannot listen"):
         ServerThread(lambda device: engine, port=server.port)
 
 

@@ -1,4 +1,8 @@
-"""``styletx-server``: parse flags/environment, configure structured logging, serve until SIGTERM."""
+"""``styletx-server``: parse flags/environment, configure structured logging, serve until SIGTERM.
+
+Exit status: 0 after a graceful stop, 2 for unusable settings (every problem on a line of its own, naming the
+flag and variable, before any slow start-up work), 1 when serving fails later.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .config import ServerConfig, parse_config
+from .config import ConfigError, ServerConfig, load_config
 
 __all__ = ["main"]
 
@@ -43,19 +47,35 @@ def configure_logging(config: ServerConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse_config(argv)
+    try:
+        config, warnings = load_config(argv)
+    except ConfigError as error:
+        return _refuse(error)
     configure_logging(config)
+    for warning in warnings:
+        logging.getLogger("styletx_server").warning("%s", warning)
     from styletx_core.memory import tune_allocator
 
     tune_allocator()  # before any thread exists: every thread then allocates from the one heap
+    from styletx_core.errors import EngineError
+
     from .app import serve  # after logging, so that import-time messages are formatted too
 
     try:
         asyncio.run(serve(config))
-    except OSError as error:  # e.g. the port is taken: one line, not a traceback
+    except ConfigError as error:
+        return _refuse(error)
+    except (OSError, EngineError) as error:  # weights missing, a device failing: one line, not a traceback
         logging.getLogger("styletx_server").error("cannot serve: %s", error)
         return 1
     return 0
+
+
+def _refuse(error: ConfigError) -> int:
+    """Plain lines on stderr (not log records): a person or a crash-looping pod's log reads them first."""
+    for problem in error.problems:
+        print(f"styletx-server: error: {problem}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

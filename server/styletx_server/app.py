@@ -8,8 +8,13 @@ running jobs get ``grace`` seconds to finish, new calls are refused, and the pro
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import signal
+import socket
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.descriptor import Descriptor
@@ -20,8 +25,9 @@ from grpc_reflection.v1alpha import reflection
 from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
 
+from . import tracing
 from .auth import BearerTokenInterceptor, TokenStore, parse_tokens
-from .config import ServerConfig
+from .config import ConfigError, ServerConfig, setting_name
 from .drain import InFlightCalls
 from .engines import EngineFactory, load_engine_factory, resolve_devices
 from .info import build_info
@@ -35,6 +41,7 @@ from .tls import server_credentials
 __all__ = ["SERVICE_NAME", "StyletxServer", "serve"]
 
 _LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StyleTransfer"].full_name
 
 
@@ -46,6 +53,8 @@ class StyletxServer:
         self._factory = engine_factory
         self.port = 0
         self.metrics_port = 0
+        self._metrics_http: Any = None
+        self.tracing = "off"
         self.health = health_aio.HealthServicer()
         self.service: StyleTransferService | None = None
         self._server: grpc.aio.Server | None = None
@@ -53,35 +62,88 @@ class StyletxServer:
         self.in_flight = InFlightCalls((f"/{SERVICE_NAME}/",))
 
     async def start(self) -> int:
-        """Build one engine per worker (in threads: loading weights blocks), bind, and report SERVING."""
-        config = self.config
-        devices = await asyncio.to_thread(resolve_devices, config.devices, config.workers)
-        factory = self._factory or load_engine_factory(config)
-        engines = await asyncio.gather(*(asyncio.to_thread(factory, d) for d in devices))
-        limits = config.limits.__class__(**{**config.limits.__dict__, "workers": len(devices)})
+        """Check and bind everything that can fail fast, then build one engine per worker (in threads: loading
+        weights blocks), run the parity gate and report SERVING.
+
+        Raises:
+            ConfigError: every problem found before the slow work (ports, devices, TLS, tokens, the engine
+                factory), one line each.
+        """
         metrics = Metrics()
-        service = StyleTransferService(engines, devices, limits, pb.GetServerInfoResponse(), metrics)
-        service._info = build_info(devices, limits, sorted(service.modes), config)
-        self.service = service
-        serving = await service.prepare(config)  # the modes' settings and the ONNX parity gate
-        self._server = self._grpc_server(limits)
-        service.start()
-        await self._server.start()
-        if config.metrics_port:
-            http_server, _ = metrics.serve(config.metrics_port, config.metrics_host)
-            self.metrics_port = http_server.server_port
+        devices, factory = self._bind(metrics)
+        try:
+            serving, limits = await self._build(devices, factory, metrics)
+        except BaseException:  # release the ports: nothing may be left for the closing loop to trip over
+            self._close_metrics()
+            assert self._server is not None
+            await self._server.stop(None)
+            raise
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         await self.health.set("", status)
         await self.health.set(SERVICE_NAME, status)
-        _LOGGER.info("serving %s on port %d (devices %s)", SERVICE_NAME, self.port, ",".join(devices),
-                     extra={"port": self.port, "metrics_port": self.metrics_port})
+        summary = startup_summary(self, devices, limits, serving)
+        _LOGGER.info("%s", summary.pop("message"), extra=summary)
         return self.port
 
-    def _grpc_server(self, limits: Limits) -> grpc.aio.Server:
-        assert self.service is not None
+    async def _build(self, devices: list[str], factory: EngineFactory, metrics: Metrics) -> tuple[bool, Limits]:
+        """The slow part: one engine per worker (in threads: loading weights blocks), the servicer, the modes'
+        settings and the ONNX parity gate; then the gRPC server starts. Returns whether it serves, and the limits."""
+        config = self.config
+        engines = await asyncio.gather(*(asyncio.to_thread(factory, d) for d in devices))
+        limits = dataclasses.replace(config.limits, workers=len(devices))
+        service = StyleTransferService(engines, devices, limits, pb.GetServerInfoResponse(), metrics)
+        service._info = build_info(devices, limits, sorted(service.modes), config)
+        self.service = service
+        self._add_services(service)
+        serving = await service.prepare(config)  # the modes' settings and the ONNX parity gate
+        service.start()
+        assert self._server is not None
+        await self._server.start()
+        return serving, limits
+
+    def _bind(self, metrics: Metrics) -> tuple[list[str], EngineFactory]:
+        """Every check that needs no engine, and every port bound, before the slow start-up work; all problems
+        are reported together."""
+        config, problems = self.config, []
+
+        def attempt(setting: str, action: Callable[[], T]) -> T | None:
+            try:
+                return action()
+            except (OSError, ValueError) as error:
+                problems.append(f"{setting}: {error}")
+                return None
+
+        tls = config.tls_cert and config.tls_key
+        credentials = attempt(f"{setting_name('tls_cert')}, {setting_name('tls_key')}", lambda: server_credentials(
+            config.tls_cert, config.tls_key, config.tls_client_ca or None) if tls else None)
+        interceptors = attempt(f"{setting_name('auth_token_file')}, {setting_name('auth_tokens')}",
+                               lambda: _interceptors(config))
+        exporter = attempt("OTEL_TRACES_EXPORTER", lambda: tracing.configure_from_env(os.environ))
+        self.tracing = exporter or ("on" if tracing.enabled() else "off")
+        self._server = self._grpc_server(config.limits, [*tracing.server_interceptors(), *(interceptors or [])])
+        port = attempt(setting_name("port"), lambda: _listen(self._server, config.host, config.port, credentials))
+        self.port = port or 0
+        if config.metrics_port:
+            http = attempt(setting_name("metrics_port"),
+                           lambda: _listen_metrics(metrics, config.metrics_host, config.metrics_port))
+            self._metrics_http = http
+            self.metrics_port = http.server_port if http else 0
+        devices = attempt(setting_name("devices"), lambda: resolve_devices(config.devices, config.workers))
+        factory = self._factory or attempt(setting_name("engine_factory"), lambda: load_engine_factory(config))
+        if problems or devices is None or factory is None:
+            self._close_metrics()
+            raise ConfigError(problems)
+        return devices, factory
+
+    def _close_metrics(self) -> None:
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+            self._metrics_http = None
+
+    def _grpc_server(self, limits: Limits, interceptors: list[grpc.aio.ServerInterceptor]) -> grpc.aio.Server:
         # ParseGuard last: its deserializer is the one the outer interceptors' handlers pass on.
-        interceptors = [*_interceptors(self.config), self.in_flight, ParseGuard(_request_types())]
-        server = grpc.aio.server(interceptors=interceptors, options=[
+        return grpc.aio.server(interceptors=[*interceptors, self.in_flight, ParseGuard(_request_types())], options=[
             ("grpc.max_receive_message_length", limits.max_receive_message_bytes),
             # A backstop far above the job-call limit, which the servicer enforces (see peers.py: HTTP/2's limit
             # counted cheap calls too and refused some of them under load).
@@ -101,20 +163,13 @@ class StyletxServer:
             # Two servers on one port would split the traffic silently; fail the second one instead.
             ("grpc.so_reuseport", 0),
         ])
-        pb_grpc.add_StyleTransferServicer_to_server(self.service, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
-        address = f"{self.config.host}:{self.config.port}"
-        try:
-            if self.config.tls_cert and self.config.tls_key:
-                credentials = server_credentials(self.config.tls_cert, self.config.tls_key,
-                                                 self.config.tls_client_ca or None)
-                self.port = server.add_secure_port(address, credentials)
-            else:
-                self.port = server.add_insecure_port(address)
-        except RuntimeError as error:  # grpc reports a failed bind as RuntimeError
-            raise OSError(f"cannot listen on {address}: {error}") from None
-        return server
+
+    def _add_services(self, service: StyleTransferService) -> None:
+        """The servicers go onto the server bound in :meth:`_bind` (gRPC accepts them until it starts)."""
+        assert self._server is not None
+        pb_grpc.add_StyleTransferServicer_to_server(service, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), self._server)
 
     def stop(self, grace: float | None = None) -> asyncio.Task[None]:
         """Begin a graceful stop (idempotent); await the returned task for its end."""
@@ -134,6 +189,7 @@ class StyletxServer:
         await self._server.stop(0)
         self.service.queue.cancel_running()
         await self.service.queue.join()
+        await asyncio.to_thread(tracing.flush)
         _LOGGER.info("stopped")
 
     async def wait(self) -> None:
@@ -149,6 +205,62 @@ def _request_types() -> dict[str, Descriptor]:
     return {f"/{service.full_name}/{method.name}": method.input_type for method in service.methods}
 
 
+def startup_summary(server: StyletxServer, devices: list[str], limits: Limits, serving: bool) -> dict[str, Any]:
+    """The one start-up line (``message``) an operator reads first, and its parts as log fields."""
+    config = server.config
+    security = ("mutual TLS" if config.tls_client_ca else "TLS") if config.tls_cert else "plaintext"
+    if config.auth_tokens or config.auth_token_file:
+        security += " + bearer tokens"
+    metrics = f"http://{config.metrics_host}:{server.metrics_port}/metrics" if server.metrics_port else "off"
+    weights = config.vgg_weights + (f" {config.vgg_weights_path}" if config.vgg_weights == "file" else "")
+    fields: dict[str, Any] = {
+        "grpc": f"{config.host}:{server.port}", "port": server.port, "metrics": metrics,
+        "metrics_port": server.metrics_port, "security": security, "devices": devices, "weights": weights,
+        "cache": config.cache_dir or "default", "parity_gate": config.parity_gate,
+        "health": "SERVING" if serving else "NOT_SERVING", "tracing": server.tracing,
+        "limits": {"max_size": limits.max_size, "max_pixels": limits.max_pixels, "max_styles": limits.max_styles,
+                   "queue": limits.queue_capacity, "workers": limits.workers,
+                   "max_receive_mb": config.max_receive_mb, "admission_memory_mb": config.admission_memory_mb},
+    }
+    limit_text = ", ".join(f"{k} {v}" for k, v in fields["limits"].items())
+    fields["message"] = (
+        f"serving {SERVICE_NAME} on {fields['grpc']} ({security}), health {fields['health']}; metrics {metrics}; "
+        f"devices {','.join(devices)}; VGG weights {weights} (cache {fields['cache']}, parity gate "
+        f"{config.parity_gate}); tracing {server.tracing}; limits: {limit_text}")
+    return fields
+
+
+def _listen(server: grpc.aio.Server, host: str, port: int, credentials: grpc.ServerCredentials | None) -> int:
+    address = f"{host}:{port}"
+    _probe(host, port)  # gRPC would log its own multi-line error first and then give no reason
+    try:
+        return server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError:  # grpc reports a failed bind as RuntimeError, with no reason
+        raise OSError(f"cannot listen on {address} (in use, or not an address of this host)") from None
+
+
+def _probe(host: str, port: int) -> None:
+    """Bind ``host:port`` the way gRPC will (SO_REUSEADDR, every address the host resolves to) and let go."""
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise OSError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    for family, kind, proto, _, sockaddr in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as error:
+                raise OSError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+
+
+def _listen_metrics(metrics: Metrics, host: str, port: int) -> Any:
+    try:
+        return metrics.serve(port, host)[0]
+    except OSError as error:
+        raise OSError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+
+
 def _interceptors(config: ServerConfig) -> list[grpc.aio.ServerInterceptor]:
     """Bearer-token authentication when tokens are configured (a file and/or STYLETX_AUTH_TOKENS)."""
     if not (config.auth_token_file or config.auth_tokens):
@@ -156,7 +268,7 @@ def _interceptors(config: ServerConfig) -> list[grpc.aio.ServerInterceptor]:
     try:
         store = TokenStore(parse_tokens(config.auth_tokens), config.auth_token_file or None)
     except ValueError as error:
-        raise OSError(str(error)) from None  # reported by __main__ as one line, like a taken port
+        raise OSError(str(error)) from None  # reported as one line, like a taken port
     return [BearerTokenInterceptor(store)]
 
 

@@ -18,7 +18,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import cast
 
 from styletx_proto.v1 import styletx_pb2 as pb
@@ -30,7 +30,7 @@ from styletx_core.imageio import encode_image
 from styletx_core.options import StylizeOptions
 from styletx_core.progress import Iterate, StylizeResult
 
-from . import events
+from . import events, tracing
 from .job import Job, JobStats
 from .modes import QualityOutcome
 from .modes.runners import MODE_RUNNERS
@@ -58,17 +58,22 @@ class ImageJob:
 
     def run(self, job: Job, worker: Worker) -> JobStats:
         """Run to the end; raises what the mode raises (``Cancelled`` when the job was cancelled)."""
-        started, request = self.begin(job, worker)
-        progress = Progress(job, request)
-        result = MODE_RUNNERS[request.mode].run(worker, request, progress)
-        return self.finish(job, worker, request, result, started, time.monotonic(), progress.seconds)
+        with tracing.job_span(job.trace_context, job.id, job.queued):
+            started, request = self.begin(job, worker)
+            progress = Progress(job, request)
+            try:
+                result = MODE_RUNNERS[request.mode].run(worker, request, progress)
+            finally:
+                progress.scale_spans.close()
+            return self.finish(job, worker, request, result, started, time.monotonic(), progress.seconds)
 
     def begin(self, job: Job, worker: Worker) -> tuple[float, ValidatedRequest]:
         """Decode the request, draw its seed and announce Started; returns when it started and the request."""
         started = time.monotonic()
         if job.cancel.is_set():
             raise Cancelled()
-        request = _with_seed(self.request() if callable(self.request) else self.request)
+        with tracing.phase("decode"):
+            request = _with_seed(self.request() if callable(self.request) else self.request)
         scales, total = MODE_RUNNERS[request.mode].schedule(worker, request)
         job.emit(_started(job, request.options, worker.device, started - job.queued, scales, total))
         return started, request
@@ -77,12 +82,14 @@ class ImageJob:
                finished: float, events_seconds: float = 0.0) -> JobStats:
         """Encode and send the image, score it, and send Completed with the timings of each phase."""
         encoding = time.monotonic()
-        data = encode_image(result.image, request.output_format)
-        for event in events.result_chunks(job.id, data, request.output_format, result.image.size,
-                                          self.chunk_bytes):
-            job.emit(event)
+        with tracing.phase("encode", format=request.output_format):
+            data = encode_image(result.image, request.output_format)
+            for event in events.result_chunks(job.id, data, request.output_format, result.image.size,
+                                              self.chunk_bytes):
+                job.emit(event)
         done = time.monotonic()
-        quality = _quality(job, worker, request, result)
+        with tracing.phase("score"):
+            quality = _quality(job, worker, request, result)
         timings = {"queue_seconds": started - job.queued, "decode_seconds": job.decode_seconds,
                    "run_seconds": finished - started, "encode_seconds": done - encoding,
                    "total_seconds": done - job.received, "score_seconds": time.monotonic() - done,
@@ -131,6 +138,7 @@ def run_image_batch(jobs: Sequence[Job], worker: Worker) -> list[JobStats | Base
             results = [error] * len(chunk)
         finished = time.monotonic()
         for (index, started, progress), result in zip(chunk, results, strict=True):
+            progress.scale_spans.close()
             outcomes[index] = result if isinstance(result, BaseException) else _finish_safely(
                 progress, worker, result, started, finished)
     return [outcome if outcome is not None else RuntimeError("job ended without an outcome")
@@ -182,17 +190,20 @@ def _started(job: Job, options: StylizeOptions, device: str, queue_seconds: floa
 @dataclass
 class Progress:
     """The engine's per-step callback for one job: check for cancellation, report the step (and a preview),
-    and count what that costs (``Timings.events_seconds``: the service's own share of the run)."""
+    open a trace span per scale, and count what that costs (``Timings.events_seconds``: the service's own
+    share of the run)."""
 
     job: Job
     request: ValidatedRequest
     seconds: float = 0.0
+    scale_spans: tracing.ScaleSpans = field(default_factory=tracing.ScaleSpans)
 
     def __call__(self, step: Iterate) -> None:
         start = time.perf_counter()
         try:
             if self.job.cancel.is_set():
                 raise Cancelled()
+            self.scale_spans.step(step.scale_index, step.scale_count, step.width, step.height)
             self.job.emit(events.progress(self.job.id, step))
             if step.preview is not None:
                 self.job.emit(events.preview(self.job.id, step.iteration, step.preview(),

@@ -23,7 +23,7 @@ def build_info(devices: Sequence[str], limits: Limits, modes: Iterable[int],
                config: ServerConfig) -> pb.GetServerInfoResponse:
     """The static part of GetServerInfo: version, models, devices, limits, defaults."""
     version = styletx_version()
-    models = [pb.ModelInfo(name=arch, modes=[pb.MODE_OPTIMIZE], weights=config.weights,
+    models = [pb.ModelInfo(name=arch, modes=[pb.MODE_OPTIMIZE], weights=config.vgg_weights,
                            available=_weights_available(arch, config)) for arch in CHOICES["model"]]
     device_infos = [_device_info(name) for name in dict.fromkeys(devices)]
     wire_limits = pb.Limits(
@@ -41,8 +41,8 @@ def build_info(devices: Sequence[str], limits: Limits, modes: Iterable[int],
 
 
 def _weights_available(arch: str, config: ServerConfig) -> bool:
-    if config.weights == "file":
-        return bool(config.weights_path) and Path(config.weights_path).is_file()
+    if config.vgg_weights == "file":
+        return bool(config.vgg_weights_path) and Path(config.vgg_weights_path).is_file()
     try:
         from styletx_core.weights import cached_entries
 

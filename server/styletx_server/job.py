@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from google.protobuf.message import Message
+from opentelemetry import context as otel_context
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -63,6 +64,8 @@ class Job:
     queued: float = field(default_factory=time.monotonic)
     batch_key: tuple[object, ...] | None = None
     """Jobs with equal keys may run in one batch (:func:`styletx_core.batch.batch_key`); None: always alone."""
+    trace_context: otel_context.Context = field(default_factory=otel_context.get_current)
+    """The submitting call's trace (its RPC span), which the job's spans continue in a worker thread."""
 
     def announce(self, position: int) -> None:
         """Tell the caller its place in the queue (in the message its kind of work speaks)."""

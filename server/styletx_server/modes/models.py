@@ -58,7 +58,7 @@ class ModeSettings:
     def from_env(cls) -> ModeSettings:
         """The ``STYLETX_*`` variables, for a service built without its configuration."""
         env = os.environ
-        return cls(env.get("STYLETX_MODELS_DIR", ""), env.get("STYLETX_CACHE_DIR", ""),
+        return cls(env.get("STYLETX_MODELS_DIR", ""), env.get("STYLETX_CACHE", ""),
                    env.get("STYLETX_PARITY_GATE", "on"), env.get("STYLETX_ONNX_MODEL", ""))
 
 
