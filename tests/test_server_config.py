@@ -163,3 +163,14 @@ def test_engine_that_cannot_load_is_one_line_not_a_traceback(tmp_path: Path) -> 
     assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1].endswith(
         "cannot serve: offline vgg19 weights are not cached; run `styletx weights fetch`")
+
+
+def test_server_has_a_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """Both binaries answer --version (issue 18, item 6); the server's names its distribution's version."""
+    from styletx_core.version import styletx_version
+    from styletx_server.config import build_parser
+
+    with pytest.raises(SystemExit) as exited:
+        build_parser({}).parse_args(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"styletx-server {styletx_version()}"

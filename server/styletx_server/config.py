@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from styletx_core.version import styletx_version
+
 from .limits import Limits
 
 __all__ = ["ConfigError", "ServerConfig", "env_name", "load_config", "parse_config", "setting_name"]
@@ -153,6 +155,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     environ = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(prog="styletx-server",
                                      description="Serve styletx.v1.StyleTransfer over gRPC.")
+    parser.add_argument("--version", action="version", version=f"styletx-server {styletx_version()}")
     docs = _field_docs()
     for field in dataclasses.fields(ServerConfig):
         env = env_name(field.name)
