@@ -48,6 +48,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from random_vgg import write_random_vgg19  # noqa: E402  (bench/)
+
 from styletx_core.batch import BatchJob, stylize_batch  # noqa: E402
 from styletx_core.engine import StyleTransfer  # noqa: E402
 from styletx_core.options import StylizeOptions  # noqa: E402
@@ -84,22 +86,9 @@ def build_engine(args: argparse.Namespace) -> tuple[StyleTransfer, str]:
     if (cache_dir(None) / "vgg19-offline.safetensors").exists():  # never fetch: GPU machines may be offline
         return StyleTransfer(device=args.device, weights="offline"), "offline"
     path = Path(tempfile.mkdtemp()) / "vgg19-random.safetensors"
-    write_random_weights(path)
+    write_random_vgg19(path)
     return StyleTransfer(device=args.device, weights="file", weights_path=path), "random"
 
-
-def write_random_weights(path: Path) -> None:
-    import safetensors.torch
-
-    from styletx_core.vgg import make_layers
-
-    torch.manual_seed(0)
-    net = make_layers("vgg19", "relu5_4")
-    for module in net.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            torch.nn.init.uniform_(module.bias, 0.0, 0.1)
-    safetensors.torch.save_file(net.state_dict(), str(path))
 
 
 def images() -> tuple[Image.Image, list[Image.Image]]:

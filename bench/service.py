@@ -28,6 +28,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from random_vgg import write_random_vgg19  # noqa: E402  (bench/)
 from styletx_client import Client  # noqa: E402
 from styletx_server.app import StyletxServer  # noqa: E402
 from styletx_server.config import ServerConfig  # noqa: E402
@@ -37,18 +38,8 @@ from styletx_core.options import StylizeOptions  # noqa: E402
 
 
 def random_weights(path: Path) -> Path:
-    import safetensors.torch
-    import torch
-
-    from styletx_core.vgg import make_layers
-
-    torch.manual_seed(0)
-    net = make_layers("vgg19", "relu5_4")
-    for module in net.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    safetensors.torch.save_file(net.state_dict(), str(path))
-    return path
+    """Random VGG19 weights at ``path``: the service's overhead does not depend on what the weights are."""
+    return write_random_vgg19(path)
 
 
 def images() -> tuple[bytes, bytes]:

@@ -13,6 +13,9 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 import pytest
 from PIL import Image
 
+#: Shared fixtures of the client tests (``fake``, ``server``, ``images``); a module may define its own instead.
+pytest_plugins = ["support.client_fixtures"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_IMAGES = REPO.parent / "shared" / "images"
 
@@ -48,21 +51,9 @@ def second_style_image(shared_images: Path) -> Image.Image:
 @pytest.fixture(scope="session")
 def random_vgg_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """VGG19 weights drawn at random (seeded), saved in the named layout as .safetensors."""
-    import safetensors.torch
-    import torch
+    from random_vgg import write_random_vgg19  # bench/random_vgg.py (on pytest's pythonpath)
 
-    from styletx_core.vgg import make_layers
-
-    torch.manual_seed(0)
-    net = make_layers("vgg19", "relu5_4")
-    for module in net.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            # He initialisation keeps activations at a realistic scale through 16 layers (the default decays).
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            torch.nn.init.uniform_(module.bias, 0.0, 0.1)
-    path = tmp_path_factory.mktemp("weights") / "vgg19-random.safetensors"
-    safetensors.torch.save_file(net.state_dict(), str(path))
-    return path
+    return write_random_vgg19(tmp_path_factory.mktemp("weights") / "vgg19-random.safetensors")
 
 
 @pytest.fixture(scope="session")

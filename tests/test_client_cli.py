@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,31 +11,10 @@ from styletx_client import LocalClient, cli
 from styletx_client._request import OPTIONS
 from styletx_server.local import LocalBackend
 from support.fake import FakeEngine, ServerThread
-from support.requests import png
 
 from styletx_core.options import StylizeOptions
 
 FLAGS = ["--size", "64", "--min-size", "32", "--iterations", "2", "--coarse-iterations", "1", "-q"]
-
-
-@pytest.fixture(scope="module")
-def fake() -> FakeEngine:
-    return FakeEngine(step_seconds=0.005)
-
-
-@pytest.fixture(scope="module")
-def server(fake: FakeEngine) -> Iterator[ServerThread]:
-    thread = ServerThread(lambda device: fake, workers=1)
-    yield thread
-    thread.stop()
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("images")
-    (folder / "content.png").write_bytes(png())
-    (folder / "style.png").write_bytes(png((32, 32), (0, 0, 255)))
-    return folder / "content.png", folder / "style.png"
 
 
 def test_every_engine_option_has_a_flag() -> None:

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -29,7 +28,6 @@ from styletx_client import AsyncClient, Client, JobOptions, Progress, StyletxErr
 from styletx_client._options import parse_target
 from styletx_client._request import OPTIONS, build_request
 from support.fake import FakeEngine, ServerThread
-from support.requests import png
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL: dict[str, Any] = {"size": 64, "min_size": 32, "iterations": 2, "coarse_iterations": 1}
@@ -38,23 +36,8 @@ STYLETX = [sys.executable, "-c", "import sys; from styletx_client.cli import mai
 
 
 @pytest.fixture(scope="module")
-def engine() -> FakeEngine:
-    return FakeEngine(step_seconds=0.005)
-
-
-@pytest.fixture(scope="module")
-def server(engine: FakeEngine) -> Iterator[ServerThread]:
-    thread = ServerThread(lambda device: engine, workers=1)
-    yield thread
-    thread.stop()
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("images")
-    (folder / "content.png").write_bytes(png())
-    (folder / "style.png").write_bytes(png((32, 32), (0, 0, 255)))
-    return folder / "content.png", folder / "style.png"
+def engine(fake: FakeEngine) -> FakeEngine:
+    return fake
 
 
 def _free_port() -> int:

@@ -167,8 +167,9 @@ def test_engine_that_cannot_load_is_one_line_not_a_traceback(tmp_path: Path) -> 
 
 def test_server_has_a_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
     """Both binaries answer --version (issue 18, item 6); the server's names its distribution's version."""
-    from styletx_core.version import styletx_version
     from styletx_server.config import build_parser
+
+    from styletx_core.version import styletx_version
 
     with pytest.raises(SystemExit) as exited:
         build_parser({}).parse_args(["--version"])
