@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from PIL import Image, ImageFilter
@@ -42,6 +43,9 @@ __all__ = [
     "regional_start",
     "style_terms",
 ]
+
+#: What a feed-forward model's ``picture`` takes per style (a style image, or a preset's name).
+StyleT = TypeVar("StyleT")
 
 #: A mask must cover at least this many output pixels (its mass, Σ values) to be a region at all.
 MIN_COVERAGE = 1.0
@@ -310,13 +314,15 @@ FEATHER = 0.01
 
 def regional_composite(
     content: Image.Image,
-    styles: Sequence[Image.Image],
+    styles: Sequence[StyleT],
     masks: Mapping[int, Image.Image],
-    picture: Callable[[list[Image.Image], list[float] | None], Image.Image],
+    picture: Callable[[list[StyleT], list[float] | None], Image.Image],
     weights: Sequence[float] | None = None,
 ) -> Image.Image:
     """A feed-forward model's result per region: ``picture(styles, weights)`` once per masked style and once for
-    the unmasked ones (the base; the content where every style is masked), composited with feathered edges."""
+    the unmasked ones (the base; the content where every style is masked), composited with feathered edges.
+
+    A style is whatever ``picture`` takes: a style image (FAST) or a preset's name (PRESET)."""
     shared = [i for i in range(len(styles)) if i not in masks]
     images = {i: pil_to_tensor(picture([styles[i]], None)) for i in masks}
     height, width = next(iter(images.values())).shape[-2:]

@@ -106,6 +106,22 @@ def test_style_masks_layers_and_content_strength_reach_the_server(
     assert "styles[0].mask" in capsys.readouterr().err
 
 
+def test_region_presets_travel_as_styles_with_a_preset_and_a_mask(images: tuple[Path, Path], tmp_path: Path) -> None:
+    """``--region-preset NAME MASK`` (CLI) and ``region_presets`` (SDK) become Style(preset, mask) entries."""
+    from styletx_client import build_request
+
+    mask = tmp_path / "sky.png"
+    Image.new("L", (20, 10), 255).save(mask)
+    args = cli.build_parser(plugins=False).parse_args(
+        ["stylize", str(images[0]), "-o", str(tmp_path / "p.png"), "--mode", "preset", "--preset", "style07",
+         "--region-preset", "style12", str(mask)])
+    request = build_request(images[0], (), **cli._request_kwargs(args))
+    assert request.preset == "style07" and [s.preset for s in request.styles] == ["style12"]
+    assert request.styles[0].mask == mask.read_bytes() and not request.styles[0].image
+    sdk = build_request(images[0], (), mode="preset", preset="style07", region_presets=[("style12", mask)])
+    assert sdk.styles == request.styles
+
+
 def test_bad_option_exits_2_naming_the_field(
     server: ServerThread, images: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

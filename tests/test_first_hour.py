@@ -150,7 +150,7 @@ def test_one_style_as_a_string_or_a_weighted_pair(images: tuple[Path, Path]) -> 
 def test_options_are_typed_and_checked_before_sending(images: tuple[Path, Path]) -> None:
     hints = get_type_hints(JobOptions)
     assert set(hints) == set(OPTIONS) | {"style_masks", "style_own_layers", "style_own_layer_weights",
-                                         "content_strength"} and hints["size"] is int
+                                         "content_strength", "region_presets"} and hints["size"] is int
     assert "Long side of the output image" in (OPTIONS["size"].help or "")
     with pytest.raises(TypeError, match="unknown option 'sise'"):
         build_request(images[0], images[1], sise=64)  # type: ignore[call-arg]

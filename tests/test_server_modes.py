@@ -196,6 +196,35 @@ def test_preset_runs_and_unknown_names_are_invalid(stub: pb_grpc.StyleTransferSt
     assert dict(error.trailing_metadata())["styletx-field"] == "preset" and "style07" in error.details()
 
 
+def test_region_presets_paint_their_masks_over_the_request_preset(
+    stub: pb_grpc.StyleTransferStub, content: Image.Image
+) -> None:
+    req = request(content, [], pb.MODE_PRESET, preset="style07")
+    req.styles.add(preset="style12", mask=encode(_top_half()))
+    image = np.asarray(run(stub, req)[1], dtype=np.float32)
+    presets = PresetStylizer("cpu")
+    base, region = (np.asarray(presets.stylize(content, name), dtype=np.float32) for name in ("style07", "style12"))
+    # Away from the feathered edge: the region's preset on top, the request's preset below.
+    assert np.abs(image[:18] - region[:18]).mean() < 1.0 and np.abs(image[30:] - base[30:]).mean() < 1.0
+    assert np.abs(image[:18] - base[:18]).mean() > 5
+
+
+@pytest.mark.parametrize(("mode", "style", "field"), [
+    (pb.MODE_PRESET, {"preset": "style7x", "mask": "top"}, "styles[0].preset"),
+    (pb.MODE_PRESET, {"preset": "style12"}, "styles[0].mask"),
+    (pb.MODE_PRESET, {"preset": "style12", "mask": "top", "image": "content"}, "styles[0].image"),
+    (pb.MODE_PRESET, {"preset": "style12", "mask": "blank"}, "styles[0].mask"),
+    (pb.MODE_FAST, {"preset": "style12", "image": "content"}, "styles[0].preset"),
+])
+def test_bad_region_presets_name_their_field(stub: pb_grpc.StyleTransferStub, content: Image.Image, mode: int,
+                                             style: dict[str, str], field: str) -> None:
+    req = request(content, [], mode, preset="style07" if mode == pb.MODE_PRESET else "")
+    images = {"top": encode(_top_half()), "blank": encode(Image.new("L", (64, 48), 0)), "content": encode(content)}
+    req.styles.add(preset=style["preset"], mask=images.get(style.get("mask", ""), b""),
+                   image=images.get(style.get("image", ""), b""))
+    assert dict(invalid(stub, req).trailing_metadata())["styletx-field"] == field
+
+
 # ---------------------------------------------------------------------------------------------------- HYBRID
 
 

@@ -42,13 +42,16 @@ class RegionOptions(TypedDict, total=False):
     ``style_masks``: greyscale images, where each style applies (``Style.mask``; ``None``: everywhere not
     covered by a mask); ``style_own_layers`` / ``style_own_layer_weights``: a style's own layers and their
     weights (``Style.layers`` / ``layer_weights``), e.g. one style on deep layers and another on shallow ones;
-    ``content_strength``: a greyscale map scaling the content loss per pixel (black: free to be painted).
+    ``content_strength``: a greyscale map scaling the content loss per pixel (black: free to be painted);
+    ``region_presets``: ``mode="preset"`` only, ``(preset name, mask)`` pairs — each preset painted in its mask
+    over the request's ``preset`` (``Style.preset``).
     """
 
     style_masks: Sequence[ImageInput | None]
     style_own_layers: Sequence[Sequence[str] | None]
     style_own_layer_weights: Sequence[Sequence[float] | None]
     content_strength: ImageInput
+    region_presets: Sequence[tuple[str, ImageInput]]
 
 
 class JobOptions(ParamOptions, RegionOptions, total=False):
@@ -160,6 +163,9 @@ def build_request(content: ImageInput, styles: Styles = (), **options: Unpack[Jo
         if key in options:
             regions[key] = options.pop(key)  # type: ignore[literal-required,misc]
     request = pb.StylizeRequest(content=image_bytes(content, "content"), styles=style_list(styles, regions))
+    for preset, mask in regions.get("region_presets") or ():
+        field = f"styles[{len(request.styles)}]"
+        request.styles.append(pb.Style(preset=preset, mask=image_bytes(mask, f"{field}.mask")))
     strength = regions.get("content_strength")
     if strength is not None:
         request.content_strength = image_bytes(strength, "content_strength")

@@ -137,6 +137,8 @@ def _add_stylize(subparsers: Any) -> None:
                         help="a style's own layers (e.g. relu4_1,relu5_1); one per style, in order ('-': default)")
     parser.add_argument("--content-strength", type=Path, metavar="MAP",
                         help="greyscale map scaling the content loss per pixel (white: keep the photo)")
+    parser.add_argument("--region-preset", nargs=2, action="append", default=[], metavar=("PRESET", "MASK"),
+                        help="--mode preset: paint PRESET inside MASK (repeatable) over --preset")
     parser.add_argument("--preview-dir", type=Path,
                         help=f"write previews here (every --preview-every iterations; default "
                              f"{DEFAULT_PREVIEW_EVERY} with this flag)")
@@ -289,7 +291,8 @@ def _request_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if args.preview_dir is not None and options["preview_every"] is None:
         options["preview_every"] = DEFAULT_PREVIEW_EVERY
     regions = {"style_masks": args.style_mask, "style_own_layers": args.style_own_layers,
-               "content_strength": args.content_strength}
+               "content_strength": args.content_strength,
+               "region_presets": [(name, Path(mask)) for name, mask in args.region_preset]}
     return {"output_format": wire_format(args.output), **{k: v for k, v in options.items() if v is not None},
             **{k: v for k, v in regions.items() if v}}
 

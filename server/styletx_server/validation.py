@@ -85,6 +85,8 @@ class ValidatedRequest:
     """Per style: its mask and own layers (``Style.mask``, ``Style.layers``); empty when no style has any."""
     content_strength: Image.Image | None = None
     """The content-strength map (``StylizeRequest.content_strength``)."""
+    region_presets: tuple[str, ...] = ()
+    """PRESET: each region's pre-trained style (``Style.preset``), in the order of ``controls``."""
 
 
 #: Names of the CycleGAN generators a server has (rescanned per request: models may be added while it runs).
@@ -196,8 +198,10 @@ def validate_request(
                                    f"{options.size} exceeds this server's limit {limits.max_size}")
     result_format = output_format(request.output_format, "output_format", "png")
     preview_format = output_format(request.preview.format, "preview.format", "jpeg")
+    region_presets = check_region_presets(request.styles, mode)
     content = decode(request.content, "content", limits.max_pixels)
-    styles = [decode(s.image, f"styles[{i}].image", limits.max_pixels) for i, s in enumerate(request.styles)]
+    styles = [] if region_presets else [decode(s.image, f"styles[{i}].image", limits.max_pixels)
+                                        for i, s in enumerate(request.styles)]
     if native:
         options = options.replace(size=max(16, min(max(content.size), limits.max_size)))
     if mode in (pb.MODE_OPTIMIZE, pb.MODE_HYBRID):
@@ -206,11 +210,36 @@ def validate_request(
     controls, strength = regional_controls(request.styles, request.content_strength, size, options, limits)
     if strength is not None and mode not in (pb.MODE_OPTIMIZE, pb.MODE_HYBRID):
         raise ServiceError.invalid("content_strength", "needs MODE_OPTIMIZE or MODE_HYBRID (it scales a loss)")
-    if controls and mode in _STYLELESS:
-        raise ServiceError.invalid("styles", "masks and per-style layers need a mode with style images")
+    if controls and mode == pb.MODE_CYCLEGAN:
+        raise ServiceError.invalid("styles", "masks and per-style layers need a mode with styles")
     return ValidatedRequest(content, styles, options, mode, result_format, preview_format,
                             request.preview.max_side, request.model_name, request.preset, request.variation,
-                            *fast, *tiles, request.skip_quality, controls, strength)
+                            *fast, *tiles, request.skip_quality, controls, strength, region_presets)
+
+
+def check_region_presets(styles: Sequence[pb.Style], mode: int, prefix: str = "") -> tuple[str, ...]:
+    """PRESET's regions: each style names a known preset and carries a mask, and nothing else; other modes
+    must not name presets per style. Returns the region presets in order (empty outside PRESET)."""
+    if mode != pb.MODE_PRESET:
+        for index, style in enumerate(styles):
+            if style.preset:
+                raise ServiceError.invalid(f"{prefix}styles[{index}].preset", "only MODE_PRESET takes a preset per "
+                                           "region (other modes take style images)")
+        return ()
+    from styletx_core.fast import preset_index
+
+    for index, style in enumerate(styles):
+        field = f"{prefix}styles[{index}]"
+        if style.image or style.layers or style.layer_weights:
+            raise ServiceError.invalid(f"{field}.image" if style.image else f"{field}.layers",
+                                       "MODE_PRESET regions take a preset and a mask, not images or layers")
+        if not style.mask:
+            raise ServiceError.invalid(f"{field}.mask", "a region preset needs a mask (where it applies)")
+        try:
+            preset_index(style.preset)
+        except OptionError as error:
+            raise ServiceError.invalid(f"{field}.preset", error.message) from None
+    return tuple(style.preset for style in styles)
 
 
 def regional_controls(

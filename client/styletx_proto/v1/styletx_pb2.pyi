@@ -486,6 +486,7 @@ class Style(_message.Message):
     MASK_FIELD_NUMBER: _builtins.int
     LAYERS_FIELD_NUMBER: _builtins.int
     LAYER_WEIGHTS_FIELD_NUMBER: _builtins.int
+    PRESET_FIELD_NUMBER: _builtins.int
     image: _builtins.bytes
     """Encoded image (PNG, JPEG, WebP, TIFF, ...)."""
     weight: _builtins.float
@@ -498,7 +499,12 @@ class Style(_message.Message):
     that no style covers keep the content. A blank mask, or one that covers nothing at the output size, is
     INVALID_ARGUMENT naming styles[i].mask. Guided Gram matrices (Gatys et al. 2017); MODE_FAST composites each
     style's result in its region with feathered edges, MODE_HYBRID refines that composite with the masked
-    losses; MODE_PRESET and MODE_CYCLEGAN refuse masks.
+    losses; MODE_PRESET composites the region's preset (see preset); MODE_CYCLEGAN refuses masks.
+    """
+    preset: _builtins.str
+    """MODE_PRESET only: the pre-trained style for this style's region (mask required, image empty); the
+    request's preset paints the pixels no region covers. Unknown names are INVALID_ARGUMENT naming
+    styles[i].preset.
     """
     @_builtins.property
     def layers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -518,10 +524,11 @@ class Style(_message.Message):
         mask: _builtins.bytes = ...,
         layers: _abc.Iterable[_builtins.str] | None = ...,
         layer_weights: _abc.Iterable[_builtins.float] | None = ...,
+        preset: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "weight", b"weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "image", b"image", "layer_weights", b"layer_weights", "layers", b"layers", "mask", b"mask", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "image", b"image", "layer_weights", b"layer_weights", "layers", b"layers", "mask", b"mask", "preset", b"preset", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__weight: _TypeAlias = _typing.Literal["weight"]  # noqa: Y015
     _WhichOneofArgType__weight: _TypeAlias = _typing.Literal["_weight", b"_weight"]  # noqa: Y015

@@ -85,11 +85,24 @@ def _fast(worker: Worker, request: ValidatedRequest, callback: Callback) -> Styl
 
 
 def _preset(worker: Worker, request: ValidatedRequest, callback: Callback) -> StylizeResult:
+    return _single_pass(request, callback, lambda: _preset_image(worker, request))
+
+
+def _preset_image(worker: Worker, request: ValidatedRequest) -> Image.Image:
+    """PRESET's picture: the request's preset; with region presets, each one's picture in its mask (feathered
+    edges) over the request's preset, which paints the pixels no region covers."""
     opts = request.options
     stylizer = worker.models.preset(worker.device)
-    return _single_pass(request, callback, lambda: stylizer.stylize(
-        request.content, request.preset, strength=request.strength, preserve_color=opts.preserve_color,
-        size=opts.size, processing_size=request.processing_size))
+
+    def picture(presets: list[str], weights: list[float] | None) -> Image.Image:
+        return stylizer.stylize(request.content, presets[0], strength=request.strength,
+                                preserve_color=opts.preserve_color, size=opts.size,
+                                processing_size=request.processing_size)
+
+    if not request.region_presets:
+        return picture([request.preset], None)
+    masks = {i: control.mask for i, control in enumerate(request.controls) if control and control.mask}
+    return regional_composite(request.content, [*request.region_presets, request.preset], masks, picture)
 
 
 def _single_pass(request: ValidatedRequest, callback: Callback, make: Callable[[], Image.Image]) -> StylizeResult:

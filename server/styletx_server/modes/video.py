@@ -97,6 +97,10 @@ def validate_video(config: pb.VideoConfig, limits: Limits, modes: frozenset[int]
     alpha = config.alpha if config.HasField("alpha") else 0.6
     if not 0.0 <= alpha <= 0.95:
         raise ServiceError.invalid("config.alpha", f"must be between 0 and 0.95, got {alpha}")
+    for index, style in enumerate(config.styles):
+        if style.preset:
+            raise ServiceError.invalid(f"config.styles[{index}].preset",
+                                       "region presets are for single images (StylizeRequest), not video")
     styles = [decode(s.image, f"config.styles[{i}].image", limits.max_pixels)
               for i, s in enumerate(config.styles)]
     consistency = config.consistency if config.HasField("consistency") else True
