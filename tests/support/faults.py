@@ -47,12 +47,13 @@ class FaultyEngine:
         self._lock = threading.Lock()
 
     def stylize(self, content: Image.Image, styles: Sequence[Image.Image], opts: StylizeOptions,
-                callback: Callback | None = None, init_image: Image.Image | None = None) -> StylizeResult:
+                callback: Callback | None = None, init_image: Image.Image | None = None,
+                controls: Sequence[Any] | None = None, content_strength: Image.Image | None = None) -> StylizeResult:
         with self._lock:
             fault = self.faults.popleft() if self.faults else None
         extra = {} if fault is None else {"fault": FaultLoss(fault["fault"], fault["fault_at"])}
         return self.engine.stylize(content, styles, opts, callback=callback, init_image=init_image,
-                                   extra_losses=extra)
+                                   extra_losses=extra, controls=controls, content_strength=content_strength)
 
     def variations(self, *args: Any, **kwargs: Any) -> list[StylizeResult]:
         return self.engine.variations(*args, **kwargs)
