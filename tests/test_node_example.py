@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import require_tool
 from PIL import Image
 from support.process import start_server
 
@@ -15,16 +16,14 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "node"
 DEMO = ROOT / "demo"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not (shutil.which("node") and shutil.which("npm")),
-                       reason="node and npm are not installed (apt-get install nodejs npm); the example needs them"),
-]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def installed() -> Path:
     """``npm ci``: exactly the committed package-lock.json (the npm cache makes a rerun offline)."""
+    require_tool(bool(shutil.which("node") and shutil.which("npm")),
+                 "node and npm are not installed (apt-get install nodejs npm); the example needs them")
     result = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--prefer-offline"], cwd=EXAMPLE,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
