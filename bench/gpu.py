@@ -12,6 +12,10 @@ Writes ``bench/results/gpu_<device>.json``:
   bound's FLOPs, counted by ``torch.utils.flop_counter``, per measured iteration time over ``--peak-tflops``)
   and peak device memory;
 * ``jobs_per_s``: the best batch's figure (the issue's goal: ≥ 10 default 512 px jobs per second on an H200);
+* ``levers`` (item 4 of the issue, measured before anything is kept): at batch 1 and at the largest batch ≤ 8,
+  the bare step eager, under ``torch.compile`` (and its compile time) and replayed from a CUDA graph (GPU
+  only); and one batch-1 job reading its losses every iteration against every ``GPU_SYNC_EVERY`` (the engine's
+  default on a GPU), which shows what a host sync per iteration costs;
 * ``quality``: one job batched (at the largest batch) against the same job alone — the four measures of
   ``bench/quality.py`` where its scorer is available (offline VGG16 + Magenta in the cache), else the
   engine's own (mean relative style error, content loss), and the mean pixel difference.
@@ -30,6 +34,7 @@ skipped and listed under ``skipped``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -38,6 +43,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-seconds", type=float, default=420.0, help="stop starting batches after this")
     parser.add_argument("--scorer", choices=["auto", "own"], default="auto",
                         help="auto: bench/quality.py's scorer when its weights are cached; own: the engine's")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip the torch.compile lever (its compile costs a minute or more on a CPU)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     return parser.parse_args(argv)
 
@@ -121,8 +129,9 @@ def synchronize(device: torch.device) -> None:
 def final_scale_ms(result: StylizeResult) -> float:
     """Milliseconds per iteration over the final scale (its first iteration dropped: optimiser start)."""
     last = max(step["scale"] for step in result.history)
-    times = [step["elapsed"] for step in result.history if step["scale"] == last]
-    return 1000 * (times[-1] - times[0]) / max(1, len(times) - 1)
+    steps = [step for step in result.history if step["scale"] == last]  # read iterations only, on a GPU
+    done = steps[-1]["iteration"] - steps[0]["iteration"]
+    return 1000 * (steps[-1]["elapsed"] - steps[0]["elapsed"]) / max(1, done)
 
 
 def run_batch(engine: StyleTransfer, jobs: list[BatchJob]) -> tuple[float, list[StylizeResult], int]:
@@ -140,11 +149,12 @@ def run_batch(engine: StyleTransfer, jobs: list[BatchJob]) -> tuple[float, list[
     return wall, [o for o in outcomes if isinstance(o, StylizeResult)], engine.peak_memory()
 
 
-def bound(engine: StyleTransfer, opts: StylizeOptions, size: tuple[int, int], batch: int) -> tuple[float, float]:
-    """(ms, FLOPs) of the bare forward + input-gradient backward for ``batch`` images of ``size``."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    net = engine.network(opts.model, opts.pooling, (*opts.content_layers, *opts.style_layers))
+def bare_step(engine: StyleTransfer, opts: StylizeOptions, size: tuple[int, int], batch: int,
+              net: torch.nn.Module | None = None) -> tuple[Callable[[], None], torch.Tensor]:
+    """The bare forward + input-gradient backward of the job's network for ``batch`` images of ``size`` (no
+    losses, no optimiser): the bound an iteration cannot beat. Returns the step and its input."""
+    if net is None:
+        net = engine.network(opts.model, opts.pooling, (*opts.content_layers, *opts.style_layers))
     width, height = size
     x = torch.rand(batch, 3, height, width, device=engine.device).contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
@@ -155,16 +165,93 @@ def bound(engine: StyleTransfer, opts: StylizeOptions, size: tuple[int, int], ba
             features = net(x)
         torch.stack([f.float().sum() for f in features.values()]).sum().backward()
 
+    return step, x
+
+
+def step_ms(step: Callable[[], None], device: torch.device, repeats: int = 5) -> float:
     step()
-    with FlopCounterMode(display=False) as counter:
-        step()
-    repeats = 5
-    synchronize(engine.device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         step()
+    synchronize(device)
+    return 1000 * (time.perf_counter() - start) / repeats
+
+
+def bound(engine: StyleTransfer, opts: StylizeOptions, size: tuple[int, int], batch: int) -> tuple[float, float]:
+    """(ms, FLOPs) of the bare step (:func:`bare_step`) for ``batch`` images of ``size``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    step, _ = bare_step(engine, opts, size, batch)
+    step()
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return step_ms(step, engine.device), float(counter.get_total_flops())
+
+
+def compiled_ms(engine: StyleTransfer, opts: StylizeOptions, size: tuple[int, int], batch: int) -> dict[str, Any]:
+    """The bare step with the network under ``torch.compile`` (fixed shape, as a scale's closure is)."""
+    net = engine.network(opts.model, opts.pooling, (*opts.content_layers, *opts.style_layers))
+    compiled = torch.compile(copy.copy(net), dynamic=False)
+    step, _ = bare_step(engine, opts, size, batch, compiled)  # type: ignore[arg-type]
+    start = time.perf_counter()
+    step()
     synchronize(engine.device)
-    return 1000 * (time.perf_counter() - start) / repeats, float(counter.get_total_flops())
+    return {"compile_s": time.perf_counter() - start, "ms": step_ms(step, engine.device)}
+
+
+def cuda_graph_ms(engine: StyleTransfer, opts: StylizeOptions, size: tuple[int, int], batch: int) -> float:
+    """The bare step captured once in a CUDA graph and replayed (static input and gradient buffers)."""
+    step, _ = bare_step(engine, opts, size, batch)
+    stream = torch.cuda.Stream(engine.device)
+    stream.wait_stream(torch.cuda.current_stream(engine.device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):  # warm-up on a side stream, as torch.cuda.graphs asks
+            step()
+    torch.cuda.current_stream(engine.device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return step_ms(graph.replay, engine.device)
+
+
+def levers(engine: StyleTransfer, args: argparse.Namespace, size: tuple[int, int]) -> dict[str, Any]:
+    """Eager vs ``torch.compile`` vs CUDA graph for the bare step, and a host sync per iteration vs every
+    ``GPU_SYNC_EVERY``; each lever that fails records why instead of ending the run."""
+    opts = options(args, seed=0)
+    report: dict[str, Any] = {}
+    for batch in sorted({1, max([b for b in args.batches if b <= 8], default=1)}):
+        row: dict[str, Any] = {"eager_ms": step_ms(bare_step(engine, opts, size, batch)[0], engine.device)}
+        for name, lever in (("compiled", compiled_ms), ("cuda_graph", cuda_graph_ms)):
+            if name == "cuda_graph" and engine.device.type != "cuda":
+                row[name] = "skipped: CUDA graphs need a CUDA device"
+                continue
+            if name == "compiled" and args.no_compile:
+                row[name] = "skipped: --no-compile"
+                continue
+            try:
+                row[name] = lever(engine, opts, size, batch)
+            except Exception as error:  # a benchmark records why a lever is unavailable
+                row[name] = f"failed: {type(error).__name__}: {error}"[:400]
+        report[f"batch_{batch}"] = row
+    report["sync"] = sync_cost(engine, args)
+    return report
+
+
+def sync_cost(engine: StyleTransfer, args: argparse.Namespace) -> dict[str, Any]:
+    """One batch-1 job reading its losses every iteration, then every ``GPU_SYNC_EVERY`` (same engine)."""
+    from styletx_core.engine import GPU_SYNC_EVERY
+
+    walls = {}
+    saved = engine.sync_every
+    try:
+        for every in (1, GPU_SYNC_EVERY):
+            engine.sync_every = every
+            walls[f"every_{every}_s"] = run_batch(engine, jobs_for(args, 1))[0]
+    finally:
+        engine.sync_every = saved
+    walls["speedup"] = walls["every_1_s"] / walls[f"every_{GPU_SYNC_EVERY}_s"]
+    return walls
 
 
 def quality(engine: StyleTransfer, job: BatchJob, batched: StylizeResult, scorer: str) -> dict[str, Any]:
@@ -228,9 +315,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         LOG.info("batch %d: %.2f s, %.2f jobs/s, %.1f ms/it (bound %.1f)", batch, wall, batch / wall, ms, bound_ms)
         last_results, last_jobs = results, jobs
     best = max(rows, key=lambda row: row["jobs_per_s"])
+    lever_report = levers(engine, args, size) if time.perf_counter() - started < args.budget_seconds else \
+        "skipped: over --budget-seconds"
     return {"device": device_label(engine.device), "torch": torch.__version__, "weights": weights,
             "size": args.size, "precision": engine.precision(last_jobs[0].opts), "jobs_per_s": best["jobs_per_s"],
-            "best_batch": best["batch"], "batches": rows, "skipped": skipped,
+            "best_batch": best["batch"], "batches": rows, "skipped": skipped, "levers": lever_report,
             "quality": quality(engine, last_jobs[-1], last_results[-1], args.scorer),
             "seconds": time.perf_counter() - started}
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from .engine import StyleTransfer, _Best, _Job, style_errors_of
+from .engine import StyleTransfer, _Job, style_errors_of
 from .errors import EngineError, ResourceLimitError
 from .geometry import fit_long_side
 from .losses import SumLoss
@@ -88,7 +88,9 @@ class _Member:
     image: torch.Tensor | None = None
     losses: SumLoss | None = None
     last: dict[str, torch.Tensor] = field(default_factory=dict)
-    best: _Best = field(default_factory=_Best)
+    """The loss terms of the last evaluation, on the device."""
+    read: dict[str, float] = field(default_factory=dict)
+    """The same as last read to the host (every ``engine.sync_every`` iterations)."""
     error: Exception | None = None
     """Raised by this job's losses during the last forward pass: the job leaves the batch after the step."""
 
@@ -162,7 +164,6 @@ def _start_scale(engine: StyleTransfer, net: torch.nn.Module, member: _Member, i
                                       job.generator, opts, job.plan)
     member.losses = engine._build_losses(net, job.content_t, job.style_ts, size, opts,  # type: ignore[arg-type]
                                          job.extra_losses, job.balance, job.plan)
-    member.best = _Best()
 
 
 def _make_optimizer(members: Sequence[_Member], image: torch.Tensor, plan: ScalePlan) -> BatchOptimizer:
@@ -202,18 +203,24 @@ def _run_scale(engine: StyleTransfer, net: torch.nn.Module, members: list[_Membe
         loss.backward()
         return loss
 
-    for _ in range(members[0].job.run.iterations_at(index)):
+    count = members[0].job.run.iterations_at(index)
+    best = _BatchBest(image) if average is None else None
+    for step in range(count):
         started = time.perf_counter()
-        before = optimizer.param.detach().clone() if average is None else None
+        before = optimizer.param.detach().clone() if best is not None else None
         optimizer.step(closure)
         if average is not None:
             with torch.no_grad():
                 optimizer.param.clamp_(0, 1)
             average.update(optimizer.param)
         current = average.value if average is not None else optimizer.param
-        _read_losses(members)
+        if best is not None and before is not None:
+            best.offer(_totals(members, image.device), before)
+        fresh = _read_due(engine, members, step, count)
+        if fresh:
+            _read_losses(members)
         going = [row for row, m in enumerate(members)
-                 if _guard(m, outcomes, _report, engine, m, index, current, before, row, started)]
+                 if _guard(m, outcomes, _report, engine, m, index, current, row, started, fresh)]
         if len(going) < len(members):
             members = [members[row] for row in going]
             if not members:
@@ -222,31 +229,67 @@ def _run_scale(engine: StyleTransfer, net: torch.nn.Module, members: list[_Membe
             optimizer.keep(rows, optimizer.param.detach()[rows].requires_grad_(True))
             if average is not None:
                 average.keep(rows)
+            if best is not None:
+                best.keep(rows)
     final = average.value if average is not None else optimizer.param
+    chosen = best.choose(final) if best is not None else final
     for row, member in enumerate(members):
-        chosen = final[row : row + 1] if average is not None or member.best.image is None else member.best.image
-        member.image = chosen.detach().clamp(0, 1)
+        member.image = chosen[row : row + 1].detach().clamp(0, 1)
     return members
 
 
+class _BatchBest:
+    """Each job's lowest-loss iterate of a scale (:class:`~styletx_core.engine._Best`, one row per job), kept on
+    the device: choosing it needs no host sync. The loss of step k is measured at the image before its update."""
+
+    def __init__(self, image: torch.Tensor) -> None:
+        self.loss = torch.full((image.shape[0],), float("inf"), device=image.device)
+        self.image = image.detach().clone()
+
+    def offer(self, losses: torch.Tensor, before: torch.Tensor) -> None:
+        better = losses < self.loss  # a NaN loss is never better
+        self.loss = torch.where(better, losses, self.loss)
+        self.image = torch.where(better.view(-1, 1, 1, 1), before, self.image)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.loss, self.image = self.loss[rows], self.image[rows]
+
+    def choose(self, final: torch.Tensor) -> torch.Tensor:
+        """The best iterate of each row; the final one for a row that never had a finite loss."""
+        return torch.where(torch.isinf(self.loss).view(-1, 1, 1, 1), final.detach(), self.image)
+
+
+def _totals(members: Sequence[_Member], device: torch.device) -> torch.Tensor:
+    """Each job's total loss of the last evaluation, stacked on the device (+inf for a job whose loss failed)."""
+    inf = torch.tensor(float("inf"), device=device)
+    return torch.stack([m.last["total"].float() if "total" in m.last else inf for m in members])
+
+
+def _read_due(engine: StyleTransfer, members: Sequence[_Member], step: int, count: int) -> bool:
+    """Whether to read the losses after ``step`` of ``count``: every ``engine.sync_every`` iterations, at a
+    scale's first iteration (so that there are values to pass on) and its last (checked before the balance
+    reads the result), and where a preview is due (rendering it syncs anyway)."""
+    if step in (0, count - 1) or (step + 1) % engine.sync_every == 0:
+        return True
+    return any(m.job.run.callback is not None and engine.preview_due(m.job.run, ahead=1) for m in members)
+
+
 def _read_losses(members: Sequence[_Member]) -> None:
-    """Every job's loss values to the host in one transfer (one sync per iteration for the whole batch)."""
+    """Every job's loss values to the host in one transfer (one sync for the whole batch); kept in ``read``."""
     names = [list(m.last) for m in members]
     if not any(names):
         return
-    values = torch.stack([v.float() for m in members for v in m.last.values()]).cpu()
+    values = torch.stack([v.float() for m in members for v in m.last.values()]).cpu().tolist()
     flat = iter(values)
     for member, keys in zip(members, names, strict=True):
-        member.last = {key: next(flat) for key in keys}
+        member.read = {key: next(flat) for key in keys}
 
 
-def _report(engine: StyleTransfer, member: _Member, index: int, current: torch.Tensor,
-            before: torch.Tensor | None, row: int, started: float) -> None:
+def _report(engine: StyleTransfer, member: _Member, index: int, current: torch.Tensor, row: int, started: float,
+            fresh: bool) -> None:
     if member.error is not None:
         raise member.error
-    loss = engine._report(member.job.run, index, current[row : row + 1], member.last, started)
-    if before is not None:
-        member.best.offer(loss, before[row : row + 1])
+    engine._report(member.job.run, index, current[row : row + 1], member.read, started, fresh)
 
 
 def _update_balances(engine: StyleTransfer, net: torch.nn.Module, members: Sequence[_Member]) -> None:

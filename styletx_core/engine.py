@@ -82,6 +82,9 @@ MEMORY_HEADROOM = 0.85
 MAX_NETWORKS = 6
 #: L-BFGS history pairs when memory allows (the memory plan may keep fewer at large sizes).
 LBFGS_HISTORY = 50
+#: A batch on a GPU reads its loss values every this many iterations (and at each scale's last iteration and on
+#: preview iterations): each read waits for the device to drain, which at batch 1 costs as much as the iteration.
+GPU_SYNC_EVERY = 10
 
 
 def _lbfgs(image: torch.Tensor, opts: StylizeOptions, plan: ScalePlan) -> torch.optim.Optimizer:
@@ -163,6 +166,10 @@ class StyleTransfer:
         max_pixels: refuse outputs above this many pixels with :class:`ResourceLimitError`.
         memory_budget: bytes one job may use (``None``: what the device has free when the job starts); the
             memory plan (:mod:`styletx_core.memory`) fits each scale into it or refuses the job up front.
+        sync_every: how often a batch (:mod:`styletx_core.batch`) reads its loss values back to the host
+            (``None``: every iteration on the CPU, where a read costs nothing, every
+            :data:`GPU_SYNC_EVERY` on a GPU, where each read stalls the launch queue). Between reads the
+            callback still runs every iteration (cancellation stays immediate) with the last values read.
     """
 
     def __init__(
@@ -174,6 +181,7 @@ class StyleTransfer:
         max_pixels: int = 4096 * 4096,
         target_cache_size: int = 64,
         memory_budget: int | None = None,
+        sync_every: int | None = None,
     ) -> None:
         self.device = torch.device(
             "cuda"
@@ -187,6 +195,7 @@ class StyleTransfer:
         self.cache_dir = cache_dir
         self.max_pixels = max_pixels
         self.memory_budget = memory_budget
+        self.sync_every = sync_every or (1 if self.device.type == "cpu" else GPU_SYNC_EVERY)
         self._weights: dict[str, LoadedWeights] = {}
         self._networks: dict[tuple[str, str, tuple[str, ...]], VGGFeatures] = {}
         self._networks_lock = threading.Lock()
@@ -455,11 +464,15 @@ class StyleTransfer:
         return contextlib.nullcontext()
 
     def _report(
-        self, run: _Run, index: int, image: torch.Tensor, last: dict[str, torch.Tensor], started: float
+        self, run: _Run, index: int, image: torch.Tensor, last: Mapping[str, torch.Tensor | float], started: float,
+        fresh: bool = True,
     ) -> float:
-        """Record one iteration, call the callback; returns the total loss."""
-        values = {name: float(value) for name, value in last.items()}  # the one host sync per iteration
-        if not math.isfinite(values["total"]):
+        """Record one iteration, call the callback; returns the total loss.
+
+        ``fresh`` is False when ``last`` holds the values of an earlier iteration (a batch between two reads):
+        they are passed on as they are, neither checked again nor added to the history."""
+        values = {name: float(value) for name, value in last.items()}  # the host sync, when they are tensors
+        if fresh and not math.isfinite(values["total"]):
             raise NumericalError(
                 f"the loss became {values['total']} at iteration {run.done + 1}; "
                 "try lower weights or a smaller learning rate"
@@ -470,19 +483,14 @@ class StyleTransfer:
         run.loop_time += time.perf_counter() - started
         elapsed = time.perf_counter() - run.start
         eta = run.loop_time / run.work_done * (run.total_work - run.work_done)
-        run.history.append(
-            {
-                "iteration": run.done,
-                "scale": index,
-                "elapsed": elapsed,
-                "loss": values["total"],
-                **{k: v for k, v in values.items() if k != "total"},
-            }
-        )
+        terms = {k: v for k, v in values.items() if k != "total"}
+        if fresh:
+            run.history.append({"iteration": run.done, "scale": index, "elapsed": elapsed,
+                                "loss": values["total"], **terms})
         if run.callback is None:
             return values["total"]
         preview = None
-        if run.opts.preview_every and run.done % run.opts.preview_every == 0:
+        if self.preview_due(run):
             snapshot = image.detach().clone()
             preview = lambda: tensor_to_pil(snapshot)  # noqa: E731 - paid for only when the caller wants it
         run.callback(
@@ -494,14 +502,21 @@ class StyleTransfer:
                 width=width,
                 height=height,
                 loss=values["total"],
-                losses={k: v for k, v in values.items() if k != "total"},
+                losses=terms,
                 elapsed=elapsed,
                 eta=eta,
                 peak_memory_bytes=self.peak_memory(),
                 preview=preview,
+                loss_fresh=fresh,
             )
         )
         return values["total"]
+
+    @staticmethod
+    def preview_due(run: _Run, ahead: int = 0) -> bool:
+        """Whether the iteration ``ahead`` after the last one done offers a preview (``ahead=1``: the next)."""
+        every = run.opts.preview_every
+        return bool(every) and (run.done + ahead) % every == 0
 
     def peak_memory(self) -> int:
         """Peak bytes: CUDA allocator peak on GPU, the process's peak RSS on CPU."""

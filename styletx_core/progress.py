@@ -35,6 +35,10 @@ class Iterate:
     peak_memory_bytes: int
     preview: Callable[[], Image.Image] | None = None
     """Set on preview iterations: renders the current image (cost is paid only if called)."""
+    loss_fresh: bool = True
+    """False when ``loss``/``losses`` are those of an earlier iteration: a batch on a GPU reads them from the
+    device only every ``StyleTransfer.sync_every`` iterations (and at each scale's end), so that the host never
+    waits for the device in between. Progress reporters send these iterations on or skip them as they like."""
 
 
 Callback = Callable[[Iterate], None]

@@ -11,7 +11,7 @@ from styletx_core.batch import BatchJob, batch_key, stylize_batch
 from styletx_core.engine import NumericalError, StyleTransfer
 from styletx_core.errors import Cancelled, EngineError, ResourceLimitError
 from styletx_core.options import StylizeOptions
-from styletx_core.progress import Iterate
+from styletx_core.progress import Iterate, StylizeResult
 
 SMALL = {"size": 64, "min_size": 45, "iterations": 8, "coarse_iterations": 4}
 #: Mean per-pixel difference (0–255) between a job's batched image and what ``stylize`` (torch.optim.LBFGS)
@@ -133,3 +133,45 @@ def test_regional_jobs_batch_like_any_other(engine, content_image, style_image, 
     assert _pixels(companion.image).tolist() == _pixels(own.image).tolist()
     unmasked = engine.stylize(content_image, styles, opts)
     assert np.abs(_pixels(regional.image) - _pixels(unmasked.image)).mean() > TOLERANCE  # the mask mattered
+
+
+def test_reading_losses_every_few_iterations_changes_no_image(random_vgg_weights, content_image,
+                                                              style_image) -> None:
+    """What a GPU does (``sync_every``): the images, the best iterate chosen and the fresh losses are those of
+    reading every iteration; in between, the callback still runs each iteration with the last values read."""
+    options = _jobs(content_image, [style_image])
+    every: list[StylizeResult | BaseException] = []
+    sparse_events: list[list[Iterate]] = [[], [], []]
+    for sync_every, events in ((1, None), (5, sparse_events)):
+        engine = StyleTransfer(device="cpu", weights="file", weights_path=random_vgg_weights, sync_every=sync_every)
+        jobs = [BatchJob(content_image, [style_image], o, events[i].append if events else None)
+                for i, o in enumerate(options)]
+        outcomes = stylize_batch(engine, jobs)
+        if sync_every == 1:
+            every = outcomes
+            continue
+        for dense, sparse, seen in zip(every, outcomes, sparse_events, strict=True):
+            assert _pixels(sparse.image).tolist() == _pixels(dense.image).tolist()
+            assert [e.iteration for e in seen] == list(range(1, 13))  # cancellation is checked every iteration
+            # 4 iterations at the coarse scale, then 8 at 64 px: read at each scale's first and last iteration
+            # and at every 5th of a scale.
+            fresh = [e.iteration for e in seen if e.loss_fresh]
+            assert fresh == [1, 4, 5, 9, 12]
+            assert [h["iteration"] for h in sparse.history] == fresh
+            dense_losses = {h["iteration"]: h["loss"] for h in dense.history}
+            assert all(h["loss"] == pytest.approx(dense_losses[h["iteration"]]) for h in sparse.history)
+            stale = [e for e in seen if not e.loss_fresh]
+            assert stale and all(e.loss == next(f.loss for f in reversed(seen[: e.iteration - 1]) if f.loss_fresh)
+                                 for e in stale)
+
+
+def test_a_nan_between_reads_fails_its_job_at_the_next_read(random_vgg_weights, content_image,
+                                                            style_image) -> None:
+    engine = StyleTransfer(device="cpu", weights="file", weights_path=random_vgg_weights, sync_every=5)
+    options = _jobs(content_image, [style_image])
+    extras = [None, {"fault": FaultLoss("nan", 6)}, None]
+    outcomes = stylize_batch(engine, [BatchJob(content_image, [style_image], o, extra_losses=e)
+                                     for o, e in zip(options, extras, strict=True)])
+    assert isinstance(outcomes[1], NumericalError) and "iteration 9" in str(outcomes[1])
+    (alone,) = stylize_batch(engine, [BatchJob(content_image, [style_image], options[0])])
+    assert _pixels(outcomes[0].image).tolist() == _pixels(alone.image).tolist()

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import pytest
 from PIL import Image
 from styletx_proto.v1 import styletx_pb2 as pb
 from styletx_proto.v1 import styletx_pb2_grpc as pb_grpc
@@ -144,3 +145,27 @@ def test_server_batches_jobs_each_streams_its_own_events(engine: Any) -> None:
     assert "completed" not in [kind(e) for e in outcomes[1]], "the cancelled job stopped"
     assert np.abs(_image(outcomes[0]) - _image(alone)).mean() <= 3
     assert _image(outcomes[0]).tolist() != _image(outcomes[2]).tolist()
+
+
+def test_progress_reports_only_fresh_losses_but_checks_cancel_every_iteration() -> None:
+    """A batch on a GPU reads its losses every few iterations (``Iterate.loss_fresh``): the stream carries
+    those iterations only, while a cancel is still seen at the very next iteration."""
+    from styletx_server.image_job import Progress
+
+    from styletx_core.errors import Cancelled
+    from styletx_core.progress import Iterate
+
+    sent: list[pb.StylizeEvent] = []
+    job = Job(_Work(), sent.append)  # type: ignore[arg-type]
+    progress = Progress(job, request=None)  # type: ignore[arg-type]  # no previews offered: never read
+
+    def step(iteration: int, fresh: bool) -> Iterate:
+        return Iterate(iteration=iteration, total_iterations=9, scale_index=0, scale_count=1, width=8, height=8,
+                       loss=1.0, losses={}, elapsed=0.0, eta=0.0, peak_memory_bytes=0, loss_fresh=fresh)
+
+    for iteration, fresh in ((1, True), (2, False), (3, False), (4, True)):
+        progress(step(iteration, fresh))
+    assert [e.progress.iteration for e in sent] == [1, 4]
+    job.cancel.set()
+    with pytest.raises(Cancelled):  # between two reads
+        progress(step(5, False))

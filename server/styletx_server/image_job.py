@@ -204,7 +204,8 @@ class Progress:
             if self.job.cancel.is_set():
                 raise Cancelled()
             self.scale_spans.step(step.scale_index, step.scale_count, step.width, step.height)
-            self.job.emit(events.progress(self.job.id, step))
+            if step.loss_fresh:  # a batch on a GPU reads its losses every few iterations: report those
+                self.job.emit(events.progress(self.job.id, step))
             if step.preview is not None:
                 self.job.emit(events.preview(self.job.id, step.iteration, step.preview(),
                                              self.request.preview_format, self.request.preview_max_side))
