@@ -172,8 +172,15 @@ def _make_optimizer(members: Sequence[_Member], image: torch.Tensor, plan: Scale
     return BatchAdam(image, [m.opts.learning_rate for m in members])
 
 
-def _rows(features: Mapping[str, torch.Tensor], row: int) -> dict[str, torch.Tensor]:
-    return {name: value[row : row + 1] for name, value in features.items()}
+def _split_rows(features: Mapping[str, torch.Tensor], image: torch.Tensor) -> list[tuple[dict[str, torch.Tensor],
+                                                                                      torch.Tensor]]:
+    """Each job's features and image, as views of the batch. ``split`` rather than slicing: its backward joins
+    the jobs' gradients with ``cat``, which keeps their channels-last layout, where a slice's backward scatters
+    each into a fresh zero tensor in the default layout — measured 1.5× slower per iteration at 512 px, as every
+    ReLU's backward then mixes layouts."""
+    per_layer = {name: value.split(1) for name, value in features.items()}
+    return [({name: parts[row] for name, parts in per_layer.items()}, own)
+            for row, own in enumerate(image.split(1))]
 
 
 def _run_scale(engine: StyleTransfer, net: torch.nn.Module, members: list[_Member], index: int, plan: ScalePlan,
@@ -190,10 +197,10 @@ def _run_scale(engine: StyleTransfer, net: torch.nn.Module, members: list[_Membe
         with engine._autocast(opts):
             features = net(param)
             totals = []
-            for row, member in enumerate(members):
+            for member, (own_features, own_image) in zip(members, _split_rows(features, param), strict=True):
                 assert member.losses is not None
                 try:
-                    total, parts = member.losses(_rows(features, row), param[row : row + 1])
+                    total, parts = member.losses(own_features, own_image)
                 except Exception as error:  # this job's loss: its row gets no gradient and does not move
                     member.error, member.last = error, {}
                     continue
@@ -261,8 +268,10 @@ class _BatchBest:
 
 def _totals(members: Sequence[_Member], device: torch.device) -> torch.Tensor:
     """Each job's total loss of the last evaluation, stacked on the device (+inf for a job whose loss failed)."""
-    inf = torch.tensor(float("inf"), device=device)
-    return torch.stack([m.last["total"].float() if "total" in m.last else inf for m in members])
+    def total(member: _Member) -> torch.Tensor:  # torch.full is a kernel: no host-to-device copy to wait on
+        return member.last["total"].float() if "total" in member.last else torch.full((), float("inf"), device=device)
+
+    return torch.stack([total(m) for m in members])
 
 
 def _read_due(engine: StyleTransfer, members: Sequence[_Member], step: int, count: int) -> bool:
@@ -299,7 +308,7 @@ def _update_balances(engine: StyleTransfer, net: torch.nn.Module, members: Seque
     images = torch.cat([m.image for m in members if m.image is not None])
     with torch.no_grad(), engine._autocast(members[0].opts):
         features = net(images)
-        for row, member in enumerate(members):
+        for member, (own_features, own_image) in zip(members, _split_rows(features, images), strict=True):
             assert member.losses is not None
-            errors = style_errors_of(_rows(features, row), images[row : row + 1], member.losses)
+            errors = style_errors_of(own_features, own_image, member.losses)
             member.job.balance.update(errors)

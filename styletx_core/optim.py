@@ -8,9 +8,15 @@ per job and vectorised over the batch. The per-job branches of torch's loop (acc
 ``yᵀs > 1e-10``, skip a non-descent direction, stop on a zero gradient) become masks, so a step never reads a
 value back to the host: on a GPU the loop queues its kernels without waiting.
 
-Each history is a ring buffer of ``history_size`` pairs; jobs that skipped a pair have different heads, so the
-recursion gathers each job's k-th newest pair by index. :meth:`keep` drops the rows of jobs that left the batch
-(cancelled, failed) without disturbing the others.
+Each history is a ring buffer of ``history_size`` pairs; jobs that skipped a pair have different heads. The
+two-loop recursion runs on dot products rather than on vectors: with the inner products of the pairs kept up to
+date (``sᵢ·yⱼ`` and ``yᵢ·yⱼ``, one new row and column per accepted pair), each loop is a triangular solve over
+B×m×m numbers, and the image-sized work is four matrix-vector products per job over its history. Gathering
+every job's k-th pair instead (an image-sized copy, 2·m times per step, plus as many small kernels) measured
+15× slower than torch's own loop at 512 px. The arithmetic is torch's; only the order of the sums differs
+(float64 agrees to 1e-9, tests/test_optim.py), and no sum depends on the batch's size, so a job's result does
+not depend on its companions. :meth:`keep` drops the rows of jobs that left the batch (cancelled, failed)
+without disturbing the others.
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ class BatchLBFGS(BatchOptimizer):
         self.t = param.new_zeros((batch,))
         self.prev_grad = param.new_zeros((batch, numel))
         self.n_iter = torch.zeros(batch, dtype=torch.long, device=param.device)
+        self.sy = param.new_zeros((batch, history_size, history_size))  # sy[b, i, j] = sᵢ·yⱼ
+        self.yy = param.new_zeros((batch, history_size, history_size))  # yy[b, i, j] = yᵢ·yⱼ
         self._max_count = 0  # host-side bound on count: the recursion loops no further
         self._stepped = False
 
@@ -78,10 +86,9 @@ class BatchLBFGS(BatchOptimizer):
         active = grad.abs().amax(1) > self.tolerance_grad
         first = self.n_iter == 0
         self.n_iter += active.long()
-        if self._stepped:
-            self._remember(grad, active & ~first)
+        pair = self._remember(grad, active & ~first) if self._stepped else None
         self._stepped = True
-        direction = torch.where(first[:, None], -grad, self._two_loop(grad))
+        direction = torch.where(first[:, None], -grad, self._two_loop(grad, pair))
         t = torch.where(first, (1.0 / grad.abs().sum(1)).clamp(max=1.0) * self.lr,
                         torch.full_like(self.t, self.lr))
         descent = (grad * direction).sum(1) <= -self.tolerance_change
@@ -92,8 +99,9 @@ class BatchLBFGS(BatchOptimizer):
         with torch.no_grad():
             self.param.add_((move[:, None] * self.direction).view_as(self.param))
 
-    def _remember(self, grad: torch.Tensor, eligible: torch.Tensor) -> None:
-        """Store the pair (y, s) of the last step for the jobs whose curvature condition holds."""
+    def _remember(self, grad: torch.Tensor, eligible: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Store the pair (y, s) of the last step for the jobs whose curvature condition holds; returns
+        (y, s, accepted) for :meth:`_two_loop`, which adds the pair's inner products."""
         y = grad - self.prev_grad
         s = self.direction * self.t[:, None]
         ys = (y * s).sum(1)
@@ -104,33 +112,76 @@ class BatchLBFGS(BatchOptimizer):
         self.stps[rows, slot] = torch.where(accept[:, None], s, self.stps[rows, slot])
         self.ro[rows, slot] = torch.where(accept, 1.0 / ys, self.ro[rows, slot])
         self.h_diag = torch.where(accept, ys / (y * y).sum(1), self.h_diag)
+        return y, s, accept
+
+    def _update_products(self, accept: torch.Tensor, s_dot_y: torch.Tensor, y_dot_s: torch.Tensor,
+                         y_dot_y: torch.Tensor) -> None:
+        """The new pair (at ``head``) against every stored one, itself included: sy's row and column, yy's."""
+        rows = torch.arange(accept.shape[0], device=accept.device)
+        slot, keep_old = self.head, ~accept[:, None]
+        self.sy[rows, slot] = torch.where(keep_old, self.sy[rows, slot], s_dot_y)
+        self.sy[rows, :, slot] = torch.where(keep_old, self.sy[rows, :, slot], y_dot_s)
+        self.yy[rows, slot] = torch.where(keep_old, self.yy[rows, slot], y_dot_y)
+        self.yy[rows, :, slot] = torch.where(keep_old, self.yy[rows, :, slot], y_dot_y)
         self.head = (self.head + accept.long()) % self.history_size
         self.count = (self.count + accept.long()).clamp(max=self.history_size)
         self._max_count = min(self._max_count + 1, self.history_size)
 
-    def _two_loop(self, grad: torch.Tensor) -> torch.Tensor:
-        """H·(−g) for each job from its own history (newest pair first, then back)."""
-        rows = torch.arange(grad.shape[0], device=grad.device)
-        q = -grad
-        alphas, pairs = [], []
-        for k in range(self._max_count):
-            slot = (self.head - 1 - k) % self.history_size
-            valid = k < self.count
-            y, s, ro = self.dirs[rows, slot], self.stps[rows, slot], self.ro[rows, slot]
-            alpha = torch.where(valid, (s * q).sum(1) * ro, torch.zeros_like(ro))
-            q = q - alpha[:, None] * y
-            alphas.append(alpha)
-            pairs.append((y, s, ro, valid))
-        r = q * self.h_diag[:, None]
-        for alpha, (y, s, ro, valid) in zip(reversed(alphas), reversed(pairs), strict=True):
-            beta = (y * r).sum(1) * ro
-            r = r + torch.where(valid, alpha - beta, torch.zeros_like(beta))[:, None] * s
-        return r
+    def _two_loop(self, grad: torch.Tensor, pair: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+        """H·(−g) for each job from its own history (newest pair first, then back), on dot products.
+
+        With q₀ = −g, the first loop's q after the newer pairs is q₀ − Σⱼ αⱼyⱼ, so sᵢ·q = sᵢ·q₀ − Σⱼ αⱼ(sᵢ·yⱼ);
+        the second loop's r is h·q_m + Σⱼ cⱼsⱼ (cⱼ = αⱼ − βⱼ), so yᵢ·r = h·(yᵢ·q_m) + Σⱼ cⱼ(sⱼ·yᵢ). Coefficients
+        of pairs not yet visited (or not valid) are 0, so every sum can run over all slots. The history is read
+        four times in all: once each for the dot products (of ``pair`` and of q₀) and for the result."""
+        q0 = -grad
+        if pair is None:  # the first step: no history yet (its direction is −g)
+            return q0
+        y, s, accept = pair
+        with_dirs = _per_job(self.dirs, torch.stack([s, y, q0], 2))  # [b, j, ·] = (s·yⱼ, y·yⱼ, q₀·yⱼ)
+        with_stps = _per_job(self.stps, torch.stack([y, q0], 2))  # [b, j, ·] = (sⱼ·y, sⱼ·q₀)
+        self._update_products(accept, with_dirs[..., 0], with_stps[..., 0], with_dirs[..., 1])
+        # Newest first: order[b, k] is job b's k-th newest slot; a pair that is not there (k ≥ count) gets ρ = 0,
+        # which makes its coefficients 0 below.
+        ks = torch.arange(self.history_size, device=grad.device)
+        order = (self.head[:, None] - 1 - ks) % self.history_size
+        ro = torch.where(ks < self.count[:, None], self.ro.gather(1, order), torch.zeros_like(self.ro))
+        sy = _reordered(self.sy, order)  # sy[b, k, j] = s_k·y_j, both in newest-first order
+        s_q0, y_q0 = with_stps[..., 1].gather(1, order), with_dirs[..., 2].gather(1, order)
+        eye = torch.eye(self.history_size, dtype=grad.dtype, device=grad.device)
+        # First loop (newest first): αₖ + ρₖ Σ_{j<k} αⱼ(sₖ·yⱼ) = ρₖ(sₖ·q₀), a lower-triangular system.
+        lower = eye + torch.tril(ro[:, :, None] * sy, -1)
+        alphas = torch.linalg.solve_triangular(lower, (ro * s_q0)[:, :, None], upper=False).squeeze(2)
+        y_qm = y_q0 - (_reordered(self.yy, order) * alphas[:, None, :]).sum(2)  # yₖ·q_m
+        # Second loop (oldest first): cₖ + ρₖ Σ_{j>k} cⱼ(sⱼ·yₖ) = αₖ − ρₖ·h·(yₖ·q_m), an upper-triangular one.
+        upper = eye + torch.triu(ro[:, :, None] * sy.transpose(1, 2), 1)
+        rhs = alphas - ro * self.h_diag[:, None] * y_qm
+        coefficients = torch.linalg.solve_triangular(upper, rhs[:, :, None], upper=True).squeeze(2)
+        # h·q_m + Σ cⱼsⱼ = h·q₀ − Σ h·αⱼyⱼ + Σ cⱼsⱼ, with the coefficients put back in slot order.
+        along_y = torch.zeros_like(alphas).scatter_(1, order, -self.h_diag[:, None] * alphas)
+        along_s = torch.zeros_like(alphas).scatter_(1, order, coefficients)
+        step = _per_job(along_y[:, None, :], self.dirs) + _per_job(along_s[:, None, :], self.stps)
+        return self.h_diag[:, None] * q0 + step.squeeze(1)
 
     def keep(self, rows: torch.Tensor, param: torch.Tensor) -> None:
         self.param = param
-        for name in ("dirs", "stps", "ro", "head", "count", "h_diag", "direction", "t", "prev_grad", "n_iter"):
+        for name in ("dirs", "stps", "ro", "head", "count", "h_diag", "direction", "t", "prev_grad", "n_iter", "sy",
+                     "yy"):
             setattr(self, name, getattr(self, name)[rows])
+
+
+def _per_job(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``left[b] @ right[b]`` for each job, one product at a time: a batched product may split its sums
+    differently at another batch size, and a job's result must not depend on its companions (L-BFGS amplifies
+    the last bit into visible pixels)."""
+    return torch.stack([a @ b for a, b in zip(left, right, strict=True)])
+
+
+def _reordered(products: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """``products[b, order[b, k], order[b, j]]``: a per-job B×m×m table of pair products in history order."""
+    size = order.shape[1]
+    rows = products.gather(1, order[:, :, None].expand(-1, -1, size))
+    return rows.gather(2, order[:, None, :].expand(-1, size, -1))
 
 
 class BatchAdam(BatchOptimizer):
