@@ -608,18 +608,21 @@ def section_batch(args: argparse.Namespace) -> None:
 
 def batch_throughput(engine: StyleTransfer, content: Image.Image, styles: list[Image.Image],
                      args: argparse.Namespace) -> dict[str, Any]:
-    """Four jobs in one batch against the same four one after another (``stylize``), interleaved."""
+    """Four jobs in one batch against the same four one after another (``stylize``), interleaved
+    ``--batch-repeats`` times; the ratio is of the medians."""
     size, iterations = args.batch_large_size, args.batch_large_iterations
     jobs = batch_jobs(content, styles, 4, size=size, min_size=size, iterations=iterations, coarse_iterations=0)
-    sequential = time.perf_counter()
-    for job in jobs:
-        engine.stylize(job.content, job.styles, job.opts)
-    sequential = time.perf_counter() - sequential
-    batched, _ = batch_wall(engine, jobs)
-    LOG.info("%d px, 4 jobs × %d iterations: sequential %.1f s, batched %.1f s", size, iterations, sequential,
-             batched)
+    sequential, batched = [], []
+    for _ in range(args.batch_repeats):
+        start = time.perf_counter()
+        for job in jobs:
+            engine.stylize(job.content, job.styles, job.opts)
+        sequential.append(time.perf_counter() - start)
+        batched.append(batch_wall(engine, jobs)[0])
+        LOG.info("%d px, 4 jobs × %d iterations: sequential %.1f s, batched %.1f s", size, iterations,
+                 sequential[-1], batched[-1])
     return {"size": size, "iterations": iterations, "sequential_s": sequential, "batched_s": batched,
-            "throughput_ratio": sequential / batched}
+            "throughput_ratio": statistics.median(sequential) / statistics.median(batched)}
 
 
 def batch_quality(engine: StyleTransfer, args: argparse.Namespace) -> dict[str, Any]:
@@ -754,8 +757,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-small-iterations", type=int, default=12)
     parser.add_argument("--batch-repeats", type=int, default=3)
     parser.add_argument("--batch-large-size", type=int, default=512)
-    parser.add_argument("--batch-large-iterations", type=int, default=4)
-    parser.add_argument("--batch-quality-size", type=int, default=256, help="0: skip the quality comparison")
+    parser.add_argument("--batch-large-iterations", type=int, default=8)
+    parser.add_argument("--batch-quality-size", type=int, default=512, help="0: skip the quality comparison")
     parser.add_argument("--summary-only", action="store_true", help="rebuild summary.json/perf.md from disk")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     return parser.parse_args(argv)

@@ -24,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -266,6 +268,10 @@ class ScoreTargets:
     style_embedding: np.ndarray | None = None
 
 
+#: Style images whose scoring Grams a :class:`QualityScorer` keeps (a few MiB each at most).
+STYLE_GRAMS_KEPT = 32
+
+
 class QualityScorer:
     """Scores images against a content and style(s) with the ONNX feature extractor (see the module doc).
 
@@ -282,6 +288,8 @@ class QualityScorer:
         self.style_layers = tuple(style_layers)
         self.content_layer = content_layer
         self.magenta = magenta
+        self._style_grams: OrderedDict[bytes, dict[str, np.ndarray]] = OrderedDict()
+        self._style_grams_lock = threading.Lock()  # the server's workers share one scorer
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike[str], *, magenta: MagentaStyleEmbedder | None = None,
@@ -379,8 +387,24 @@ class QualityScorer:
         return RegionScores(coverage, distances, means, cosines)
 
     def _grams(self, image: Image.Image) -> dict[str, np.ndarray]:
+        """The style layers' Gram matrices of ``image``, remembered for the last :data:`STYLE_GRAMS_KEPT`
+        images: a service scores many results against the same few styles, and this is one of the scoring
+        pass's three network evaluations (content, style, result)."""
+        digest = hashlib.blake2b(f"{image.mode} {image.size}".encode(), digest_size=16)
+        digest.update(image.tobytes())
+        key = digest.digest()
+        with self._style_grams_lock:
+            cached = self._style_grams.get(key)
+            if cached is not None:
+                self._style_grams.move_to_end(key)
+                return cached
         features = self.extractor(to_batch(image), list(self.style_layers))
-        return {layer: gram(value) for layer, value in features.items()}
+        grams = {layer: gram(value) for layer, value in features.items()}
+        with self._style_grams_lock:
+            self._style_grams[key] = grams
+            while len(self._style_grams) > STYLE_GRAMS_KEPT:
+                self._style_grams.popitem(last=False)
+        return grams
 
 
 def _normalised_weights(count: int, weights: Sequence[float] | None) -> list[float]:

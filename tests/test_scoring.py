@@ -256,3 +256,24 @@ def test_cli_score_reports_regions(scorer: QualityScorer, tmp_path: Path, capsys
     (region,) = out["images"][0]["regions"]
     assert Path(region["style"]).name == "s1.png" and len(region["style_distance_mean"]) == 2
     assert region["style_distance_mean"][0] < region["style_distance_mean"][1]
+
+
+def test_style_grams_are_computed_once_per_style_image(scorer: QualityScorer, monkeypatch) -> None:
+    """A service scores many results against the same styles: the style's pass through the network is kept,
+    keyed by the pixels (an equal image from other bytes hits too; any changed pixel misses)."""
+    calls: list[tuple[int, ...]] = []
+    extractor = scorer.extractor
+
+    def counting(batch: np.ndarray, layers: list[str]):  # type: ignore[no-untyped-def]
+        calls.append(batch.shape)
+        return extractor(batch, layers)
+
+    monkeypatch.setattr(scorer, "extractor", counting)
+    content, style = photo(), painting(seed=7)
+    first = scorer.score(content, [style], photo())
+    second = scorer.score(content, [style.copy()], photo())
+    assert len(calls) == 5 and first.style_distance == second.style_distance  # content, style, result; then 2
+    changed = style.copy()
+    changed.putpixel((0, 0), (0, 0, 0))
+    scorer.score(content, [changed], photo())
+    assert len(calls) == 8
