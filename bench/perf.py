@@ -599,11 +599,26 @@ def section_batch(args: argparse.Namespace) -> None:
                                                        args.batch_small_iterations))
     small = {b: statistics.median(v) for b, v in samples.items()}
     LOG.info("per-job ms/iteration at %d px: %s", args.batch_small_size, small)
+    bare = bare_per_job_ms(engine, content, args.batch_small_size, batches)
+    LOG.info("bare network, per-job ms at %d px: %s", args.batch_small_size, bare)
     large = batch_throughput(engine, content, styles, args)
     quality = batch_quality(engine, args) if args.batch_quality_size else None
     write("batch", {"small_size": args.batch_small_size, "per_job_ms_per_iteration": small,
                     "samples_ms": samples, "per_job_speedup": {b: small[batches[0]] / small[b] for b in batches},
+                    "bare_network_per_job_ms": bare,
+                    "bare_network_speedup": {b: bare[batches[0]] / bare[b] for b in batches},
                     "large": large, "quality": quality})
+
+
+def bare_per_job_ms(engine: StyleTransfer, content: Image.Image, size: int, batches: list[int]) -> dict[int, float]:
+    """The ceiling of batching: the bare network step (forward + input-gradient backward, no losses, no
+    optimiser) per job at each batch size. Where a batch saturates the cores' FLOPs, the per-job time cannot
+    fall further whatever the loop does."""
+    width, height = fitted(content, size)
+    net = engine.network("vgg19", "max").net
+    precision = engine.precision(StylizeOptions(size=size))
+    return {b: statistics.median(timed(bound_step(net, torch.rand(b, 3, height, width), precision), 5)) * 1000 / b
+            for b in batches}
 
 
 def batch_throughput(engine: StyleTransfer, content: Image.Image, styles: list[Image.Image],
