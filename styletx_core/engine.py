@@ -35,7 +35,7 @@ from .progress import Callback, Iterate, StylizeResult
 from .regions import RegionalBalance, RegionPlan, StyleControl, content_loss, regional_start
 from .regions import style_terms as style_terms_for
 from .schedule import scale_iterations, total_iterations
-from .targets import TargetCache
+from .targets import Stats, TargetCache
 from .vgg import FEATURE_LAYERS, VGGFeatures, layer_names
 from .weights import LoadedWeights, load_vgg_weights
 
@@ -82,8 +82,9 @@ MEMORY_HEADROOM = 0.85
 MAX_NETWORKS = 6
 #: L-BFGS history pairs when memory allows (the memory plan may keep fewer at large sizes).
 LBFGS_HISTORY = 50
-#: A batch on a GPU reads its loss values every this many iterations (and at each scale's last iteration and on
-#: preview iterations): each read waits for the device to drain, which at batch 1 costs as much as the iteration.
+#: A batch on a GPU reads its loss values every this many iterations (and at each scale's first and last
+#: iteration and on preview iterations): each read waits for the device to drain, which at batch 1 costs as
+#: much as the iteration.
 GPU_SYNC_EVERY = 10
 
 
@@ -199,7 +200,7 @@ class StyleTransfer:
         self._weights: dict[str, LoadedWeights] = {}
         self._networks: dict[tuple[str, str, tuple[str, ...]], VGGFeatures] = {}
         self._networks_lock = threading.Lock()
-        self.targets = TargetCache(target_cache_size)
+        self.targets: TargetCache[Stats] = TargetCache(target_cache_size)
         tune_allocator()
 
     def weights_for(self, arch: str) -> LoadedWeights:

@@ -26,7 +26,7 @@ from .errors import OptionError
 from .imageio import pil_to_tensor, tensor_to_pil
 from .losses import ContentLoss, LayerApply, Scale, guide_at
 from .options import KNOWN_LAYERS, StylizeOptions
-from .targets import TargetCache, blend_statistics, energy_factors, style_loss, style_statistics
+from .targets import Stats, TargetCache, blend_statistics, energy_factors, style_loss, style_statistics
 from .vgg import VGGFeatures
 
 __all__ = [
@@ -225,7 +225,7 @@ class RegionalBalance:
 
 
 def style_terms(
-    cache: TargetCache,
+    cache: TargetCache[Stats],
     net: VGGFeatures,
     styles: Sequence[torch.Tensor],
     plan: RegionPlan,

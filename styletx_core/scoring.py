@@ -24,8 +24,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +38,7 @@ from styletx_core.errors import ImageError, ModelError, OptionError
 from styletx_core.imageio import resize_long_side
 from styletx_core.layers import STYLE_LAYERS
 from styletx_core.onnx_export import OnnxFeatures, ensure_export
+from styletx_core.targets import TargetCache
 from styletx_core.vgg import VGGFeatures
 
 __all__ = [
@@ -288,8 +287,7 @@ class QualityScorer:
         self.style_layers = tuple(style_layers)
         self.content_layer = content_layer
         self.magenta = magenta
-        self._style_grams: OrderedDict[bytes, dict[str, np.ndarray]] = OrderedDict()
-        self._style_grams_lock = threading.Lock()  # the server's workers share one scorer
+        self._style_grams: TargetCache[dict[str, np.ndarray]] = TargetCache(STYLE_GRAMS_KEPT)  # thread-safe
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike[str], *, magenta: MagentaStyleEmbedder | None = None,
@@ -390,20 +388,13 @@ class QualityScorer:
         """The style layers' Gram matrices of ``image``, remembered for the last :data:`STYLE_GRAMS_KEPT`
         images: a service scores many results against the same few styles, and this is one of the scoring
         pass's three network evaluations (content, style, result)."""
-        digest = hashlib.blake2b(f"{image.mode} {image.size}".encode(), digest_size=16)
-        digest.update(image.tobytes())
-        key = digest.digest()
-        with self._style_grams_lock:
-            cached = self._style_grams.get(key)
-            if cached is not None:
-                self._style_grams.move_to_end(key)
-                return cached
+        key = (image.mode, image.size, hashlib.blake2b(image.tobytes(), digest_size=16).digest())
+        cached = self._style_grams.get(key)
+        if cached is not None:
+            return cached
         features = self.extractor(to_batch(image), list(self.style_layers))
         grams = {layer: gram(value) for layer, value in features.items()}
-        with self._style_grams_lock:
-            self._style_grams[key] = grams
-            while len(self._style_grams) > STYLE_GRAMS_KEPT:
-                self._style_grams.popitem(last=False)
+        self._style_grams.put(key, grams)
         return grams
 
 

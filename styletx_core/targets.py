@@ -10,6 +10,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from typing import Generic, TypeVar
 
 import torch
 from torch.nn import functional as F
@@ -31,20 +32,22 @@ __all__ = [
 ]
 
 Stats = dict[str, tuple[torch.Tensor, ...]]
+Value = TypeVar("Value")
 StyleLoss = GramStyleLoss | W2StyleLoss
 
 
-class TargetCache:
-    """A small thread-safe LRU of per-layer style statistics, with hit/miss counters for metrics."""
+class TargetCache(Generic[Value]):
+    """A small thread-safe LRU of per-layer style statistics (the engine's targets, the scorer's Grams), with
+    hit/miss counters for metrics."""
 
     def __init__(self, capacity: int = 64) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[tuple[object, ...], Stats] = OrderedDict()
+        self._items: OrderedDict[tuple[object, ...], Value] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: tuple[object, ...]) -> Stats | None:
+    def get(self, key: tuple[object, ...]) -> Value | None:
         with self._lock:
             value = self._items.get(key)
             if value is None:
@@ -54,7 +57,7 @@ class TargetCache:
             self.hits += 1
             return value
 
-    def put(self, key: tuple[object, ...], value: Stats) -> None:
+    def put(self, key: tuple[object, ...], value: Value) -> None:
         with self._lock:
             self._items[key] = value
             self._items.move_to_end(key)
@@ -90,7 +93,7 @@ def _resize_long(image: torch.Tensor, long_side: int) -> torch.Tensor:
 
 
 def style_statistics(
-    cache: TargetCache,
+    cache: TargetCache[Stats],
     net: VGGFeatures,
     style: torch.Tensor,
     opts: StylizeOptions,
@@ -135,7 +138,7 @@ def style_loss(kind: str, values: tuple[torch.Tensor, ...], guide: torch.Tensor 
 
 
 def style_targets(
-    cache: TargetCache, net: VGGFeatures, styles: Sequence[torch.Tensor], opts: StylizeOptions, long_side: int
+    cache: TargetCache[Stats], net: VGGFeatures, styles: Sequence[torch.Tensor], opts: StylizeOptions, long_side: int
 ) -> dict[str, StyleLoss]:
     """One style-loss module per layer, its target the blend of every style's statistics (``blend_statistics``)."""
     weights = opts.style_blend_weights or [1.0] * len(styles)
