@@ -75,7 +75,6 @@ class BatchLBFGS(BatchOptimizer):
         self.n_iter = torch.zeros(batch, dtype=torch.long, device=param.device)
         self.sy = param.new_zeros((batch, history_size, history_size))  # sy[b, i, j] = sᵢ·yⱼ
         self.yy = param.new_zeros((batch, history_size, history_size))  # yy[b, i, j] = yᵢ·yⱼ
-        self._max_count = 0  # host-side bound on count: the recursion loops no further
         self._stepped = False
 
     def step(self, closure: Callable[[], torch.Tensor]) -> None:
@@ -86,9 +85,12 @@ class BatchLBFGS(BatchOptimizer):
         active = grad.abs().amax(1) > self.tolerance_grad
         first = self.n_iter == 0
         self.n_iter += active.long()
-        pair = self._remember(grad, active & ~first) if self._stepped else None
+        q0 = -grad
+        direction = q0  # the first step: no history yet
+        if self._stepped:
+            s_q0, y_q0 = self._absorb(*self._remember(grad, active & ~first), q0)
+            direction = torch.where(first[:, None], q0, self._two_loop(q0, s_q0, y_q0))
         self._stepped = True
-        direction = torch.where(first[:, None], -grad, self._two_loop(grad, pair))
         t = torch.where(first, (1.0 / grad.abs().sum(1)).clamp(max=1.0) * self.lr,
                         torch.full_like(self.t, self.lr))
         descent = (grad * direction).sum(1) <= -self.tolerance_change
@@ -99,9 +101,9 @@ class BatchLBFGS(BatchOptimizer):
         with torch.no_grad():
             self.param.add_((move[:, None] * self.direction).view_as(self.param))
 
-    def _remember(self, grad: torch.Tensor, eligible: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _remember(self, grad: torch.Tensor, eligible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Store the pair (y, s) of the last step for the jobs whose curvature condition holds; returns
-        (y, s, accepted) for :meth:`_two_loop`, which adds the pair's inner products."""
+        (y, s, accepted) for :meth:`_absorb`, which adds the pair's inner products."""
         y = grad - self.prev_grad
         s = self.direction * self.t[:, None]
         ys = (y * s).sum(1)
@@ -114,41 +116,38 @@ class BatchLBFGS(BatchOptimizer):
         self.h_diag = torch.where(accept, ys / (y * y).sum(1), self.h_diag)
         return y, s, accept
 
-    def _update_products(self, accept: torch.Tensor, s_dot_y: torch.Tensor, y_dot_s: torch.Tensor,
-                         y_dot_y: torch.Tensor) -> None:
-        """The new pair (at ``head``) against every stored one, itself included: sy's row and column, yy's."""
-        rows = torch.arange(accept.shape[0], device=accept.device)
-        slot, keep_old = self.head, ~accept[:, None]
-        self.sy[rows, slot] = torch.where(keep_old, self.sy[rows, slot], s_dot_y)
-        self.sy[rows, :, slot] = torch.where(keep_old, self.sy[rows, :, slot], y_dot_s)
-        self.yy[rows, slot] = torch.where(keep_old, self.yy[rows, slot], y_dot_y)
-        self.yy[rows, :, slot] = torch.where(keep_old, self.yy[rows, :, slot], y_dot_y)
-        self.head = (self.head + accept.long()) % self.history_size
-        self.count = (self.count + accept.long()).clamp(max=self.history_size)
-        self._max_count = min(self._max_count + 1, self.history_size)
-
-    def _two_loop(self, grad: torch.Tensor, pair: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
-        """H·(−g) for each job from its own history (newest pair first, then back), on dot products.
-
-        With q₀ = −g, the first loop's q after the newer pairs is q₀ − Σⱼ αⱼyⱼ, so sᵢ·q = sᵢ·q₀ − Σⱼ αⱼ(sᵢ·yⱼ);
-        the second loop's r is h·q_m + Σⱼ cⱼsⱼ (cⱼ = αⱼ − βⱼ), so yᵢ·r = h·(yᵢ·q_m) + Σⱼ cⱼ(sⱼ·yᵢ). Coefficients
-        of pairs not yet visited (or not valid) are 0, so every sum can run over all slots. The history is read
-        four times in all: once each for the dot products (of ``pair`` and of q₀) and for the result."""
-        q0 = -grad
-        if pair is None:  # the first step: no history yet (its direction is −g)
-            return q0
-        y, s, accept = pair
+    def _absorb(self, y: torch.Tensor, s: torch.Tensor, accept: torch.Tensor,
+                q0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add the new pair (at ``head``) to the inner products — against every stored pair, itself included:
+        sy's row and column, yy's — and advance the ring. Returns (sⱼ·q₀, yⱼ·q₀) per slot: taken in the same
+        two passes over the history, which the recursion then reads only once more."""
         with_dirs = _per_job(self.dirs, torch.stack([s, y, q0], 2))  # [b, j, ·] = (s·yⱼ, y·yⱼ, q₀·yⱼ)
         with_stps = _per_job(self.stps, torch.stack([y, q0], 2))  # [b, j, ·] = (sⱼ·y, sⱼ·q₀)
-        self._update_products(accept, with_dirs[..., 0], with_stps[..., 0], with_dirs[..., 1])
+        rows = torch.arange(accept.shape[0], device=accept.device)
+        slot, keep_old = self.head, ~accept[:, None]
+        self.sy[rows, slot] = torch.where(keep_old, self.sy[rows, slot], with_dirs[..., 0])
+        self.sy[rows, :, slot] = torch.where(keep_old, self.sy[rows, :, slot], with_stps[..., 0])
+        self.yy[rows, slot] = torch.where(keep_old, self.yy[rows, slot], with_dirs[..., 1])
+        self.yy[rows, :, slot] = torch.where(keep_old, self.yy[rows, :, slot], with_dirs[..., 1])
+        self.head = (self.head + accept.long()) % self.history_size
+        self.count = (self.count + accept.long()).clamp(max=self.history_size)
+        return with_stps[..., 1], with_dirs[..., 2]
+
+    def _two_loop(self, q0: torch.Tensor, s_q0: torch.Tensor, y_q0: torch.Tensor) -> torch.Tensor:
+        """H·q₀ (q₀ = −g) for each job from its own history (newest pair first, then back), on dot products.
+
+        The first loop's q after the newer pairs is q₀ − Σⱼ αⱼyⱼ, so sᵢ·q = sᵢ·q₀ − Σⱼ αⱼ(sᵢ·yⱼ); the second
+        loop's r is h·q_m + Σⱼ cⱼsⱼ (cⱼ = αⱼ − βⱼ), so yᵢ·r = h·(yᵢ·q_m) + Σⱼ cⱼ(sⱼ·yᵢ). Coefficients of pairs
+        not yet visited (or not valid) are 0, so every sum can run over all slots. ``s_q0``/``y_q0``: each slot's
+        pair against q₀ (:meth:`_absorb`)."""
         # Newest first: order[b, k] is job b's k-th newest slot; a pair that is not there (k ≥ count) gets ρ = 0,
         # which makes its coefficients 0 below.
-        ks = torch.arange(self.history_size, device=grad.device)
+        ks = torch.arange(self.history_size, device=q0.device)
         order = (self.head[:, None] - 1 - ks) % self.history_size
         ro = torch.where(ks < self.count[:, None], self.ro.gather(1, order), torch.zeros_like(self.ro))
         sy = _reordered(self.sy, order)  # sy[b, k, j] = s_k·y_j, both in newest-first order
-        s_q0, y_q0 = with_stps[..., 1].gather(1, order), with_dirs[..., 2].gather(1, order)
-        eye = torch.eye(self.history_size, dtype=grad.dtype, device=grad.device)
+        s_q0, y_q0 = s_q0.gather(1, order), y_q0.gather(1, order)
+        eye = torch.eye(self.history_size, dtype=q0.dtype, device=q0.device)
         # First loop (newest first): αₖ + ρₖ Σ_{j<k} αⱼ(sₖ·yⱼ) = ρₖ(sₖ·q₀), a lower-triangular system.
         lower = eye + torch.tril(ro[:, :, None] * sy, -1)
         alphas = torch.linalg.solve_triangular(lower, (ro * s_q0)[:, :, None], upper=False).squeeze(2)
