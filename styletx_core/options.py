@@ -31,6 +31,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "style_scale": (0.05, 8.0),
     "style_energy_power": (0.0, 4.0),
     "style_tolerance": (0.0, 10.0),
+    "deep_style_tiles": (0, 16),
     "seed": (0, 2**63 - 1),
     "preview_every": (0, 10000),
     "variation_strength": (0.0, 1.0),
@@ -93,6 +94,11 @@ class StylizeOptions:
     """The relative Gram error each style layer is driven toward: after every scale, a texture layer still further
     from the style pulls harder at the next (never below its base weight, up to ×16); the deepest layer (relu5_1)
     is driven toward 0.5 and may relax as well as grow (up to ×2). 0: fixed weights. See :mod:`styletx_core.balance`."""
+    deep_style_tiles: int = 0
+    """0: off. N ≥ 2: the deepest style layers' (relu5_*) statistics are the element-wise median over an N×N grid
+    of tiles of the painting, so that an object in a few tiles of it (a face, an eye) is not copied into the photo
+    while what most tiles share is kept. Off by default: it costs content on some pairs (docs/quality.md). See
+    ``targets.tile_median_statistics``."""
     style_blend_weights: tuple[float, ...] | None = None
     """Relative weight per style image; ``None`` blends them equally."""
     style_scale: float = 1.0

@@ -15,6 +15,7 @@ from typing import Generic, TypeVar
 import torch
 from torch.nn import functional as F
 
+from .balance import DEEP_LAYER_PREFIX
 from .losses import GramStyleLoss, W2StyleLoss, gram_matrix, guided_gram_matrix, mean_and_covariance
 from .options import StylizeOptions
 from .vgg import VGGFeatures
@@ -29,6 +30,7 @@ __all__ = [
     "style_loss",
     "style_statistics",
     "style_targets",
+    "tile_median_statistics",
 ]
 
 Stats = dict[str, tuple[torch.Tensor, ...]]
@@ -73,12 +75,44 @@ class TargetCache(Generic[Value]):
         return {"hits": self.hits, "misses": self.misses, "size": len(self._items), "capacity": self.capacity}
 
 
-def _statistics(net: VGGFeatures, style: torch.Tensor, layers: Sequence[str], kind: str) -> Stats:
+def _layer_statistics(features: torch.Tensor, kind: str) -> tuple[torch.Tensor, ...]:
+    """A Gram matrix, or a mean and covariance, of one image's features (1×C×H×W), without the batch axis."""
+    if kind == "gram":
+        return (gram_matrix(features)[0],)
+    return mean_and_covariance(features)
+
+
+def tile_median_statistics(features: torch.Tensor, kind: str, tiles: int) -> tuple[torch.Tensor, ...]:
+    """The element-wise median of the statistics of a ``tiles``×``tiles`` grid of the feature map.
+
+    A deep layer's Gram matrix over the whole painting holds its objects: the co-occurrences that make up a face
+    or an eye, which the optimisation then paints wherever the photo leaves room (Matisse's Woman with a Hat puts
+    eyes in golden_gate's water). Statistics a painting shows in most of its tiles — brushwork, palette,
+    repeated shapes — survive the median; an object confined to a few tiles does not. Tiles are cut from the
+    feature map of the whole painting, so every feature still sees its full context.
+    """
+    height, width = features.shape[-2:]
+    rows = [(i * height // tiles, (i + 1) * height // tiles) for i in range(tiles)]
+    cols = [(j * width // tiles, (j + 1) * width // tiles) for j in range(tiles)]
+    per_tile = [
+        _layer_statistics(features[..., top:bottom, left:right].contiguous(), kind)
+        for top, bottom in rows
+        for left, right in cols
+        if bottom > top and right > left
+    ]
+    return tuple(torch.stack(values).median(0).values for values in zip(*per_tile, strict=True))
+
+
+def _statistics(net: VGGFeatures, style: torch.Tensor, layers: Sequence[str], opts: StylizeOptions) -> Stats:
     with torch.no_grad():
         features = net(style)
-    if kind == "gram":
-        return {layer: (gram_matrix(features[layer])[0],) for layer in layers}
-    return {layer: mean_and_covariance(features[layer]) for layer in layers}
+    tiles = opts.deep_style_tiles
+    return {
+        layer: tile_median_statistics(features[layer], opts.style_loss, tiles)
+        if tiles > 1 and layer.startswith(DEEP_LAYER_PREFIX)
+        else _layer_statistics(features[layer], opts.style_loss)
+        for layer in layers
+    }
 
 
 def _fingerprint(image: torch.Tensor) -> str:
@@ -102,10 +136,10 @@ def style_statistics(
 ) -> Stats:
     """One style image's per-layer statistics at ``long_side`` (``layers``: ``opts.style_layers``), cached."""
     layers = tuple(opts.style_layers if layers is None else layers)
-    key = (_fingerprint(style), long_side, net.arch, opts.pooling, opts.style_loss, layers)
+    key = (_fingerprint(style), long_side, net.arch, opts.pooling, opts.style_loss, opts.deep_style_tiles, layers)
     stats = cache.get(key)
     if stats is None:
-        stats = _statistics(net, _resize_long(style, long_side), layers, opts.style_loss)
+        stats = _statistics(net, _resize_long(style, long_side), layers, opts)
         cache.put(key, stats)
     return stats
 

@@ -312,6 +312,7 @@ class StylizeParams(_message.Message):
     VARIATION_STRENGTH_FIELD_NUMBER: _builtins.int
     STYLE_ENERGY_POWER_FIELD_NUMBER: _builtins.int
     STYLE_TOLERANCE_FIELD_NUMBER: _builtins.int
+    DEEP_STYLE_TILES_FIELD_NUMBER: _builtins.int
     size: _builtins.int
     """Long side of the output image in pixels."""
     min_size: _builtins.int
@@ -362,6 +363,10 @@ class StylizeParams(_message.Message):
     """Relative Gram error each texture layer (relu1_1–relu4_1) is driven toward: after every scale, a layer still
     further from the style pulls harder at the next (0: fixed weights).
     """
+    deep_style_tiles: _builtins.int
+    """0: off. N >= 2: the deepest style layers' (relu5_*) statistics are the element-wise median over an N×N grid
+    of tiles of the painting, so that an object in a few tiles (a face, an eye) is not copied into the photo.
+    """
     @_builtins.property
     def content_layers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Layers of the content loss ("relu4_2"); empty: default."""
@@ -403,15 +408,18 @@ class StylizeParams(_message.Message):
         variation_strength: _builtins.float | None = ...,
         style_energy_power: _builtins.float | None = ...,
         style_tolerance: _builtins.float | None = ...,
+        deep_style_tiles: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_coarse_iterations", b"_coarse_iterations", "_content_weight", b"_content_weight", "_ema_decay", b"_ema_decay", "_iterations", b"_iterations", "_learning_rate", b"_learning_rate", "_min_size", b"_min_size", "_preview_every", b"_preview_every", "_scale_step", b"_scale_step", "_seed", b"_seed", "_size", b"_size", "_style_energy_power", b"_style_energy_power", "_style_scale", b"_style_scale", "_style_tolerance", b"_style_tolerance", "_style_weight", b"_style_weight", "_tv_weight", b"_tv_weight", "_variation_strength", b"_variation_strength", "coarse_iterations", b"coarse_iterations", "content_weight", b"content_weight", "ema_decay", b"ema_decay", "iterations", b"iterations", "learning_rate", b"learning_rate", "min_size", b"min_size", "preview_every", b"preview_every", "scale_step", b"scale_step", "seed", b"seed", "size", b"size", "style_energy_power", b"style_energy_power", "style_scale", b"style_scale", "style_tolerance", b"style_tolerance", "style_weight", b"style_weight", "tv_weight", b"tv_weight", "variation_strength", b"variation_strength"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_coarse_iterations", b"_coarse_iterations", "_content_weight", b"_content_weight", "_deep_style_tiles", b"_deep_style_tiles", "_ema_decay", b"_ema_decay", "_iterations", b"_iterations", "_learning_rate", b"_learning_rate", "_min_size", b"_min_size", "_preview_every", b"_preview_every", "_scale_step", b"_scale_step", "_seed", b"_seed", "_size", b"_size", "_style_energy_power", b"_style_energy_power", "_style_scale", b"_style_scale", "_style_tolerance", b"_style_tolerance", "_style_weight", b"_style_weight", "_tv_weight", b"_tv_weight", "_variation_strength", b"_variation_strength", "coarse_iterations", b"coarse_iterations", "content_weight", b"content_weight", "deep_style_tiles", b"deep_style_tiles", "ema_decay", b"ema_decay", "iterations", b"iterations", "learning_rate", b"learning_rate", "min_size", b"min_size", "preview_every", b"preview_every", "scale_step", b"scale_step", "seed", b"seed", "size", b"size", "style_energy_power", b"style_energy_power", "style_scale", b"style_scale", "style_tolerance", b"style_tolerance", "style_weight", b"style_weight", "tv_weight", b"tv_weight", "variation_strength", b"variation_strength"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_coarse_iterations", b"_coarse_iterations", "_content_weight", b"_content_weight", "_ema_decay", b"_ema_decay", "_iterations", b"_iterations", "_learning_rate", b"_learning_rate", "_min_size", b"_min_size", "_preview_every", b"_preview_every", "_scale_step", b"_scale_step", "_seed", b"_seed", "_size", b"_size", "_style_energy_power", b"_style_energy_power", "_style_scale", b"_style_scale", "_style_tolerance", b"_style_tolerance", "_style_weight", b"_style_weight", "_tv_weight", b"_tv_weight", "_variation_strength", b"_variation_strength", "coarse_iterations", b"coarse_iterations", "content_layers", b"content_layers", "content_weight", b"content_weight", "ema_decay", b"ema_decay", "init", b"init", "iterations", b"iterations", "learning_rate", b"learning_rate", "min_size", b"min_size", "model", b"model", "optimizer", b"optimizer", "pooling", b"pooling", "precision", b"precision", "preserve_color", b"preserve_color", "preview_every", b"preview_every", "scale_step", b"scale_step", "seed", b"seed", "size", b"size", "style_energy_power", b"style_energy_power", "style_layer_weights", b"style_layer_weights", "style_layers", b"style_layers", "style_loss", b"style_loss", "style_scale", b"style_scale", "style_tolerance", b"style_tolerance", "style_weight", b"style_weight", "tv_weight", b"tv_weight", "variation_strength", b"variation_strength"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_coarse_iterations", b"_coarse_iterations", "_content_weight", b"_content_weight", "_deep_style_tiles", b"_deep_style_tiles", "_ema_decay", b"_ema_decay", "_iterations", b"_iterations", "_learning_rate", b"_learning_rate", "_min_size", b"_min_size", "_preview_every", b"_preview_every", "_scale_step", b"_scale_step", "_seed", b"_seed", "_size", b"_size", "_style_energy_power", b"_style_energy_power", "_style_scale", b"_style_scale", "_style_tolerance", b"_style_tolerance", "_style_weight", b"_style_weight", "_tv_weight", b"_tv_weight", "_variation_strength", b"_variation_strength", "coarse_iterations", b"coarse_iterations", "content_layers", b"content_layers", "content_weight", b"content_weight", "deep_style_tiles", b"deep_style_tiles", "ema_decay", b"ema_decay", "init", b"init", "iterations", b"iterations", "learning_rate", b"learning_rate", "min_size", b"min_size", "model", b"model", "optimizer", b"optimizer", "pooling", b"pooling", "precision", b"precision", "preserve_color", b"preserve_color", "preview_every", b"preview_every", "scale_step", b"scale_step", "seed", b"seed", "size", b"size", "style_energy_power", b"style_energy_power", "style_layer_weights", b"style_layer_weights", "style_layers", b"style_layers", "style_loss", b"style_loss", "style_scale", b"style_scale", "style_tolerance", b"style_tolerance", "style_weight", b"style_weight", "tv_weight", b"tv_weight", "variation_strength", b"variation_strength"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__coarse_iterations: _TypeAlias = _typing.Literal["coarse_iterations"]  # noqa: Y015
     _WhichOneofArgType__coarse_iterations: _TypeAlias = _typing.Literal["_coarse_iterations", b"_coarse_iterations"]  # noqa: Y015
     _WhichOneofReturnType__content_weight: _TypeAlias = _typing.Literal["content_weight"]  # noqa: Y015
     _WhichOneofArgType__content_weight: _TypeAlias = _typing.Literal["_content_weight", b"_content_weight"]  # noqa: Y015
+    _WhichOneofReturnType__deep_style_tiles: _TypeAlias = _typing.Literal["deep_style_tiles"]  # noqa: Y015
+    _WhichOneofArgType__deep_style_tiles: _TypeAlias = _typing.Literal["_deep_style_tiles", b"_deep_style_tiles"]  # noqa: Y015
     _WhichOneofReturnType__ema_decay: _TypeAlias = _typing.Literal["ema_decay"]  # noqa: Y015
     _WhichOneofArgType__ema_decay: _TypeAlias = _typing.Literal["_ema_decay", b"_ema_decay"]  # noqa: Y015
     _WhichOneofReturnType__iterations: _TypeAlias = _typing.Literal["iterations"]  # noqa: Y015
@@ -444,6 +452,8 @@ class StylizeParams(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__coarse_iterations) -> _WhichOneofReturnType__coarse_iterations | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__content_weight) -> _WhichOneofReturnType__content_weight | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__deep_style_tiles) -> _WhichOneofReturnType__deep_style_tiles | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__ema_decay) -> _WhichOneofReturnType__ema_decay | None: ...
     @_typing.overload
