@@ -97,8 +97,8 @@ class StylizeOptions:
     deep_style_tiles: int = 0
     """0: off. N ≥ 2: the deepest style layers' (relu5_*) statistics are the element-wise median over an N×N grid
     of tiles of the painting, so that an object in a few tiles of it (a face, an eye) is not copied into the photo
-    while what most tiles share is kept. Off by default: it costs content on some pairs (docs/quality.md). See
-    ``targets.tile_median_statistics``."""
+    while what most tiles share is kept. Off by default: it costs content (2–7 % at N = 3,
+    ``bench/results/quality_deep_tiles.md``). See ``targets.tile_median_statistics``."""
     style_blend_weights: tuple[float, ...] | None = None
     """Relative weight per style image; ``None`` blends them equally."""
     style_scale: float = 1.0
