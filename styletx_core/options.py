@@ -95,10 +95,10 @@ class StylizeOptions:
     from the style pulls harder at the next (never below its base weight, up to ×16); the deepest layer (relu5_1)
     is driven toward 0.5 and may relax as well as grow (up to ×2). 0: fixed weights. See :mod:`styletx_core.balance`."""
     deep_style_tiles: int = 0
-    """0: off. N ≥ 2: the deepest style layers' (relu5_*) statistics are the element-wise median over an N×N grid
-    of tiles of the painting, so that an object in a few tiles of it (a face, an eye) is not copied into the photo
-    while what most tiles share is kept. Off by default: it costs content (2–7 % at N = 3,
-    ``bench/results/quality_deep_tiles.md``). See ``targets.tile_median_statistics``."""
+    """0: off. N ≥ 2: the deepest style layers' (relu5_*) statistics are the mean over the most typical half of an
+    N×N grid of tiles of the painting (the tiles closest to the element-wise median of all tiles), so that an object
+    in a few tiles of it (a face, an eye) is not copied into the photo while what most tiles share is kept. Off by
+    default: measured in ``bench/results/quality_deep_tiles.md``. See ``targets.typical_tile_statistics``."""
     style_blend_weights: tuple[float, ...] | None = None
     """Relative weight per style image; ``None`` blends them equally."""
     style_scale: float = 1.0

@@ -7,6 +7,7 @@ styles again and again, so the statistics are kept in an LRU cache keyed by the 
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,7 @@ from .vgg import VGGFeatures
 
 __all__ = [
     "ENERGY_RATIO_LIMIT",
+    "TYPICAL_TILE_SHARE",
     "Stats",
     "StyleLoss",
     "TargetCache",
@@ -30,7 +32,7 @@ __all__ = [
     "style_loss",
     "style_statistics",
     "style_targets",
-    "tile_median_statistics",
+    "typical_tile_statistics",
 ]
 
 Stats = dict[str, tuple[torch.Tensor, ...]]
@@ -82,25 +84,47 @@ def _layer_statistics(features: torch.Tensor, kind: str) -> tuple[torch.Tensor, 
     return mean_and_covariance(features)
 
 
-def tile_median_statistics(features: torch.Tensor, kind: str, tiles: int) -> tuple[torch.Tensor, ...]:
-    """The element-wise median of the statistics of a ``tiles``×``tiles`` grid of the feature map.
+#: Share of a painting's tiles whose statistics make up its deep target (``typical_tile_statistics``): the
+#: most typical half (5 of a 3×3 grid) — an object in one or two tiles is outside it even where it spills over.
+TYPICAL_TILE_SHARE = 0.5
 
-    A deep layer's Gram matrix over the whole painting holds its objects: the co-occurrences that make up a face
-    or an eye, which the optimisation then paints wherever the photo leaves room (Matisse's Woman with a Hat puts
-    eyes in golden_gate's water). Statistics a painting shows in most of its tiles — brushwork, palette,
-    repeated shapes — survive the median; an object confined to a few tiles does not. Tiles are cut from the
-    feature map of the whole painting, so every feature still sees its full context.
-    """
+
+def _tile_statistics(features: torch.Tensor, kind: str, tiles: int) -> list[tuple[torch.Tensor, ...]]:
     height, width = features.shape[-2:]
     rows = [(i * height // tiles, (i + 1) * height // tiles) for i in range(tiles)]
     cols = [(j * width // tiles, (j + 1) * width // tiles) for j in range(tiles)]
-    per_tile = [
+    return [
         _layer_statistics(features[..., top:bottom, left:right].contiguous(), kind)
         for top, bottom in rows
         for left, right in cols
         if bottom > top and right > left
     ]
-    return tuple(torch.stack(values).median(0).values for values in zip(*per_tile, strict=True))
+
+
+def typical_tile_statistics(
+    features: torch.Tensor, kind: str, tiles: int, share: float = TYPICAL_TILE_SHARE
+) -> tuple[torch.Tensor, ...]:
+    """The mean statistics of the most typical ``share`` of a ``tiles``×``tiles`` grid of the feature map.
+
+    A deep layer's Gram matrix over the whole painting holds its objects: the co-occurrences that make up a face
+    or an eye, which the optimisation then paints wherever the photo leaves room (Matisse's Woman with a Hat puts
+    eyes in golden_gate's water). Each tile's statistics are compared with the element-wise median of all tiles;
+    the tiles closest to it — brushwork, palette, shapes the painting repeats — are averaged, and a tile an object
+    makes unusual is left out. Averaging whole tiles rather than taking the median itself keeps the target a
+    Gram (or covariance) that some image has (the median of Gram matrices, element by element, is not one, and
+    it cost 2–7 % content). Tiles are cut from the feature map of the whole painting, so every feature still sees
+    its full context.
+    """
+    per_tile = _tile_statistics(features, kind, tiles)
+    stacked = [torch.stack(values) for values in zip(*per_tile, strict=True)]
+    medians = [values.median(0).values for values in stacked]
+    distance = torch.stack([
+        (values - median).flatten(1).norm(dim=1) / median.norm().clamp_min(1e-12)
+        for values, median in zip(stacked, medians, strict=True)
+    ]).sum(0)
+    keep = max(1, math.ceil(share * len(per_tile)))
+    typical = distance.argsort()[:keep]
+    return tuple(values[typical].mean(0) for values in stacked)
 
 
 def _statistics(net: VGGFeatures, style: torch.Tensor, layers: Sequence[str], opts: StylizeOptions) -> Stats:
@@ -108,7 +132,7 @@ def _statistics(net: VGGFeatures, style: torch.Tensor, layers: Sequence[str], op
         features = net(style)
     tiles = opts.deep_style_tiles
     return {
-        layer: tile_median_statistics(features[layer], opts.style_loss, tiles)
+        layer: typical_tile_statistics(features[layer], opts.style_loss, tiles)
         if tiles > 1 and layer.startswith(DEEP_LAYER_PREFIX)
         else _layer_statistics(features[layer], opts.style_loss)
         for layer in layers

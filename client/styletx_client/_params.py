@@ -86,7 +86,7 @@ class JobOptions(TypedDict, total=False):
     style_tolerance: float
     """Relative Gram error each texture layer (relu1_1–relu4_1) is driven toward: after every scale, a layer still further from the style pulls harder at the next (0: fixed weights). Default: 0.1."""
     deep_style_tiles: int
-    """0: off. N >= 2: the deepest style layers' (relu5_*) statistics are the element-wise median over an N×N grid of tiles of the painting, so that an object in a few tiles (a face, an eye) is not copied into the photo. Default: 0."""
+    """0: off. N >= 2: the deepest style layers' (relu5_*) statistics are the mean over the most typical half of an N×N grid of tiles of the painting, so that an object in a few tiles (a face, an eye) is not copied into the photo. Default: 0."""
     output_format: Literal['png', 'jpeg', 'tiff16']
     """Encoding of the result."""
     preview_max_side: int
@@ -222,7 +222,7 @@ OPTIONS: dict[str, OptionSpec] = {
         (), 0.1),
     'deep_style_tiles': OptionSpec(
         ('params', 'deep_style_tiles'), int, False,
-        "0: off. N >= 2: the deepest style layers' (relu5_*) statistics are the element-wise median over an N×N grid of tiles of the painting, so that an object in a few tiles (a face, an eye) is not copied into the photo.",
+        "0: off. N >= 2: the deepest style layers' (relu5_*) statistics are the mean over the most typical half of an N×N grid of tiles of the painting, so that an object in a few tiles (a face, an eye) is not copied into the photo.",
         (), 0),
     'output_format': OptionSpec(
         ('output_format',), str, False,

@@ -364,8 +364,8 @@ class StylizeParams(_message.Message):
     further from the style pulls harder at the next (0: fixed weights).
     """
     deep_style_tiles: _builtins.int
-    """0: off. N >= 2: the deepest style layers' (relu5_*) statistics are the element-wise median over an N×N grid
-    of tiles of the painting, so that an object in a few tiles (a face, an eye) is not copied into the photo.
+    """0: off. N >= 2: the deepest style layers' (relu5_*) statistics are the mean over the most typical half of an
+    N×N grid of tiles of the painting, so that an object in a few tiles (a face, an eye) is not copied into the photo.
     """
     @_builtins.property
     def content_layers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
