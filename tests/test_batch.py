@@ -14,12 +14,18 @@ from styletx_core.options import StylizeOptions
 from styletx_core.progress import Iterate, StylizeResult
 
 SMALL = {"size": 64, "min_size": 45, "iterations": 8, "coarse_iterations": 4}
-#: Mean per-pixel difference (0–255) between a job's batched image and what ``stylize`` (torch.optim.LBFGS)
-#: gives it alone. Not 0: the batched L-BFGS sums its dot products in another order than torch's (the two agree
-#: to 1e-9 in float64, tests/test_optim.py), and L-BFGS without a line search amplifies fp32 rounding over 12
-#: steps: measured 0, 2.0 and 1.1 for the three jobs below (max 16 on a single pixel of the noise start).
-#: Against the same job run as a batch of one, the difference is 0 on the CPU: companions change nothing.
+#: Mean per-pixel difference (0–255) always allowed between a job's batched image and what ``stylize``
+#: (torch.optim.LBFGS / torch.optim.Adam) gives it alone. Not 0: the batched optimisers sum in another order than
+#: torch's (the two agree to 1e-9 in float64, tests/test_optim.py), and 12 steps amplify the rounding. How much
+#: depends on the CPU's kernels: measured 0, 2.0 and 1.1 on Zen 4 and 1.7, 9.2 and 3.5 on Zen 5, where flipping
+#: the lowest bit of one content pixel moves the solo result itself by 4.5–10 (``_solo_nudged``). So the bound
+#: is this or 1.5× the floor measured in the same run, whichever is larger; a job given another's targets is
+#: 14–58 away. Against the same job run as a batch of one, the difference is 0: companions change nothing.
 TOLERANCE = 3
+#: How much larger than the solo run's own rounding floor a batched job's difference may be.
+FLOOR_FACTOR = 1.5
+#: Relative difference allowed between a batched job's style multipliers and its solo run's.
+MULTIPLIER_REL = 0.2
 
 
 def _jobs(content: Image.Image, styles: list[Image.Image], optimizer: str = "lbfgs") -> list[StylizeOptions]:
@@ -40,6 +46,37 @@ def _solo(engine: StyleTransfer, content, styles, opts: StylizeOptions):
     return engine.stylize(content, styles, opts, seen.append), seen
 
 
+def _difference(a: StylizeResult, b: StylizeResult) -> float:
+    return float(np.abs(_pixels(a.image) - _pixels(b.image)).mean())
+
+
+def _nudged(content: Image.Image) -> Image.Image:
+    """The content with the lowest bit of one pixel's red channel flipped: a change below any rounding."""
+    pixels = np.asarray(content.convert("RGB")).copy()
+    pixels[3, 3, 0] ^= 1
+    return Image.fromarray(pixels)
+
+
+def _solo_nudged(engine: StyleTransfer, content, styles, opts: StylizeOptions, **kwargs) -> StylizeResult:
+    """The solo run on the content with one bit flipped: how far it moves by itself shows how much rounding the
+    optimisation amplifies; differences of that size between two implementations are not a bug."""
+    return engine.stylize(_nudged(content), styles, opts, **kwargs)
+
+
+def _within_floor(batched: float, alone: float, nudged: float) -> bool:
+    return abs(batched - alone) <= max(0.02 * abs(alone), FLOOR_FACTOR * abs(alone - nudged))
+
+
+def _assert_same_job(result: StylizeResult, alone: StylizeResult, nudged: StylizeResult) -> None:
+    """``result`` (batched) is ``alone``'s job: within the always-allowed difference or the rounding floor
+    ``nudged`` shows, in pixels and loss. The style multipliers are products of per-scale steps, each read on an
+    intermediate image, so they scatter more than one nudge shows: within ``MULTIPLIER_REL`` (12 % measured on
+    Zen 5's noise start)."""
+    assert _difference(result, alone) <= max(TOLERANCE, FLOOR_FACTOR * _difference(alone, nudged))
+    assert _within_floor(result.losses["loss"], alone.losses["loss"], nudged.losses["loss"])
+    assert result.style_multipliers == pytest.approx(alone.style_multipliers, rel=MULTIPLIER_REL)
+
+
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
 def test_each_job_gets_its_solo_image(engine, content_image, style_image, second_style_image,
                                       optimizer: str) -> None:
@@ -51,13 +88,11 @@ def test_each_job_gets_its_solo_image(engine, content_image, style_image, second
     for job, result, events in zip(jobs, batched, seen, strict=True):
         assert not isinstance(result, BaseException), result
         alone, alone_events = _solo(engine, content_image, job.styles, job.opts)
-        assert np.abs(_pixels(result.image) - _pixels(alone.image)).mean() <= TOLERANCE
         (own_batch,) = stylize_batch(engine, [BatchJob(job.content, job.styles, job.opts)])
         assert _pixels(result.image).tolist() == _pixels(own_batch.image).tolist()
+        _assert_same_job(result, alone, _solo_nudged(engine, content_image, job.styles, job.opts))
         assert result.seed == alone.seed and result.iterations == alone.iterations == 12
         assert [e.iteration for e in events] == [e.iteration for e in alone_events]
-        assert result.losses["loss"] == pytest.approx(alone.losses["loss"], rel=0.02)
-        assert result.style_multipliers == pytest.approx(alone.style_multipliers, rel=0.02)
     assert _pixels(batched[0].image).tolist() != _pixels(batched[1].image).tolist()
 
 
@@ -127,12 +162,13 @@ def test_regional_jobs_batch_like_any_other(engine, content_image, style_image, 
     regional, companion = stylize_batch(engine, [masked, plain])
     assert not isinstance(regional, BaseException) and not isinstance(companion, BaseException)
     alone = engine.stylize(content_image, styles, opts, controls=controls, content_strength=strength)
-    assert np.abs(_pixels(regional.image) - _pixels(alone.image)).mean() <= TOLERANCE
-    assert set(regional.style_multipliers) == set(alone.style_multipliers)  # per-region keys, as alone
+    nudged = _solo_nudged(engine, content_image, styles, opts, controls=controls, content_strength=strength)
+    _assert_same_job(regional, alone, nudged)
     (own,) = stylize_batch(engine, [plain])
     assert _pixels(companion.image).tolist() == _pixels(own.image).tolist()
     unmasked = engine.stylize(content_image, styles, opts)
-    assert np.abs(_pixels(regional.image) - _pixels(unmasked.image)).mean() > TOLERANCE  # the mask mattered
+    # The mask mattered: well beyond what the batched result may differ from its solo run.
+    assert _difference(regional, unmasked) > 2 * max(TOLERANCE, FLOOR_FACTOR * _difference(alone, nudged))
 
 
 def test_reading_losses_every_few_iterations_changes_no_image(random_vgg_weights, content_image,
