@@ -90,6 +90,7 @@ TYPICAL_TILE_SHARE = 0.5
 
 
 def _tile_statistics(features: torch.Tensor, kind: str, tiles: int) -> list[tuple[torch.Tensor, ...]]:
+    """Each tile's statistics, row by row; tiles a map too small for the grid leaves empty are skipped."""
     height, width = features.shape[-2:]
     rows = [(i * height // tiles, (i + 1) * height // tiles) for i in range(tiles)]
     cols = [(j * width // tiles, (j + 1) * width // tiles) for j in range(tiles)]

@@ -51,7 +51,7 @@ def _difference(a: StylizeResult, b: StylizeResult) -> float:
 
 
 def _nudged(content: Image.Image) -> Image.Image:
-    """The content with the lowest bit of one pixel's red channel flipped: a change below any rounding."""
+    """The content with the lowest bit of one pixel's red channel flipped: the smallest change an 8-bit image has."""
     pixels = np.asarray(content.convert("RGB")).copy()
     pixels[3, 3, 0] ^= 1
     return Image.fromarray(pixels)
@@ -67,12 +67,17 @@ def _within_floor(batched: float, alone: float, nudged: float) -> bool:
     return abs(batched - alone) <= max(0.02 * abs(alone), FLOOR_FACTOR * abs(alone - nudged))
 
 
+def _pixel_bound(alone: StylizeResult, nudged: StylizeResult) -> float:
+    """The mean pixel difference a batched job may have from its solo run: ``TOLERANCE`` or the rounding floor."""
+    return max(TOLERANCE, FLOOR_FACTOR * _difference(alone, nudged))
+
+
 def _assert_same_job(result: StylizeResult, alone: StylizeResult, nudged: StylizeResult) -> None:
     """``result`` (batched) is ``alone``'s job: within the always-allowed difference or the rounding floor
     ``nudged`` shows, in pixels and loss. The style multipliers are products of per-scale steps, each read on an
     intermediate image, so they scatter more than one nudge shows: within ``MULTIPLIER_REL`` (12 % measured on
     Zen 5's noise start)."""
-    assert _difference(result, alone) <= max(TOLERANCE, FLOOR_FACTOR * _difference(alone, nudged))
+    assert _difference(result, alone) <= _pixel_bound(alone, nudged)
     assert _within_floor(result.losses["loss"], alone.losses["loss"], nudged.losses["loss"])
     assert result.style_multipliers == pytest.approx(alone.style_multipliers, rel=MULTIPLIER_REL)
 
@@ -168,7 +173,7 @@ def test_regional_jobs_batch_like_any_other(engine, content_image, style_image, 
     assert _pixels(companion.image).tolist() == _pixels(own.image).tolist()
     unmasked = engine.stylize(content_image, styles, opts)
     # The mask mattered: well beyond what the batched result may differ from its solo run.
-    assert _difference(regional, unmasked) > 2 * max(TOLERANCE, FLOOR_FACTOR * _difference(alone, nudged))
+    assert _difference(regional, unmasked) > 2 * _pixel_bound(alone, nudged)
 
 
 def test_reading_losses_every_few_iterations_changes_no_image(random_vgg_weights, content_image,
