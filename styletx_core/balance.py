@@ -24,7 +24,7 @@ and lost content on the muted pairs.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["DEEP_LAYER_PREFIX", "StyleBalance"]
@@ -33,6 +33,10 @@ __all__ = ["DEEP_LAYER_PREFIX", "StyleBalance"]
 DEEP_LAYER_PREFIX = "relu5"
 #: Largest change of a multiplier per scale (×/÷), so that one noisy measurement cannot swing the balance.
 MAX_STEP = 4.0
+#: A texture layer matched by the W2 distance (``style_loss`` ``w2`` or ``mixed``) is driven toward this multiple of
+#: the tolerance: the relative W2 error of a match as close as a relative Gram error of 0.1 is about 0.25–0.3
+#: (measured at relu4_1 on the quality pairs), so the Gram tolerance would pull it 5–10× harder than its Gram twin.
+W2_TOLERANCE_RATIO = 3.0
 
 
 @dataclass
@@ -48,6 +52,7 @@ class StyleBalance:
             missing; the base weights (with the energy weighting) are what every style gets at least.
         deep_cap, deep_floor: the bounds of a deep layer's multiplier: it may relax where it is already closer
             than ``deep_tolerance`` (that keeps content) and grows little, since deep terms copy objects.
+        w2_layers: texture layers whose errors are W2 distances: their tolerance is ``W2_TOLERANCE_RATIO`` × larger.
     """
 
     layers: Sequence[str]
@@ -57,6 +62,7 @@ class StyleBalance:
     deep_cap: float = 2.0
     floor: float = 1.0
     deep_floor: float = 1 / 16
+    w2_layers: Collection[str] = ()
     multipliers: dict[str, float] = field(init=False)
     measured: list[dict[str, float]] = field(init=False, default_factory=list)
 
@@ -71,7 +77,9 @@ class StyleBalance:
         return layer.startswith(DEEP_LAYER_PREFIX)
 
     def target(self, layer: str) -> float:
-        return self.deep_tolerance if self.is_deep(layer) else self.tolerance
+        if self.is_deep(layer):
+            return self.deep_tolerance
+        return self.tolerance * (W2_TOLERANCE_RATIO if layer in self.w2_layers else 1.0)
 
     def bounds(self, layer: str) -> tuple[float, float]:
         return (self.deep_floor, self.deep_cap) if self.is_deep(layer) else (self.floor, self.cap)

@@ -30,6 +30,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "tv_weight": (0.0, 1e6),
     "style_scale": (0.05, 8.0),
     "style_energy_power": (0.0, 4.0),
+    "style_energy_floor": (0.01, 1.0),
     "style_tolerance": (0.0, 10.0),
     "deep_style_tiles": (0, 16),
     "seed": (0, 2**63 - 1),
@@ -43,7 +44,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "init": ("content", "noise", "style", "palette"),
     "model": ("vgg19", "vgg16"),
     "pooling": ("max", "avg"),
-    "style_loss": ("gram", "w2"),
+    "style_loss": ("gram", "w2", "mixed"),
     "preserve_color": ("none", "luminance", "histogram"),
     "precision": ("auto", "fp32", "bf16"),
 }
@@ -86,14 +87,21 @@ class StylizeOptions:
     style_layer_weights: tuple[float, ...] | None = None
     """Relative weight per style layer; ``None`` weighs every layer equally."""
     style_loss: str = "gram"
+    """``gram`` (Gatys et al.), ``w2`` (mean + covariance on every layer) or ``mixed``: Gram matrices on the texture
+    layers and mean + covariance where the painting's motifs live (``targets.MIXED_W2_LAYERS``: relu4_1), whose
+    mean a Gram error lets drift (measured in ``bench/results/quality_mixed.md``). See ``targets.layer_loss_kind``."""
     style_energy_power: float = 1.0
     """Each style layer's weight × (‖style Gram‖ / ‖content Gram‖) ** this: vivid styles pull harder than muted
     ones, as with Gatys et al.'s unnormalised loss (0: every style alike; 2: the style error is relative to the
     content's Gram norm instead of the style's). See ``targets.energy_factors``."""
+    style_energy_floor: float = 1 / 3
+    """The smallest energy ratio (before the power): a muted painting's weight is divided by at most its inverse.
+    1: muted paintings keep the base weight and only vivid ones pull harder."""
     style_tolerance: float = 0.1
     """The relative Gram error each style layer is driven toward: after every scale, a texture layer still further
     from the style pulls harder at the next (never below its base weight, up to ×16); the deepest layer (relu5_1)
-    is driven toward 0.5 and may relax as well as grow (up to ×2). 0: fixed weights. See :mod:`styletx_core.balance`."""
+    is driven toward 0.5 and may relax as well as grow (up to ×2); a layer the W2 distance matches, toward 3× this
+    (``balance.W2_TOLERANCE_RATIO``). 0: fixed weights. See :mod:`styletx_core.balance`."""
     deep_style_tiles: int = 0
     """0: off. N ≥ 2: the deepest style layers' (relu5_*) statistics are the mean over the most typical half of an
     N×N grid of tiles of the painting (the tiles closest to the element-wise median of all tiles), so that an object

@@ -14,7 +14,7 @@ with a :class:`RegionPlan` and a :class:`RegionalBalance`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -166,8 +166,10 @@ class RegionPlan:
                 weights[layer] = weights.get(layer, 0.0) + self.blend_weights[index] * weight
         return {layer: weight / total for layer, weight in weights.items()}
 
-    def balance(self, tolerance: float) -> RegionalBalance:
-        return RegionalBalance({group.name: list(self.group_layers(group)) for group in self.groups}, tolerance)
+    def balance(self, tolerance: float, w2_layers: Collection[str] = ()) -> RegionalBalance:
+        """The per-group balances; ``w2_layers`` are measured by the W2 distance (see :class:`StyleBalance`)."""
+        layers = {group.name: list(self.group_layers(group)) for group in self.groups}
+        return RegionalBalance(layers, tolerance, frozenset(w2_layers))
 
 
 def _groups(masks: Mapping[int, torch.Tensor], style_count: int) -> list[StyleGroup]:
@@ -196,11 +198,15 @@ class RegionalBalance:
 
     layers: dict[str, list[str]]
     tolerance: float
+    w2_layers: frozenset[str] = frozenset()
     balances: dict[str, StyleBalance] = field(init=False)
     measured: list[dict[str, float]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
-        self.balances = {name: StyleBalance(layers, tolerance=self.tolerance) for name, layers in self.layers.items()}
+        self.balances = {
+            name: StyleBalance(layers, tolerance=self.tolerance, w2_layers=self.w2_layers)
+            for name, layers in self.layers.items()
+        }
 
     @staticmethod
     def key(group: str, layer: str) -> str:
@@ -247,8 +253,10 @@ def style_terms(
         blended = blend_statistics(stats, [plan.blend_weights[i] for i in group.styles])
         layer_weights = plan.group_layers(group)
         guides = _layer_guides(group.mask, content_features, layer_weights)
-        targets = {layer: style_loss(opts.style_loss, blended[layer], guides.get(layer)) for layer in layer_weights}
-        energy = energy_factors(targets, content_features, list(layer_weights), opts.style_energy_power, guides)
+        targets = {layer: style_loss(blended[layer], guides.get(layer)) for layer in layer_weights}
+        energy = energy_factors(
+            targets, content_features, list(layer_weights), opts.style_energy_power, guides, opts.style_energy_floor
+        )
         for layer, weight in layer_weights.items():
             share = 1.0 if layer not in guides else float(guides[layer].mean())
             value = opts.style_weight * weight * energy[layer] * balance.multiplier(group.name, layer) * share

@@ -23,12 +23,14 @@ from .vgg import VGGFeatures
 
 __all__ = [
     "ENERGY_RATIO_LIMIT",
+    "MIXED_W2_LAYERS",
     "TYPICAL_TILE_SHARE",
     "Stats",
     "StyleLoss",
     "TargetCache",
     "blend_statistics",
     "energy_factors",
+    "layer_loss_kind",
     "style_loss",
     "style_statistics",
     "style_targets",
@@ -75,6 +77,20 @@ class TargetCache(Generic[Value]):
 
     def info(self) -> dict[str, int]:
         return {"hits": self.hits, "misses": self.misses, "size": len(self._items), "capacity": self.capacity}
+
+
+#: The layers ``style_loss="mixed"`` matches by mean + covariance (W2) instead of a Gram matrix. relu4_1 is where a
+#: painting's motifs (swirls, facets) are features of their own: a relative Gram error there is dominated by the
+#: largest co-activations and lets the mean activations (how much of each motif the picture has, which is what
+#: style embeddings such as Magenta's pool) drift; W2 matches the mean apart from the covariance.
+MIXED_W2_LAYERS = ("relu4_1",)
+
+
+def layer_loss_kind(kind: str, layer: str) -> str:
+    """The statistic ``layer`` uses under the ``style_loss`` option ``kind``: ``gram`` or ``w2``."""
+    if kind == "mixed":
+        return "w2" if layer in MIXED_W2_LAYERS else "gram"
+    return kind
 
 
 def _layer_statistics(features: torch.Tensor, kind: str) -> tuple[torch.Tensor, ...]:
@@ -133,9 +149,9 @@ def _statistics(net: VGGFeatures, style: torch.Tensor, layers: Sequence[str], op
         features = net(style)
     tiles = opts.deep_style_tiles
     return {
-        layer: typical_tile_statistics(features[layer], opts.style_loss, tiles)
+        layer: typical_tile_statistics(features[layer], layer_loss_kind(opts.style_loss, layer), tiles)
         if tiles > 1 and layer.startswith(DEEP_LAYER_PREFIX)
-        else _layer_statistics(features[layer], opts.style_loss)
+        else _layer_statistics(features[layer], layer_loss_kind(opts.style_loss, layer))
         for layer in layers
     }
 
@@ -189,9 +205,9 @@ def blend_statistics(stats: Sequence[Stats], weights: Sequence[float]) -> Stats:
     return blended
 
 
-def style_loss(kind: str, values: tuple[torch.Tensor, ...], guide: torch.Tensor | None = None) -> StyleLoss:
+def style_loss(values: tuple[torch.Tensor, ...], guide: torch.Tensor | None = None) -> StyleLoss:
     """The loss module matching ``values`` (a Gram matrix, or a mean and covariance), applied where ``guide`` is."""
-    if kind == "gram":
+    if len(values) == 1:
         return GramStyleLoss(values[0], guide=guide)
     return W2StyleLoss(values[0], values[1], guide=guide)
 
@@ -202,7 +218,7 @@ def style_targets(
     """One style-loss module per layer, its target the blend of every style's statistics (``blend_statistics``)."""
     weights = opts.style_blend_weights or [1.0] * len(styles)
     stats = [style_statistics(cache, net, style, opts, long_side) for style in styles]
-    return {layer: style_loss(opts.style_loss, values) for layer, values in blend_statistics(stats, weights).items()}
+    return {layer: style_loss(values) for layer, values in blend_statistics(stats, weights).items()}
 
 
 #: The energy ratio is clamped to [floor, limit] so that a blank content (or style) cannot make a weight explode.
@@ -218,6 +234,7 @@ def energy_factors(
     layers: Sequence[str],
     power: float,
     guides: Mapping[str, torch.Tensor] | None = None,
+    floor: float = ENERGY_RATIO_FLOOR,
 ) -> dict[str, float]:
     """Per style layer: (‖style second moment‖ / ‖content second moment‖) ** ``power``.
 
@@ -226,7 +243,8 @@ def energy_factors(
     result harder than a muted one (Shipwreck's ≈ 1×). That is the behaviour neural-style's defaults were tuned
     on. The ratio keeps the weight independent of the
     image size and of the network's activation scale; ``power`` 0 turns the weighting off. With ``guides``
-    (per layer, a style's region) the content's energy is that of the region's guided Gram matrix.
+    (per layer, a style's region) the content's energy is that of the region's guided Gram matrix. ``floor``
+    bounds the ratio from below (``StylizeOptions.style_energy_floor``; 1: muted styles keep the base weight).
     """
     if power == 0:
         return {layer: 1.0 for layer in layers}
@@ -237,6 +255,6 @@ def energy_factors(
         gram = gram_matrix(features) if guide is None else guided_gram_matrix(features, guide)
         content_energy = float(gram.norm())
         ratio = targets[layer].target_energy / max(content_energy, 1e-12)
-        ratio = min(max(ratio, ENERGY_RATIO_FLOOR), ENERGY_RATIO_LIMIT)
+        ratio = min(max(ratio, floor), ENERGY_RATIO_LIMIT)
         factors[layer] = ratio**power
     return factors
