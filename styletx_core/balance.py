@@ -24,8 +24,10 @@ and lost content on the muted pairs.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+from .layers import layer_loss_kind
 
 __all__ = ["DEEP_LAYER_PREFIX", "StyleBalance"]
 
@@ -52,7 +54,8 @@ class StyleBalance:
             missing; the base weights (with the energy weighting) are what every style gets at least.
         deep_cap, deep_floor: the bounds of a deep layer's multiplier: it may relax where it is already closer
             than ``deep_tolerance`` (that keeps content) and grows little, since deep terms copy objects.
-        w2_layers: texture layers whose errors are W2 distances: their tolerance is ``W2_TOLERANCE_RATIO`` × larger.
+        loss_kind: the ``style_loss`` option: texture layers it matches by the W2 distance (``layers.layer_loss_kind``)
+            are driven toward ``W2_TOLERANCE_RATIO`` × ``tolerance``.
     """
 
     layers: Sequence[str]
@@ -62,7 +65,7 @@ class StyleBalance:
     deep_cap: float = 2.0
     floor: float = 1.0
     deep_floor: float = 1 / 16
-    w2_layers: Collection[str] = ()
+    loss_kind: str = "gram"
     multipliers: dict[str, float] = field(init=False)
     measured: list[dict[str, float]] = field(init=False, default_factory=list)
 
@@ -79,7 +82,7 @@ class StyleBalance:
     def target(self, layer: str) -> float:
         if self.is_deep(layer):
             return self.deep_tolerance
-        return self.tolerance * (W2_TOLERANCE_RATIO if layer in self.w2_layers else 1.0)
+        return self.tolerance * (W2_TOLERANCE_RATIO if layer_loss_kind(self.loss_kind, layer) == "w2" else 1.0)
 
     def bounds(self, layer: str) -> tuple[float, float]:
         return (self.deep_floor, self.deep_cap) if self.is_deep(layer) else (self.floor, self.cap)

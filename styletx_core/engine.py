@@ -35,7 +35,7 @@ from .progress import Callback, Iterate, StylizeResult
 from .regions import RegionalBalance, RegionPlan, StyleControl, content_loss, regional_start
 from .regions import style_terms as style_terms_for
 from .schedule import scale_iterations, total_iterations
-from .targets import Stats, TargetCache, layer_loss_kind
+from .targets import Stats, TargetCache
 from .vgg import FEATURE_LAYERS, VGGFeatures, layer_names
 from .weights import LoadedWeights, load_vgg_weights
 
@@ -289,8 +289,7 @@ class StyleTransfer:
         content_t, style_ts = self._prepare_colors(content, styles, opts)
         sizes = [fit_long_side(content.size, s) for s in opts.scales()]
         run = _Run(opts, sizes, self.memory_plan(sizes, opts), callback)
-        w2_layers = [layer for layer in opts.style_layers if layer_loss_kind(opts.style_loss, layer) == "w2"]
-        balance = plan.balance(opts.style_tolerance, w2_layers)
+        balance = plan.balance(opts.style_tolerance, opts.style_loss)
         return _Job(content, seed, generator, content_t, style_ts, run, balance, init_image, extra_losses or {}, plan)
 
     def finish_job(self, job: _Job, image: torch.Tensor) -> StylizeResult:

@@ -6,7 +6,10 @@ One home for the names the engine, the ONNX export, the scorer and the option ch
 
 from __future__ import annotations
 
-__all__ = ["ARCHS", "CFGS", "FEATURE_LAYERS", "SCORING_LAYERS", "STYLE_LAYERS", "conv_names", "layer_names"]
+__all__ = [
+    "ARCHS", "CFGS", "FEATURE_LAYERS", "MIXED_W2_LAYERS", "SCORING_LAYERS", "STYLE_LAYERS", "conv_names",
+    "layer_loss_kind", "layer_names",
+]
 
 #: ``"M"`` = pool, numbers = conv widths (torchvision's ``cfgs``).
 CFGS: dict[str, list[int | str]] = {
@@ -23,6 +26,19 @@ STYLE_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "re
 FEATURE_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1")
 #: What the ONNX export carries and the quality scores read: the style layers, then the content layer.
 SCORING_LAYERS: tuple[str, ...] = (*STYLE_LAYERS, "relu4_2")
+#: The layers ``style_loss="mixed"`` matches by mean + covariance (W2) instead of a Gram matrix. relu4_1 is where a
+#: painting's motifs (swirls, facets) are features of their own: a relative Gram error there is dominated by the
+#: largest co-activations and lets the mean activations (how much of each motif the picture has, which is what
+#: style embeddings such as Magenta's pool) drift; W2 matches the mean apart from the covariance.
+MIXED_W2_LAYERS: tuple[str, ...] = ("relu4_1",)
+
+
+def layer_loss_kind(kind: str, layer: str) -> str:
+    """The statistic ``layer`` uses under the ``style_loss`` option ``kind``: ``gram`` or ``w2``. Here, torch-free,
+    because the targets (what is matched) and the balance (what tolerance the error is read against) both ask."""
+    if kind == "mixed":
+        return "w2" if layer in MIXED_W2_LAYERS else "gram"
+    return kind
 
 
 def layer_names(arch: str) -> list[str]:

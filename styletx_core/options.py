@@ -88,8 +88,8 @@ class StylizeOptions:
     """Relative weight per style layer; ``None`` weighs every layer equally."""
     style_loss: str = "gram"
     """``gram`` (Gatys et al.), ``w2`` (mean + covariance on every layer) or ``mixed``: Gram matrices on the texture
-    layers and mean + covariance where the painting's motifs live (``targets.MIXED_W2_LAYERS``: relu4_1), whose
-    mean a Gram error lets drift (measured in ``bench/results/quality_mixed.md``). See ``targets.layer_loss_kind``."""
+    layers and mean + covariance where the painting's motifs live (``layers.MIXED_W2_LAYERS``: relu4_1), whose
+    mean a Gram error lets drift (measured in ``bench/results/quality_mixed.md``). See ``layers.layer_loss_kind``."""
     style_energy_power: float = 1.0
     """Each style layer's weight × (‖style Gram‖ / ‖content Gram‖) ** this: vivid styles pull harder than muted
     ones, as with Gatys et al.'s unnormalised loss (0: every style alike; 2: the style error is relative to the

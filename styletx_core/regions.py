@@ -14,7 +14,7 @@ with a :class:`RegionPlan` and a :class:`RegionalBalance`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -166,10 +166,11 @@ class RegionPlan:
                 weights[layer] = weights.get(layer, 0.0) + self.blend_weights[index] * weight
         return {layer: weight / total for layer, weight in weights.items()}
 
-    def balance(self, tolerance: float, w2_layers: Collection[str] = ()) -> RegionalBalance:
-        """The per-group balances; ``w2_layers`` are measured by the W2 distance (see :class:`StyleBalance`)."""
+    def balance(self, tolerance: float, loss_kind: str = "gram") -> RegionalBalance:
+        """The per-group balances; ``loss_kind`` (the ``style_loss`` option) says which layers the W2 distance
+        measures, per-style layers included (see :class:`StyleBalance`)."""
         layers = {group.name: list(self.group_layers(group)) for group in self.groups}
-        return RegionalBalance(layers, tolerance, frozenset(w2_layers))
+        return RegionalBalance(layers, tolerance, loss_kind)
 
 
 def _groups(masks: Mapping[int, torch.Tensor], style_count: int) -> list[StyleGroup]:
@@ -198,13 +199,13 @@ class RegionalBalance:
 
     layers: dict[str, list[str]]
     tolerance: float
-    w2_layers: frozenset[str] = frozenset()
+    loss_kind: str = "gram"
     balances: dict[str, StyleBalance] = field(init=False)
     measured: list[dict[str, float]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.balances = {
-            name: StyleBalance(layers, tolerance=self.tolerance, w2_layers=self.w2_layers)
+            name: StyleBalance(layers, tolerance=self.tolerance, loss_kind=self.loss_kind)
             for name, layers in self.layers.items()
         }
 

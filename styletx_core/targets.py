@@ -17,20 +17,19 @@ import torch
 from torch.nn import functional as F
 
 from .balance import DEEP_LAYER_PREFIX
+from .layers import layer_loss_kind
 from .losses import GramStyleLoss, W2StyleLoss, gram_matrix, guided_gram_matrix, mean_and_covariance
 from .options import StylizeOptions
 from .vgg import VGGFeatures
 
 __all__ = [
     "ENERGY_RATIO_LIMIT",
-    "MIXED_W2_LAYERS",
     "TYPICAL_TILE_SHARE",
     "Stats",
     "StyleLoss",
     "TargetCache",
     "blend_statistics",
     "energy_factors",
-    "layer_loss_kind",
     "style_loss",
     "style_statistics",
     "style_targets",
@@ -77,20 +76,6 @@ class TargetCache(Generic[Value]):
 
     def info(self) -> dict[str, int]:
         return {"hits": self.hits, "misses": self.misses, "size": len(self._items), "capacity": self.capacity}
-
-
-#: The layers ``style_loss="mixed"`` matches by mean + covariance (W2) instead of a Gram matrix. relu4_1 is where a
-#: painting's motifs (swirls, facets) are features of their own: a relative Gram error there is dominated by the
-#: largest co-activations and lets the mean activations (how much of each motif the picture has, which is what
-#: style embeddings such as Magenta's pool) drift; W2 matches the mean apart from the covariance.
-MIXED_W2_LAYERS = ("relu4_1",)
-
-
-def layer_loss_kind(kind: str, layer: str) -> str:
-    """The statistic ``layer`` uses under the ``style_loss`` option ``kind``: ``gram`` or ``w2``."""
-    if kind == "mixed":
-        return "w2" if layer in MIXED_W2_LAYERS else "gram"
-    return kind
 
 
 def _layer_statistics(features: torch.Tensor, kind: str) -> tuple[torch.Tensor, ...]:
@@ -225,7 +210,7 @@ def style_targets(
 #: With the default power 1 a muted style is divided by at most 3 (it was 9 at power 2, which left muted paintings
 #: such as Picasso's Seated Nude under-stylised); :mod:`styletx_core.balance` adds weight where style is missing.
 ENERGY_RATIO_LIMIT = 3.0
-ENERGY_RATIO_FLOOR = 1 / 3
+ENERGY_RATIO_FLOOR = StylizeOptions.style_energy_floor  # one default: the option's
 
 
 def energy_factors(

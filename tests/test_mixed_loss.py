@@ -10,14 +10,13 @@ from styletx_core.balance import W2_TOLERANCE_RATIO, StyleBalance
 from styletx_core.engine import StyleTransfer
 from styletx_core.errors import OptionError
 from styletx_core.imageio import pil_to_tensor
+from styletx_core.layers import MIXED_W2_LAYERS, layer_loss_kind
 from styletx_core.losses import GramStyleLoss, W2StyleLoss
 from styletx_core.options import StylizeOptions
 from styletx_core.targets import (
     ENERGY_RATIO_LIMIT,
-    MIXED_W2_LAYERS,
     TargetCache,
     energy_factors,
-    layer_loss_kind,
     style_loss,
     style_statistics,
 )
@@ -56,7 +55,7 @@ def test_mixed_statistics_are_a_mean_and_covariance_only_at_the_w2_layer(
 def test_a_w2_layer_is_driven_toward_a_proportionally_looser_tolerance() -> None:
     # The same measured error, 0.25: a Gram layer is 2.5× short of 0.1 and pulls harder; the W2 layer is within
     # 3 × 0.1 and stays at its floor; the deep layer keeps its own tolerance either way.
-    balance = StyleBalance(LAYERS, tolerance=0.1, w2_layers={"relu4_1"})
+    balance = StyleBalance(LAYERS, tolerance=0.1, loss_kind="mixed")
     assert balance.target("relu4_1") == pytest.approx(0.1 * W2_TOLERANCE_RATIO)
     assert balance.target("relu3_1") == pytest.approx(0.1)
     assert balance.target("relu5_1") == StyleBalance(LAYERS).target("relu5_1")
