@@ -32,7 +32,7 @@ from .losses import LayerApply, Scale, SumLoss, TVLoss
 from .memory import ScalePlan, available_memory, plan_scale, scale_allocator, tune_allocator
 from .options import StylizeOptions
 from .progress import Callback, Iterate, StylizeResult
-from .regions import RegionalBalance, RegionPlan, StyleControl, content_loss, regional_start
+from .regions import RegionalBalance, RegionPlan, StyleControl, content_loss, layout_loss, regional_start
 from .regions import style_terms as style_terms_for
 from .schedule import scale_iterations, total_iterations
 from .targets import Stats, TargetCache
@@ -400,6 +400,8 @@ class StyleTransfer:
     ) -> SumLoss:
         """Content, style and TV terms for one scale; style targets come from the cache when possible.
 
+        The layout term (``opts.layout_weight``; :class:`~styletx_core.losses.LayoutLoss`) holds the photo's
+        blurred luminance, its σ a fixed share of the scale's long side.
         A style layer's weight is the option's, × its energy factor (vivid styles pull harder), × the balance's
         multiplier (what the previous scales measured): see :mod:`styletx_core.balance`. Regions and per-style
         layers shape the style terms (:func:`styletx_core.regions.style_terms`); the masks follow each scale.
@@ -417,6 +419,8 @@ class StyleTransfer:
         style_terms = style_terms_for(self.targets, net, styles, plan, opts, style_size, content_features, balance)
         tv_terms = [Scale(LayerApply(TVLoss(), None), opts.tv_weight)]
         groups: dict[str, Sequence[torch.nn.Module]] = {"content": content_terms, "style": style_terms, "tv": tv_terms}
+        if opts.layout_weight > 0:
+            groups["layout"] = [Scale(LayerApply(layout_loss(_resize(content, size), plan), None), opts.layout_weight)]
         groups.update({name: [LayerApply(module, None)] for name, module in extra.items()})
         return SumLoss({name: torch.nn.ModuleList(terms) for name, terms in groups.items()}).to(self.device)
 

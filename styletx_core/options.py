@@ -28,6 +28,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "content_weight": (0.0, 1e6),
     "style_weight": (0.0, 1e6),
     "tv_weight": (0.0, 1e6),
+    "layout_weight": (0.0, 1e6),
     "style_scale": (0.05, 8.0),
     "style_energy_power": (0.0, 4.0),
     "style_energy_floor": (0.01, 1.0),
@@ -82,31 +83,38 @@ class StylizeOptions:
     content_weight: float = 1.0
     style_weight: float = 8.0
     tv_weight: float = 1.0
+    layout_weight: float = 0.1
+    """Weight of the layout term: the relative error of the image's blurred luminance (σ = 1/256 of the long side)
+    to the photo's, which keeps where its light and dark masses are while the style repaints colour and detail
+    (``losses.LayoutLoss``). 0: off."""
     content_layers: tuple[str, ...] = ("relu4_2",)
     style_layers: tuple[str, ...] = STYLE_LAYERS
     style_layer_weights: tuple[float, ...] | None = None
     """Relative weight per style layer; ``None`` weighs every layer equally."""
-    style_loss: str = "gram"
+    style_loss: str = "mixed"
     """``gram`` (Gatys et al.), ``w2`` (mean + covariance on every layer) or ``mixed``: Gram matrices on the texture
     layers and mean + covariance where the painting's motifs live (``layers.MIXED_W2_LAYERS``: relu4_1), whose
-    mean a Gram error lets drift (measured in ``bench/results/quality_mixed.md``). See ``layers.layer_loss_kind``."""
+    mean a Gram error lets drift. The default: with it the Magenta cosines the Gram loss lost on Starry Night and its
+    original-colour twin are won (``bench/results/quality.md``). See ``layers.layer_loss_kind``."""
     style_energy_power: float = 1.0
     """Each style layer's weight × (‖style Gram‖ / ‖content Gram‖) ** this: vivid styles pull harder than muted
     ones, as with Gatys et al.'s unnormalised loss (0: every style alike; 2: the style error is relative to the
     content's Gram norm instead of the style's). See ``targets.energy_factors``."""
-    style_energy_floor: float = 1 / 3
+    style_energy_floor: float = 1.0
     """The smallest energy ratio (before the power): a muted painting's weight is divided by at most its inverse.
-    1: muted paintings keep the base weight and only vivid ones pull harder."""
+    1 (the default): muted paintings keep the base weight and only vivid ones pull harder; ⅓ divided Picasso's
+    Seated Nude's weight by up to 3 and left it short of style under the mixed loss."""
     style_tolerance: float = 0.1
     """The relative Gram error each style layer is driven toward: after every scale, a texture layer still further
     from the style pulls harder at the next (never below its base weight, up to ×16); the deepest layer (relu5_1)
-    is driven toward 0.5 and may relax as well as grow (up to ×2); a layer the W2 distance matches, toward 3× this
+    is driven toward 0.6 and may relax as well as grow (up to ×2); a layer the W2 distance matches, toward 2.5× this
     (``balance.W2_TOLERANCE_RATIO``). 0: fixed weights. See :mod:`styletx_core.balance`."""
-    deep_style_tiles: int = 0
+    deep_style_tiles: int = 3
     """0: off. N ≥ 2: the deepest style layers' (relu5_*) statistics are the mean over the most typical half of an
     N×N grid of tiles of the painting (the tiles closest to the element-wise median of all tiles), so that an object
-    in a few tiles of it (a face, an eye) is not copied into the photo while what most tiles share is kept. Off by
-    default: measured in ``bench/results/quality_deep_tiles.md``. See ``targets.typical_tile_statistics``."""
+    in a few tiles of it (a face, an eye) is not copied into the photo while what most tiles share is kept. The
+    default 3: without it, a face from Matisse's Woman with a Hat appears in golden_gate's water
+    (``bench/results/quality_layout_notiles.md``). See ``targets.typical_tile_statistics``."""
     style_blend_weights: tuple[float, ...] | None = None
     """Relative weight per style image; ``None`` blends them equally."""
     style_scale: float = 1.0

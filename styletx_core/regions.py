@@ -24,7 +24,7 @@ from PIL import Image, ImageFilter
 from .balance import StyleBalance
 from .errors import OptionError
 from .imageio import pil_to_tensor, tensor_to_pil
-from .losses import ContentLoss, LayerApply, Scale, guide_at
+from .losses import LAYOUT_SIGMA_SHARE, ContentLoss, LayerApply, LayoutLoss, Scale, guide_at
 from .options import KNOWN_LAYERS, StylizeOptions
 from .targets import Stats, TargetCache, blend_statistics, energy_factors, style_loss, style_statistics
 from .vgg import VGGFeatures
@@ -38,6 +38,7 @@ __all__ = [
     "StyleGroup",
     "composite",
     "content_loss",
+    "layout_loss",
     "load_mask",
     "regional_composite",
     "regional_start",
@@ -280,6 +281,15 @@ def content_loss(target: torch.Tensor, plan: RegionPlan) -> ContentLoss:
     if plan.content_strength is None:
         return ContentLoss(target)
     return ContentLoss(target, strength=guide_at(plan.content_strength, *target.shape[-2:]))
+
+
+def layout_loss(content: torch.Tensor, plan: RegionPlan) -> LayoutLoss:
+    """The layout term at ``content``'s size (σ: ``LAYOUT_SIGMA_SHARE`` of its long side), weighted per pixel by the
+    content-strength map like the content loss: where a face is kept photographic, its composition is too."""
+    sigma = max(content.shape[-2:]) * LAYOUT_SIGMA_SHARE
+    if plan.content_strength is None:
+        return LayoutLoss(content, sigma)
+    return LayoutLoss(content, sigma, strength=guide_at(plan.content_strength, *content.shape[-2:]))
 
 
 def regional_start(

@@ -105,7 +105,7 @@ def test_the_request_field_reaches_the_engine_and_a_bad_value_names_it() -> None
     from styletx_server.validation import params_to_options
 
     assert params_to_options(pb.StylizeParams(deep_style_tiles=4), None).deep_style_tiles == 4
-    assert params_to_options(pb.StylizeParams(), None).deep_style_tiles == 0
+    assert params_to_options(pb.StylizeParams(), None).deep_style_tiles == StylizeOptions().deep_style_tiles
     with pytest.raises(ServiceError) as caught:
         params_to_options(pb.StylizeParams(deep_style_tiles=99), None)
     assert caught.value.field == "params.deep_style_tiles"

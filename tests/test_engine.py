@@ -245,13 +245,14 @@ def test_style_energy_weighting_moves_the_balance(engine, content_image, style_i
     # A low-contrast style has less texture energy than the content: weighing by energy pulls less, so the result
     # keeps more content and matches the style less than with every style weighed alike — and the reverse for a
     # vivid style. Both errors are measured with the unweighted losses; the adaptive balance is off so that only
-    # the energy weighting differs.
-    opts = StylizeOptions(**{**SMALL, "style_energy_power": 0.0, "style_tolerance": 0.0})
+    # the energy weighting differs, and the energy floor is ⅓ so that a muted style's weight may fall below the base
+    # (the default floor 1 keeps it there: test_mixed_loss.py).
+    opts = StylizeOptions(**{**SMALL, "style_energy_power": 0.0, "style_tolerance": 0.0, "style_energy_floor": 1 / 3})
     net = engine.network(opts.model, opts.pooling)
 
     def errors(style: Image.Image, power: float) -> tuple[float, float]:
         result, _ = _run(engine, content_image, [style], style_energy_power=power, style_tolerance=0.0, min_size=64,
-                         iterations=30)
+                         iterations=30, style_energy_floor=1 / 3)
         plan = RegionPlan.build(None, 1, result.image.size, opts)
         losses = engine._build_losses(net, pil_to_tensor(content_image), [pil_to_tensor(style)], result.image.size,
                                       opts, {}, plan.balance(0.0), plan)

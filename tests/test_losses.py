@@ -135,5 +135,7 @@ def test_energy_factors_by_hand() -> None:
     assert energy_factors(targets, content, ["a"], 0.5) == {"a": pytest.approx(math.sqrt(2))}
     assert energy_factors(targets, content, ["a", "b"], 0.0) == {"a": 1.0, "b": 1.0}
     # A ratio beyond ENERGY_RATIO_LIMIT either way (a blank content or style) is clamped: no weight explodes.
-    factors = energy_factors(targets, content, ["b", "c"], 2.0)
+    factors = energy_factors(targets, content, ["b", "c"], 2.0, floor=1 / ENERGY_RATIO_LIMIT)
     assert factors == {"b": pytest.approx(ENERGY_RATIO_LIMIT**2), "c": pytest.approx(ENERGY_RATIO_LIMIT**-2)}
+    # The default floor (StylizeOptions.style_energy_floor, 1): a muted style keeps its base weight.
+    assert energy_factors(targets, content, ["c"], 2.0) == {"c": pytest.approx(1.0)}

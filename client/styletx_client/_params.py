@@ -68,7 +68,7 @@ class JobOptions(TypedDict, total=False):
     style_layer_weights: Sequence[float]
     """Relative weight per style layer (as many as style_layers); empty: equal."""
     style_loss: Literal['gram', 'w2', 'mixed']
-    """Statistic the style loss matches. Default: 'gram'."""
+    """Statistic the style loss matches. Default: 'mixed'."""
     style_scale: float
     """Style image long side relative to the output's (larger: larger brush strokes). Default: 1.0."""
     preserve_color: Literal['none', 'luminance', 'histogram']
@@ -84,11 +84,13 @@ class JobOptions(TypedDict, total=False):
     style_energy_power: float
     """Exponent p of the style-energy weighting: each style layer's weight is multiplied by (‖style Gram‖ / ‖content Gram‖)^p, so vivid styles pull harder than muted ones (0: every style alike). Default: 1.0."""
     style_tolerance: float
-    """Relative Gram error each texture layer (relu1_1–relu4_1) is driven toward: after every scale, a layer still further from the style pulls harder at the next (0: fixed weights). A layer the W2 distance matches (STYLE_LOSS_W2, STYLE_LOSS_MIXED) is driven toward 3× this. Default: 0.1."""
+    """Relative Gram error each texture layer (relu1_1–relu4_1) is driven toward: after every scale, a layer still further from the style pulls harder at the next (0: fixed weights). A layer the W2 distance matches (STYLE_LOSS_W2, STYLE_LOSS_MIXED) is driven toward 2.5× this. Default: 0.1."""
     deep_style_tiles: int
-    """0: off. N >= 2: the deepest style layers' (relu5_*) statistics are the mean over the most typical half of an N×N grid of tiles of the painting, so that an object in a few tiles (a face, an eye) is not copied into the photo. Default: 0."""
+    """0: off. N >= 2: the deepest style layers' (relu5_*) statistics are the mean over the most typical half of an N×N grid of tiles of the painting, so that an object in a few tiles (a face, an eye) is not copied into the photo. Default: 3."""
     style_energy_floor: float
-    """Smallest style-energy ratio (0.01–1): a muted style's weight is divided by at most its inverse (1: muted styles keep the base weight, only vivid ones pull harder). Default: 0.333333."""
+    """Smallest style-energy ratio (0.01–1): a muted style's weight is divided by at most its inverse (1: muted styles keep the base weight, only vivid ones pull harder). Default: 1.0."""
+    layout_weight: float
+    """Weight of the layout term: the relative error of the result's blurred luminance (σ = 1/256 of the long side) to the content's, which keeps the photo's light and dark masses where they are (0: off). Default: 0.1."""
     output_format: Literal['png', 'jpeg', 'tiff16']
     """Encoding of the result."""
     preview_max_side: int
@@ -189,7 +191,7 @@ OPTIONS: dict[str, OptionSpec] = {
     'style_loss': OptionSpec(
         ('params', 'style_loss'), str, False,
         'Statistic the style loss matches.',
-        ('gram', 'w2', 'mixed'), 'gram'),
+        ('gram', 'w2', 'mixed'), 'mixed'),
     'style_scale': OptionSpec(
         ('params', 'style_scale'), float, False,
         "Style image long side relative to the output's (larger: larger brush strokes).",
@@ -220,16 +222,20 @@ OPTIONS: dict[str, OptionSpec] = {
         (), 1.0),
     'style_tolerance': OptionSpec(
         ('params', 'style_tolerance'), float, False,
-        'Relative Gram error each texture layer (relu1_1–relu4_1) is driven toward: after every scale, a layer still further from the style pulls harder at the next (0: fixed weights). A layer the W2 distance matches (STYLE_LOSS_W2, STYLE_LOSS_MIXED) is driven toward 3× this.',
+        'Relative Gram error each texture layer (relu1_1–relu4_1) is driven toward: after every scale, a layer still further from the style pulls harder at the next (0: fixed weights). A layer the W2 distance matches (STYLE_LOSS_W2, STYLE_LOSS_MIXED) is driven toward 2.5× this.',
         (), 0.1),
     'deep_style_tiles': OptionSpec(
         ('params', 'deep_style_tiles'), int, False,
         "0: off. N >= 2: the deepest style layers' (relu5_*) statistics are the mean over the most typical half of an N×N grid of tiles of the painting, so that an object in a few tiles (a face, an eye) is not copied into the photo.",
-        (), 0),
+        (), 3),
     'style_energy_floor': OptionSpec(
         ('params', 'style_energy_floor'), float, False,
         "Smallest style-energy ratio (0.01–1): a muted style's weight is divided by at most its inverse (1: muted styles keep the base weight, only vivid ones pull harder).",
-        (), 0.333333),
+        (), 1.0),
+    'layout_weight': OptionSpec(
+        ('params', 'layout_weight'), float, False,
+        "Weight of the layout term: the relative error of the result's blurred luminance (σ = 1/256 of the long side) to the content's, which keeps the photo's light and dark masses where they are (0: off).",
+        (), 0.1),
     'output_format': OptionSpec(
         ('output_format',), str, False,
         'Encoding of the result.',

@@ -5,8 +5,9 @@ scales that exist to establish large structures (``hybrid_options``: the last tw
 :data:`HYBRID_COARSE_ITERATIONS` at the coarser one). Measured with the quality benchmark at 512 px
 (bench/results/fast_hybrid.json): the final scale alone reaches the reference bar only at 0.75× OPTIMIZE's
 full-resolution-equivalent iterations and loses it again (L-BFGS from the fast picture keeps its texture);
-50 iterations at the coarser scale first reach it at 0.60×, 20 at 0.45×. The engine's contract takes
-``init_image``.
+50 iterations at the coarser scale first reach it at 0.60×, 20 at 0.45× (old defaults). With the 2026-12-02
+defaults: 20.0 against 57.0 equivalent iterations, 0.35× (``bench/results/rerun_quality_speed.md``). The engine's
+contract takes ``init_image``.
 """
 
 from __future__ import annotations

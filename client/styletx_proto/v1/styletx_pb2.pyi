@@ -318,6 +318,7 @@ class StylizeParams(_message.Message):
     STYLE_TOLERANCE_FIELD_NUMBER: _builtins.int
     DEEP_STYLE_TILES_FIELD_NUMBER: _builtins.int
     STYLE_ENERGY_FLOOR_FIELD_NUMBER: _builtins.int
+    LAYOUT_WEIGHT_FIELD_NUMBER: _builtins.int
     size: _builtins.int
     """Long side of the output image in pixels."""
     min_size: _builtins.int
@@ -367,7 +368,7 @@ class StylizeParams(_message.Message):
     style_tolerance: _builtins.float
     """Relative Gram error each texture layer (relu1_1–relu4_1) is driven toward: after every scale, a layer still
     further from the style pulls harder at the next (0: fixed weights). A layer the W2 distance matches
-    (STYLE_LOSS_W2, STYLE_LOSS_MIXED) is driven toward 3× this.
+    (STYLE_LOSS_W2, STYLE_LOSS_MIXED) is driven toward 2.5× this.
     """
     deep_style_tiles: _builtins.int
     """0: off. N >= 2: the deepest style layers' (relu5_*) statistics are the mean over the most typical half of an
@@ -376,6 +377,10 @@ class StylizeParams(_message.Message):
     style_energy_floor: _builtins.float
     """Smallest style-energy ratio (0.01–1): a muted style's weight is divided by at most its inverse (1: muted
     styles keep the base weight, only vivid ones pull harder).
+    """
+    layout_weight: _builtins.float
+    """Weight of the layout term: the relative error of the result's blurred luminance (σ = 1/256 of the long side) to
+    the content's, which keeps the photo's light and dark masses where they are (0: off).
     """
     @_builtins.property
     def content_layers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -420,10 +425,11 @@ class StylizeParams(_message.Message):
         style_tolerance: _builtins.float | None = ...,
         deep_style_tiles: _builtins.int | None = ...,
         style_energy_floor: _builtins.float | None = ...,
+        layout_weight: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_coarse_iterations", b"_coarse_iterations", "_content_weight", b"_content_weight", "_deep_style_tiles", b"_deep_style_tiles", "_ema_decay", b"_ema_decay", "_iterations", b"_iterations", "_learning_rate", b"_learning_rate", "_min_size", b"_min_size", "_preview_every", b"_preview_every", "_scale_step", b"_scale_step", "_seed", b"_seed", "_size", b"_size", "_style_energy_floor", b"_style_energy_floor", "_style_energy_power", b"_style_energy_power", "_style_scale", b"_style_scale", "_style_tolerance", b"_style_tolerance", "_style_weight", b"_style_weight", "_tv_weight", b"_tv_weight", "_variation_strength", b"_variation_strength", "coarse_iterations", b"coarse_iterations", "content_weight", b"content_weight", "deep_style_tiles", b"deep_style_tiles", "ema_decay", b"ema_decay", "iterations", b"iterations", "learning_rate", b"learning_rate", "min_size", b"min_size", "preview_every", b"preview_every", "scale_step", b"scale_step", "seed", b"seed", "size", b"size", "style_energy_floor", b"style_energy_floor", "style_energy_power", b"style_energy_power", "style_scale", b"style_scale", "style_tolerance", b"style_tolerance", "style_weight", b"style_weight", "tv_weight", b"tv_weight", "variation_strength", b"variation_strength"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_coarse_iterations", b"_coarse_iterations", "_content_weight", b"_content_weight", "_deep_style_tiles", b"_deep_style_tiles", "_ema_decay", b"_ema_decay", "_iterations", b"_iterations", "_layout_weight", b"_layout_weight", "_learning_rate", b"_learning_rate", "_min_size", b"_min_size", "_preview_every", b"_preview_every", "_scale_step", b"_scale_step", "_seed", b"_seed", "_size", b"_size", "_style_energy_floor", b"_style_energy_floor", "_style_energy_power", b"_style_energy_power", "_style_scale", b"_style_scale", "_style_tolerance", b"_style_tolerance", "_style_weight", b"_style_weight", "_tv_weight", b"_tv_weight", "_variation_strength", b"_variation_strength", "coarse_iterations", b"coarse_iterations", "content_weight", b"content_weight", "deep_style_tiles", b"deep_style_tiles", "ema_decay", b"ema_decay", "iterations", b"iterations", "layout_weight", b"layout_weight", "learning_rate", b"learning_rate", "min_size", b"min_size", "preview_every", b"preview_every", "scale_step", b"scale_step", "seed", b"seed", "size", b"size", "style_energy_floor", b"style_energy_floor", "style_energy_power", b"style_energy_power", "style_scale", b"style_scale", "style_tolerance", b"style_tolerance", "style_weight", b"style_weight", "tv_weight", b"tv_weight", "variation_strength", b"variation_strength"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_coarse_iterations", b"_coarse_iterations", "_content_weight", b"_content_weight", "_deep_style_tiles", b"_deep_style_tiles", "_ema_decay", b"_ema_decay", "_iterations", b"_iterations", "_learning_rate", b"_learning_rate", "_min_size", b"_min_size", "_preview_every", b"_preview_every", "_scale_step", b"_scale_step", "_seed", b"_seed", "_size", b"_size", "_style_energy_floor", b"_style_energy_floor", "_style_energy_power", b"_style_energy_power", "_style_scale", b"_style_scale", "_style_tolerance", b"_style_tolerance", "_style_weight", b"_style_weight", "_tv_weight", b"_tv_weight", "_variation_strength", b"_variation_strength", "coarse_iterations", b"coarse_iterations", "content_layers", b"content_layers", "content_weight", b"content_weight", "deep_style_tiles", b"deep_style_tiles", "ema_decay", b"ema_decay", "init", b"init", "iterations", b"iterations", "learning_rate", b"learning_rate", "min_size", b"min_size", "model", b"model", "optimizer", b"optimizer", "pooling", b"pooling", "precision", b"precision", "preserve_color", b"preserve_color", "preview_every", b"preview_every", "scale_step", b"scale_step", "seed", b"seed", "size", b"size", "style_energy_floor", b"style_energy_floor", "style_energy_power", b"style_energy_power", "style_layer_weights", b"style_layer_weights", "style_layers", b"style_layers", "style_loss", b"style_loss", "style_scale", b"style_scale", "style_tolerance", b"style_tolerance", "style_weight", b"style_weight", "tv_weight", b"tv_weight", "variation_strength", b"variation_strength"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_coarse_iterations", b"_coarse_iterations", "_content_weight", b"_content_weight", "_deep_style_tiles", b"_deep_style_tiles", "_ema_decay", b"_ema_decay", "_iterations", b"_iterations", "_layout_weight", b"_layout_weight", "_learning_rate", b"_learning_rate", "_min_size", b"_min_size", "_preview_every", b"_preview_every", "_scale_step", b"_scale_step", "_seed", b"_seed", "_size", b"_size", "_style_energy_floor", b"_style_energy_floor", "_style_energy_power", b"_style_energy_power", "_style_scale", b"_style_scale", "_style_tolerance", b"_style_tolerance", "_style_weight", b"_style_weight", "_tv_weight", b"_tv_weight", "_variation_strength", b"_variation_strength", "coarse_iterations", b"coarse_iterations", "content_layers", b"content_layers", "content_weight", b"content_weight", "deep_style_tiles", b"deep_style_tiles", "ema_decay", b"ema_decay", "init", b"init", "iterations", b"iterations", "layout_weight", b"layout_weight", "learning_rate", b"learning_rate", "min_size", b"min_size", "model", b"model", "optimizer", b"optimizer", "pooling", b"pooling", "precision", b"precision", "preserve_color", b"preserve_color", "preview_every", b"preview_every", "scale_step", b"scale_step", "seed", b"seed", "size", b"size", "style_energy_floor", b"style_energy_floor", "style_energy_power", b"style_energy_power", "style_layer_weights", b"style_layer_weights", "style_layers", b"style_layers", "style_loss", b"style_loss", "style_scale", b"style_scale", "style_tolerance", b"style_tolerance", "style_weight", b"style_weight", "tv_weight", b"tv_weight", "variation_strength", b"variation_strength"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__coarse_iterations: _TypeAlias = _typing.Literal["coarse_iterations"]  # noqa: Y015
     _WhichOneofArgType__coarse_iterations: _TypeAlias = _typing.Literal["_coarse_iterations", b"_coarse_iterations"]  # noqa: Y015
@@ -435,6 +441,8 @@ class StylizeParams(_message.Message):
     _WhichOneofArgType__ema_decay: _TypeAlias = _typing.Literal["_ema_decay", b"_ema_decay"]  # noqa: Y015
     _WhichOneofReturnType__iterations: _TypeAlias = _typing.Literal["iterations"]  # noqa: Y015
     _WhichOneofArgType__iterations: _TypeAlias = _typing.Literal["_iterations", b"_iterations"]  # noqa: Y015
+    _WhichOneofReturnType__layout_weight: _TypeAlias = _typing.Literal["layout_weight"]  # noqa: Y015
+    _WhichOneofArgType__layout_weight: _TypeAlias = _typing.Literal["_layout_weight", b"_layout_weight"]  # noqa: Y015
     _WhichOneofReturnType__learning_rate: _TypeAlias = _typing.Literal["learning_rate"]  # noqa: Y015
     _WhichOneofArgType__learning_rate: _TypeAlias = _typing.Literal["_learning_rate", b"_learning_rate"]  # noqa: Y015
     _WhichOneofReturnType__min_size: _TypeAlias = _typing.Literal["min_size"]  # noqa: Y015
@@ -471,6 +479,8 @@ class StylizeParams(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__ema_decay) -> _WhichOneofReturnType__ema_decay | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__iterations) -> _WhichOneofReturnType__iterations | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__layout_weight) -> _WhichOneofReturnType__layout_weight | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__learning_rate) -> _WhichOneofReturnType__learning_rate | None: ...
     @_typing.overload
