@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["chroma", "match_color", "recombine_luminance", "rgb_to_yiq", "yiq_to_rgb"]
+__all__ = ["chroma", "luminance", "match_color", "recombine_luminance", "rgb_to_yiq", "yiq_to_rgb"]
 
 _RGB_TO_YIQ = torch.tensor(
     [[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]]
@@ -19,6 +19,11 @@ def rgb_to_yiq(image: torch.Tensor) -> torch.Tensor:
 
 def yiq_to_rgb(image: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,njhw->nihw", torch.linalg.inv(_RGB_TO_YIQ).to(image), image)
+
+
+def luminance(image: torch.Tensor) -> torch.Tensor:
+    """The Y channel (N×1×H×W): what luminance-only colour preservation takes from the result."""
+    return torch.einsum("j,njhw->nhw", _RGB_TO_YIQ[0].to(image), image)[:, None]
 
 
 def chroma(image: torch.Tensor) -> torch.Tensor:

@@ -406,8 +406,9 @@ class StyleTransfer:
         multiplier (what the previous scales measured): see :mod:`styletx_core.balance`. Regions and per-style
         layers shape the style terms (:func:`styletx_core.regions.style_terms`); the masks follow each scale.
         """
+        scaled = _resize(content, size)
         with torch.no_grad():
-            content_features = net(_resize(content, size))
+            content_features = net(scaled)
         content_terms = [
             Scale(
                 LayerApply(content_loss(content_features[layer], plan), layer),
@@ -420,7 +421,7 @@ class StyleTransfer:
         tv_terms = [Scale(LayerApply(TVLoss(), None), opts.tv_weight)]
         groups: dict[str, Sequence[torch.nn.Module]] = {"content": content_terms, "style": style_terms, "tv": tv_terms}
         if opts.layout_weight > 0:
-            groups["layout"] = [Scale(LayerApply(layout_loss(_resize(content, size), plan), None), opts.layout_weight)]
+            groups["layout"] = [Scale(LayerApply(layout_loss(scaled, plan), None), opts.layout_weight)]
         groups.update({name: [LayerApply(module, None)] for name, module in extra.items()})
         return SumLoss({name: torch.nn.ModuleList(terms) for name, terms in groups.items()}).to(self.device)
 

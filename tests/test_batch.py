@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from support.faults import FaultLoss
+from support.rounding import FLOOR_FACTOR, flip_lowest_bit, pixel_bound
 
 from styletx_core.batch import BatchJob, batch_key, stylize_batch
 from styletx_core.engine import NumericalError, StyleTransfer
@@ -14,16 +15,9 @@ from styletx_core.options import StylizeOptions
 from styletx_core.progress import Iterate, StylizeResult
 
 SMALL = {"size": 64, "min_size": 45, "iterations": 8, "coarse_iterations": 4}
-#: Mean per-pixel difference (0–255) always allowed between a job's batched image and what ``stylize``
-#: (torch.optim.LBFGS / torch.optim.Adam) gives it alone. Not 0: the batched optimisers sum in another order than
-#: torch's (the two agree to 1e-9 in float64, tests/test_optim.py), and 12 steps amplify the rounding. How much
-#: depends on the CPU's kernels: measured 0, 2.0 and 1.1 on Zen 4 and 1.7, 9.2 and 3.5 on Zen 5, where flipping
-#: the lowest bit of one content pixel moves the solo result itself by 4.5–10 (``_solo_nudged``). So the bound
-#: is this or 1.5× the floor measured in the same run, whichever is larger; a job given another's targets is
-#: 14–58 away. Against the same job run as a batch of one, the difference is 0: companions change nothing.
-TOLERANCE = 3
-#: How much larger than the solo run's own rounding floor a batched job's difference may be.
-FLOOR_FACTOR = 1.5
+# Batched and solo runs may differ by TOLERANCE or FLOOR_FACTOR × the solo run's rounding floor (support/rounding.py):
+# the batched optimisers sum in another order than torch.optim.LBFGS / Adam (they agree to 1e-9 in float64,
+# tests/test_optim.py). Against the same job run as a batch of one, the difference is 0: companions change nothing.
 #: Relative difference allowed between a batched job's style multipliers and its solo run's.
 MULTIPLIER_REL = 0.2
 
@@ -50,17 +44,10 @@ def _difference(a: StylizeResult, b: StylizeResult) -> float:
     return float(np.abs(_pixels(a.image) - _pixels(b.image)).mean())
 
 
-def _nudged(content: Image.Image) -> Image.Image:
-    """The content with the lowest bit of one pixel's red channel flipped: the smallest change an 8-bit image has."""
-    pixels = np.asarray(content.convert("RGB")).copy()
-    pixels[3, 3, 0] ^= 1
-    return Image.fromarray(pixels)
-
-
 def _solo_nudged(engine: StyleTransfer, content, styles, opts: StylizeOptions, **kwargs) -> StylizeResult:
     """The solo run on the content with one bit flipped: how far it moves by itself shows how much rounding the
     optimisation amplifies; differences of that size between two implementations are not a bug."""
-    return engine.stylize(_nudged(content), styles, opts, **kwargs)
+    return engine.stylize(flip_lowest_bit(content), styles, opts, **kwargs)
 
 
 def _within_floor(batched: float, alone: float, nudged: float) -> bool:
@@ -69,7 +56,7 @@ def _within_floor(batched: float, alone: float, nudged: float) -> bool:
 
 def _pixel_bound(alone: StylizeResult, nudged: StylizeResult) -> float:
     """The mean pixel difference a batched job may have from its solo run: ``TOLERANCE`` or the rounding floor."""
-    return max(TOLERANCE, FLOOR_FACTOR * _difference(alone, nudged))
+    return pixel_bound(_difference(alone, nudged))
 
 
 def _assert_same_job(result: StylizeResult, alone: StylizeResult, nudged: StylizeResult) -> None:

@@ -19,7 +19,8 @@ from styletx_server.limits import Limits
 from styletx_server.queue import JobQueue
 from styletx_server.service import max_batch
 from support.fake import ServerThread
-from support.requests import kind, request
+from support.requests import encode, kind, request
+from support.rounding import flip_lowest_bit, pixel_bound
 
 from styletx_core.batch import fitting_batch
 from styletx_core.engine import StyleTransfer
@@ -115,14 +116,10 @@ def _image(events: list[pb.StylizeEvent]) -> np.ndarray:
 
 
 def _nudged(original: pb.StylizeRequest) -> pb.StylizeRequest:
-    """``original`` with the lowest bit of one content pixel flipped: the smallest change an 8-bit image has."""
-    pixels = np.asarray(Image.open(io.BytesIO(original.content)).convert("RGB")).copy()
-    pixels[3, 3, 0] ^= 1
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
+    """``original`` with one content bit flipped (``support.rounding.flip_lowest_bit``)."""
     copy = pb.StylizeRequest()
     copy.CopyFrom(original)
-    copy.content = buffer.getvalue()
+    copy.content = encode(flip_lowest_bit(Image.open(io.BytesIO(original.content))), "png")
     return copy
 
 
@@ -140,7 +137,7 @@ def test_server_batches_jobs_each_streams_its_own_events(engine: Any) -> None:
         for t in threads:
             t.join(300)
         alone = _stylize(thread.target, requests[0])
-        nudged = _stylize(thread.target, _nudged(requests[0]))
+        nudged_alone = _stylize(thread.target, _nudged(requests[0]))
         metrics = thread.server.service.metrics.registry
         batches = metrics.get_sample_value("styletx_batch_size_count")
         batched_jobs = metrics.get_sample_value("styletx_batch_size_sum")
@@ -156,10 +153,9 @@ def test_server_batches_jobs_each_streams_its_own_events(engine: Any) -> None:
         timings = outcomes[i][-1].completed.timings
         assert 0 < timings.events_seconds < timings.run_seconds < timings.total_seconds
     assert "completed" not in [kind(e) for e in outcomes[1]], "the cancelled job stopped"
-    # Batched and solo runs round differently; the bound is 3 levels or 1.5× how far one flipped content bit moves
-    # the solo run (tests/test_batch.py measures the same floor), whichever is larger.
-    floor = np.abs(_image(nudged) - _image(alone)).mean()
-    assert np.abs(_image(outcomes[0]) - _image(alone)).mean() <= max(3, 1.5 * floor)
+    # Batched and solo runs round differently: within the allowance or the solo run's rounding floor.
+    floor = np.abs(_image(nudged_alone) - _image(alone)).mean()
+    assert np.abs(_image(outcomes[0]) - _image(alone)).mean() <= pixel_bound(floor)
     assert _image(outcomes[0]).tolist() != _image(outcomes[2]).tolist()
 
 

@@ -6,18 +6,17 @@ import torch
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from ..color import luminance
+
 #: σ of the blur as a share of the image's long side: 2 px at 512 px (the σ the quality benchmark's layout SSIM
 #: reads), 0.5 px at the coarsest default scale. Finer would hold texture the style should repaint; much coarser
 #: would let whole objects drift.
 LAYOUT_SIGMA_SHARE = 1 / 256
-#: Rec. 601 luma weights: the Y of the YIQ space colour preservation uses (``styletx_core.color``).
-LUMA = (0.299, 0.587, 0.114)
 
 
 def blurred_luminance(image: torch.Tensor, sigma: float) -> torch.Tensor:
     """N×1×H×W luminance of an N×3×H×W image, Gaussian-blurred with σ = ``sigma`` px (reflected borders), in fp32."""
-    weights = torch.tensor(LUMA, dtype=torch.float32, device=image.device).view(1, 3, 1, 1)
-    luma = (image.float() * weights).sum(1, keepdim=True)
+    luma = luminance(image.float())  # the Y of YIQ, as colour preservation reads it
     size = 2 * math.ceil(3 * sigma) + 1
     return TF.gaussian_blur(luma, [size, size], [sigma, sigma])
 
