@@ -2,7 +2,7 @@
 # Generate the Python stubs of the styletx API into the client distribution: client/styletx_proto/v1/
 # styletx_pb2.py, styletx_pb2_grpc.py and typed .pyi files (mypy-protobuf). protoc names the modules after the
 # .proto path (styletx/v1/...); they are moved under the unique package name `styletx_proto` and their imports
-# of each other rewritten to match, so no generic top-level `styletx` package is installed. One command, reproducible: the same grpcio-tools/mypy-protobuf give the same bytes,
+# of each other rewritten to match, so no generic top-level `styletx` package is installed. One command, reproducible: the same grpcio-tools/mypy-protobuf (pinned in pyproject.toml's dev extra) give the same bytes,
 # and tests/test_proto.py fails when the checked-in stubs drift from proto/.
 #
 # It also writes client/styletx_client/_params.py (scripts/gen_params.py): the SDK's typed keyword options.
