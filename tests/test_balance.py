@@ -99,7 +99,9 @@ def test_the_balance_pulls_harder_for_a_style_far_from_the_photo(
 def test_the_balance_brings_a_far_style_closer_than_fixed_weights(
     engine: StyleTransfer, content_image: Image.Image, style_image: Image.Image
 ) -> None:
-    opts = StylizeOptions(size=64, min_size=45, iterations=8, coarse_iterations=12, seed=2, style_energy_power=0.0)
+    # 16 + 10 iterations: the adaptive run ends at 0.90× the fixed one's texture error in bf16 and fp32 alike; with
+    # 12 + 8 it was 0.88× in bf16 but 0.98× in fp32 (an Intel Xeon): too short a run for the balance to show.
+    opts = StylizeOptions(size=64, min_size=45, iterations=10, coarse_iterations=16, seed=2, style_energy_power=0.0)
     fixed = engine.stylize(content_image, [style_image], opts.replace(style_tolerance=0.0))
     adaptive = engine.stylize(content_image, [style_image], opts.replace(style_tolerance=0.05))
     assert set(fixed.style_multipliers.values()) == {1.0}

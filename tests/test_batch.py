@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from support.faults import FaultLoss
-from support.rounding import FLOOR_FACTOR, flip_lowest_bit, pixel_bound
+from support.rounding import FLOOR_FACTOR, TOLERANCE, flip_lowest_bit, pixel_bound
 
 from styletx_core.batch import BatchJob, batch_key, stylize_batch
 from styletx_core.engine import NumericalError, StyleTransfer
@@ -17,7 +18,8 @@ from styletx_core.progress import Iterate, StylizeResult
 SMALL = {"size": 64, "min_size": 45, "iterations": 8, "coarse_iterations": 4}
 # Batched and solo runs may differ by TOLERANCE or FLOOR_FACTOR × the solo run's rounding floor (support/rounding.py):
 # the batched optimisers sum in another order than torch.optim.LBFGS / Adam (they agree to 1e-9 in float64,
-# tests/test_optim.py). Against the same job run as a batch of one, the difference is 0: companions change nothing.
+# tests/test_optim.py). Against the same job run as a batch of one, the difference is 0 where the network's kernels
+# are batch-invariant (_assert_companions_change_nothing): companions change nothing.
 #: Relative difference allowed between a batched job's style multipliers and its solo run's.
 MULTIPLIER_REL = 0.2
 
@@ -42,6 +44,26 @@ def _solo(engine: StyleTransfer, content, styles, opts: StylizeOptions):
 
 def _difference(a: StylizeResult, b: StylizeResult) -> float:
     return float(np.abs(_pixels(a.image) - _pixels(b.image)).mean())
+
+
+def _batch_invariant(engine: StyleTransfer, opts: StylizeOptions) -> bool:
+    """Does ``engine``'s network give an image the same features in a batch of three as alone, at ``opts``'s
+    precision and sizes? bf16 on the CPU does; oneDNN's fp32 convolutions are chosen per batch size and round
+    relu4_1 on differently on an Intel Xeon (not on Zen 4), so there a batch is only the same within rounding."""
+    net = engine.network(opts.model, opts.pooling).net
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 3, 48, opts.size, generator=generator)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=engine.precision(opts) == "bf16"):
+        return torch.equal(net(images)[:1], net(images[:1]))
+
+
+def _assert_companions_change_nothing(engine: StyleTransfer, result: StylizeResult, own: StylizeResult) -> None:
+    """``result`` (a job in a batch) is bit for bit ``own`` (the job as a batch of one) where the network is
+    batch-invariant, else within the always-allowed ``TOLERANCE``."""
+    if _batch_invariant(engine, StylizeOptions(**SMALL)):
+        assert _pixels(result.image).tolist() == _pixels(own.image).tolist()
+    else:
+        assert _difference(result, own) <= TOLERANCE
 
 
 def _solo_nudged(engine: StyleTransfer, content, styles, opts: StylizeOptions, **kwargs) -> StylizeResult:
@@ -81,7 +103,7 @@ def test_each_job_gets_its_solo_image(engine, content_image, style_image, second
         assert not isinstance(result, BaseException), result
         alone, alone_events = _solo(engine, content_image, job.styles, job.opts)
         (own_batch,) = stylize_batch(engine, [BatchJob(job.content, job.styles, job.opts)])
-        assert _pixels(result.image).tolist() == _pixels(own_batch.image).tolist()
+        _assert_companions_change_nothing(engine, result, own_batch)
         _assert_same_job(result, alone, _solo_nudged(engine, content_image, job.styles, job.opts))
         assert result.seed == alone.seed and result.iterations == alone.iterations == 12
         assert [e.iteration for e in events] == [e.iteration for e in alone_events]
@@ -100,8 +122,8 @@ def test_cancelling_one_job_leaves_the_others_unchanged(engine, content_image, s
     partial = stylize_batch(engine, [BatchJob(content_image, [style_image], o, c)
                                     for o, c in zip(options, callbacks, strict=True)])
     assert isinstance(partial[1], Cancelled)
-    for row in (0, 2):
-        assert _pixels(partial[row].image).tolist() == _pixels(together[row].image).tolist()
+    for row in (0, 2):  # the batch shrinks to two at iteration 6
+        _assert_companions_change_nothing(engine, partial[row], together[row])
 
 
 def test_a_nan_fails_only_its_job(engine, content_image, style_image) -> None:
@@ -112,7 +134,7 @@ def test_a_nan_fails_only_its_job(engine, content_image, style_image) -> None:
     assert isinstance(outcomes[1], NumericalError)
     assert isinstance(outcomes[2], RuntimeError) and "boom" in str(outcomes[2])
     (alone,) = stylize_batch(engine, [BatchJob(content_image, [style_image], options[0])])
-    assert _pixels(outcomes[0].image).tolist() == _pixels(alone.image).tolist()
+    _assert_companions_change_nothing(engine, outcomes[0], alone)
 
 
 def test_invalid_job_fails_alone_and_keys_must_match(engine, content_image, style_image) -> None:
@@ -157,7 +179,7 @@ def test_regional_jobs_batch_like_any_other(engine, content_image, style_image, 
     nudged = _solo_nudged(engine, content_image, styles, opts, controls=controls, content_strength=strength)
     _assert_same_job(regional, alone, nudged)
     (own,) = stylize_batch(engine, [plain])
-    assert _pixels(companion.image).tolist() == _pixels(own.image).tolist()
+    _assert_companions_change_nothing(engine, companion, own)
     unmasked = engine.stylize(content_image, styles, opts)
     # The mask mattered: a batch that dropped it would land near ``unmasked``, beyond the difference the same-job
     # check allows (so that check could see it), and the batched job is at least twice as close to its own solo run.
@@ -204,4 +226,4 @@ def test_a_nan_between_reads_fails_its_job_at_the_next_read(random_vgg_weights, 
                                      for o, e in zip(options, extras, strict=True)])
     assert isinstance(outcomes[1], NumericalError) and "iteration 9" in str(outcomes[1])
     (alone,) = stylize_batch(engine, [BatchJob(content_image, [style_image], options[0])])
-    assert _pixels(outcomes[0].image).tolist() == _pixels(alone.image).tolist()
+    _assert_companions_change_nothing(engine, outcomes[0], alone)
