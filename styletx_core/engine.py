@@ -39,7 +39,10 @@ from .targets import Stats, TargetCache
 from .vgg import FEATURE_LAYERS, VGGFeatures, layer_names
 from .weights import LoadedWeights, load_vgg_weights
 
-__all__ = ["INITS", "MIN_SIDE", "OPTIMIZERS", "NumericalError", "StyleTransfer", "check_geometry", "native_bf16"]
+__all__ = [
+    "INITS", "MIN_SIDE", "OPTIMIZERS", "NumericalError", "StyleTransfer", "check_geometry", "cpu_bf16_speedup",
+    "native_bf16",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -313,9 +316,9 @@ class StyleTransfer:
     def precision(self, opts: StylizeOptions) -> str:
         """The precision a job runs at: ``opts.precision``, with ``auto`` resolved for this device.
 
-        ``auto`` is bf16 autocast (Gram matrices and losses stay fp32) where the hardware runs bf16 natively:
-        1.8× faster end to end at 512 px on an AVX512-BF16 CPU, with every quality measure within 0.3 % of
-        fp32's (bench/perf.py, section bf16). Elsewhere bf16 is emulated and slower, so ``auto`` is fp32.
+        ``auto`` is bf16 autocast (Gram matrices and losses stay fp32) where the hardware runs bf16 faster
+        (:func:`native_bf16`): 1.8× faster end to end at 512 px on an AMD Zen 4 CPU, with every quality measure
+        within 0.3 % of fp32's (bench/perf.py, section bf16). Elsewhere bf16 is emulated or slower: fp32.
         """
         if opts.precision != "auto":
             return opts.precision
@@ -581,15 +584,48 @@ def style_errors_of(
     return {term.key: math.sqrt(max(float(term(features, image)), 0.0)) for term in terms}
 
 
+#: A CPU with bf16 instructions runs ``precision=auto`` in bf16 only if bf16 is at least this much faster there.
+BF16_MIN_SPEEDUP = 1.15
+
+
 @functools.cache
 def native_bf16(device: torch.device) -> bool:
-    """Does ``device`` run bf16 convolutions natively (CUDA with bf16, or a CPU with AVX512-BF16 / AMX)?"""
+    """Does ``device`` run bf16 convolutions faster than fp32 (CUDA with bf16; a CPU with AVX512-BF16 / AMX where
+    :func:`cpu_bf16_speedup` measures it)?"""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     if device.type == "cpu":
         probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes)
+        if not any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes):
+            return False
+        return cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
     return False
+
+
+def cpu_bf16_speedup(repeats: int = 3) -> float:
+    """fp32 time ÷ bf16 time of a VGG convolution's forward and backward pass (128 channels, 64×64) on this CPU.
+
+    The instruction set alone does not say which is faster: the engine at 512 px ran 1.8× faster in bf16 than in
+    fp32 on an AMD Zen 4 (AVX512-BF16), but 1.4× slower on an Intel Xeon whose VM exposes AVX512-BF16 and not AMX
+    (oneDNN then has no fast bf16 backward); this layer measures 0.62–0.72 there, as the whole network does.
+    Measured once per process (≈ 0.2 s); the best of ``repeats`` runs of each, so that a busy machine slows
+    both alike rather than one of them.
+    """
+    generator = torch.Generator().manual_seed(0)  # not the global generator: timing must not shift user seeds
+    inputs = torch.rand(1, 128, 64, 64, generator=generator).to(memory_format=torch.channels_last)
+    inputs.requires_grad_(True)  # as in the engine: the gradient flows to the image, the weights are frozen
+    weight = (torch.rand(128, 128, 3, 3, generator=generator) - 0.5).to(memory_format=torch.channels_last)
+
+    def timed(bf16: bool) -> float:
+        best = math.inf
+        for _ in range(repeats + 1):  # the first run of each also builds oneDNN's kernels
+            started = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                F.conv2d(inputs, weight, padding=1).float().square().mean().backward()
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    return timed(bf16=False) / timed(bf16=True)
 
 
 def _vary_style(style: torch.Tensor, gen: torch.Generator, strength: float) -> torch.Tensor:
