@@ -196,7 +196,7 @@ class MagentaStyleEmbedder:
         data = Path(path).read_bytes() if Path(path).is_file() else b""
         if hashlib.sha256(data).hexdigest() != MAGENTA_PREDICTOR.sha256:
             raise ModelError(f"{path} is missing or not the pinned Magenta style predictor; fetch it again")
-        self.session = ort_session(data, providers=providers)
+        self.session = ort_session(data, providers=providers, portable=True)  # a score: same on every CPU
         self.input = self.session.get_inputs()[0].name
 
     @classmethod

