@@ -14,6 +14,8 @@ Every measure is normalised so that images of different sizes compare:
   removes the brush strokes, so what is left is where things are.
 * **style-embedding cosine**: cosine between the Magenta arbitrary-style predictor's 100-d embeddings
   (Ghiasi et al. 2017) of the image and of the style: a style judgement by a network that was trained for it.
+  The predictor is int8; it runs its quantised graph node by node (``ort_session(portable=True)``), because
+  onnxruntime's fused integer kernels give different cosines on different CPUs (by 0.004 on one image).
 
 Sizes follow the original neural-style: the style image is resized so that its long side is
 ``style_scale ×`` the image's long side; all scores are computed at the image's resolution.
