@@ -38,8 +38,6 @@ import contextlib
 import itertools
 import json
 import logging
-import os
-import platform
 import re
 import resource
 import statistics
@@ -58,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from quality import MEASURES, PAIRS, Pair, build_scorers, independent_arch  # noqa: E402
+from quality import MEASURES, PAIRS, Pair, build_scorers, cpu_description, independent_arch  # noqa: E402
 
 from styletx_core.batch import BatchJob, stylize_batch  # noqa: E402
 from styletx_core.engine import StyleTransfer  # noqa: E402
@@ -82,10 +80,7 @@ def build_scorer(cache_dir: str | None) -> QualityScorer:
 def device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} CPUs, {torch.get_num_threads()} threads)"
-    return platform.processor() or platform.machine()
+    return cpu_description()
 
 
 def pair_images(name: str) -> tuple[Pair, Image.Image, Image.Image, Image.Image]:

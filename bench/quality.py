@@ -95,6 +95,19 @@ PAIRS = (
 SCORER_ARCHS = ("vgg19", "vgg16")
 
 
+def cpu_description() -> str:
+    """The CPU's model and the vector instructions torch uses on it: hairline results move with both (a Zen 3 with
+    AVX2 and a Zen 4 with AVX-512 and bf16 round differently, and ``precision=auto`` differs between them)."""
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
+        if line.startswith("model name"):
+            name = line.split(":", 1)[1].strip()
+            break
+    return (f"{name}, {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} CPUs, "
+            f"{torch.get_num_threads()} threads")
+
+
 def build_scorers(cache_dir: str | None) -> dict[str, QualityScorer]:
     """Each offline VGG (fetched if missing) exported to ONNX, sharing one Magenta predictor."""
     magenta = MagentaStyleEmbedder.from_cache(cache_dir)
@@ -365,8 +378,8 @@ def main() -> None:
     results: dict[str, Any] = {
         "size": args.size,
         "options": f"defaults{changes_label(args.set)}",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads, onnxruntime {scorers['vgg19'].extractor.provider} "
+        "machine": f"{cpu_description()}, torch {torch.__version__}, "
+                   f"onnxruntime {scorers['vgg19'].extractor.provider} "
                    "(shared with other jobs: wall times are noisy)",
         "validation_networks": {arch: s.extractor.metadata.as_dict() for arch, s in scorers.items()},
         "pairs": [],
