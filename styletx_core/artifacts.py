@@ -178,7 +178,7 @@ def ort_session(model: bytes | str | os.PathLike[str], device: str = "auto", *,
     """An ``onnxruntime.InferenceSession`` of ``model`` (a path or the serialised bytes); ``ModelError`` with
     onnxruntime's first line when it cannot load. ``threads`` 0 is onnxruntime's default.
 
-    ``portable``: the same numbers on every CPU, for a model that *measures* (a score compared across machines).
+    ``portable``: the same numbers on every CPU (a score compared across machines; the fast mode's pictures).
     onnxruntime's extended optimisations fuse an int8 QDQ graph into integer kernels that differ by instruction
     set — AVX2's 16-bit intermediate sums saturate where AVX512-VNNI's do not: the Magenta cosine of one and the
     same image measured 0.9403 on a Zen 3 (AVX2) and 0.9444 on a Zen 4. Without them each QuantizeLinear /

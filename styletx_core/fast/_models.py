@@ -166,5 +166,5 @@ class SessionPool:
                     data = verified_bytes(name, ensure_models(self._cache_dir))
                 if name == "arbitrary_transform.onnx":
                     data = dynamic_transform(data)
-                self._sessions[name] = ort_session(data, self.device, threads=self._threads or 0)
+                self._sessions[name] = ort_session(data, self.device, threads=self._threads or 0, portable=True)
             return self._sessions[name]
